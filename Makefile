@@ -1,0 +1,43 @@
+# One-command entry points; `make demo` and `make test` build the environment when needed.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+TORCH_SPEC ?= torch==2.13.0
+# Per-run DDS isolation: only this machine, a domain id of its own.
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-ros.txt setup.py
+	@if [ -n "$$ROS_DISTRO" ]; then \
+	  echo "ROS $$ROS_DISTRO is sourced: using its rclpy and messages (no ROS wheels)"; \
+	  $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	@if [ -z "$$ROS_DISTRO" ]; then $(PY) -m pip install --quiet -r requirements-ros.txt; fi
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m seg_perception.demo --output-dir out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q test
+
+bench: $(STAMP)
+	$(PY) bench/bench_inference.py --output bench/results
+
+lint: $(STAMP)
+	$(PY) -m pytest -q test/test_flake8.py test/test_pep257.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

@@ -1,0 +1,1 @@
+"""Run-time side of seg_perception: the segmentation pipeline, node and commands."""

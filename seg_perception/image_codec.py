@@ -1,0 +1,75 @@
+"""Raw image buffers as sensor_msgs/Image carries them, checked and viewed as numpy (no ROS).
+
+Decoding is zero-copy: the array returned is a view on the message's bytes.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import numpy as np
+
+# encoding -> (channels, RGB channel order in the buffer or None for mono, has alpha)
+ENCODINGS: Dict[str, Tuple[int, Tuple[int, int, int], bool]] = {
+    'rgb8': (3, (0, 1, 2), False),
+    'bgr8': (3, (2, 1, 0), False),
+    'rgba8': (4, (0, 1, 2), True),
+    'bgra8': (4, (2, 1, 0), True),
+    'mono8': (1, (0, 0, 0), False),
+}
+
+
+class ImageFormatError(ValueError):
+    """A raw image whose fields do not describe its buffer; the message says which field."""
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """The fields of sensor_msgs/Image that decoding needs."""
+
+    encoding: str
+    height: int
+    width: int
+    step: int
+    data: object  # bytes-like (bytes, bytearray, array('B'), memoryview, numpy uint8)
+
+
+def channels(encoding: str) -> int:
+    """Channel count of a supported encoding; ImageFormatError otherwise."""
+    try:
+        return ENCODINGS[encoding][0]
+    except KeyError:
+        raise ImageFormatError(
+            f'unsupported encoding {encoding!r} (supported: {", ".join(ENCODINGS)})') from None
+
+
+def overlay_encoding(encoding: str) -> str:
+    """Encoding of the overlay image: the input's own, except mono8 which becomes rgb8."""
+    channels(encoding)
+    return 'rgb8' if encoding == 'mono8' else encoding
+
+
+def decode(raw: RawImage) -> np.ndarray:
+    """(H, W, C) uint8 view of the image; ImageFormatError names the bad field."""
+    c = channels(raw.encoding)
+    if raw.height <= 0 or raw.width <= 0:
+        raise ImageFormatError(f'zero-size image: height={raw.height} width={raw.width}')
+    row = raw.width * c
+    if raw.step < row:
+        raise ImageFormatError(
+            f'step {raw.step} is smaller than one row ({raw.width} px x {c} bytes = {row})')
+    buf = np.frombuffer(raw.data, dtype=np.uint8)
+    expected = raw.step * raw.height
+    if buf.size != expected:
+        raise ImageFormatError(
+            f'data has {buf.size} bytes, step x height = {raw.step} x {raw.height} = {expected}')
+    rows = buf.reshape(raw.height, raw.step)  # (H, step)
+    return rows[:, :row].reshape(raw.height, raw.width, c)  # (H, W, C), a view
+
+
+def encode(image: np.ndarray) -> Tuple[int, int, int, bytes]:
+    """(height, width, step, data) of an (H, W) or (H, W, C) uint8 array, rows packed."""
+    if image.dtype != np.uint8:
+        raise ImageFormatError(f'expected uint8 image, got {image.dtype}')
+    h, w = image.shape[:2]
+    c = 1 if image.ndim == 2 else image.shape[2]
+    return h, w, w * c, np.ascontiguousarray(image).tobytes()
