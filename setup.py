@@ -33,6 +33,12 @@ setup(
         'console_scripts': [
             'segmentation_node = seg_perception.node:main',
             'seg-predict = seg_perception.predict:main',
+            'seg-bag = seg_perception.bag:main',
+            'seg-replay = seg_perception.replay:main',
+            'seg-synth = seg_training.synth:main',
+            'seg-train = seg_training.train:main',
+            'seg-eval = seg_training.evaluate:main',
+            'seg-export = seg_training.export:main',
         ],
     },
 )

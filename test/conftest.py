@@ -1,0 +1,28 @@
+"""Shared test fixtures: an isolated DDS domain per run and small model files."""
+
+import os
+import random
+
+import pytest
+
+# Each test run talks DDS on this machine only, in a domain of its own, before rclpy is imported.
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1, 100)))
+os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+
+
+@pytest.fixture(scope='session')
+def tiny_model_file(tmp_path_factory):
+    """A project model file: random ERFNet weights, the custom8 classes, 64x32 input."""
+    import torch
+
+    from seg_training.checkpoint import build_model, ModelInfo, Normalization, save_model
+    from seg_training.classes import CUSTOM8
+
+    torch.manual_seed(0)
+    info = ModelInfo(classes=CUSTOM8, input_size=(64, 32),
+                     normalization=Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    model = build_model(info).eval()
+    path = tmp_path_factory.mktemp('models') / 'tiny.pt'
+    save_model(model, info, path)
+    return path
