@@ -1,4 +1,5 @@
-"""Raw image buffers as sensor_msgs/Image carries them, checked and viewed as numpy (no ROS).
+"""
+Raw image buffers as sensor_msgs/Image carries them, checked and viewed as numpy (no ROS).
 
 Decoding is zero-copy: the array returned is a view on the message's bytes.
 """
@@ -43,7 +44,7 @@ def channels(encoding: str) -> int:
 
 
 def overlay_encoding(encoding: str) -> str:
-    """Encoding of the overlay image: the input's own, except mono8 which becomes rgb8."""
+    """Return the overlay image's encoding: the input's own, except mono8 which becomes rgb8."""
     channels(encoding)
     return 'rgb8' if encoding == 'mono8' else encoding
 

@@ -1,4 +1,5 @@
-"""The segmentation pipeline, free of ROS: uint8 frames in; labels, colours, overlay out.
+"""
+The segmentation pipeline, free of ROS: uint8 frames in; labels, colours, overlay out.
 
 Every tensor operation after the upload runs on the model's device: channel reordering,
 resize, normalisation, ERFNet, softmax/argmax, label resize, palette lookup and alpha blend.

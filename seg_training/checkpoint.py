@@ -1,4 +1,5 @@
-"""The model file: one self-describing format, plus the official ERFNet files as they are.
+"""
+The model file: one self-describing format, plus the official ERFNet files as they are.
 
 A project model file is a plain dict (loadable with ``torch.load(weights_only=True)``)::
 
@@ -82,13 +83,13 @@ class ModelInfo:
 
 
 def build_model(info: ModelInfo) -> ERFNet:
-    """An ERFNet with the architecture ``info`` describes (random weights)."""
+    """Build an ERFNet with the architecture ``info`` describes (random weights)."""
     return ERFNet(ERFNetConfig(num_classes=info.num_classes, encoder_only=info.encoder_only))
 
 
 def model_file_dict(model: ERFNet, info: ModelInfo, extra: Optional[Dict] = None,
                     half: bool = False) -> Dict[str, Any]:
-    """The dict that :func:`save_model` writes; ``half`` stores floating weights as fp16."""
+    """Return the dict that :func:`save_model` writes; ``half`` stores floats as fp16."""
     sd = {}
     for k, v in unwrap(model).state_dict().items():
         v = v.detach().cpu()
@@ -111,7 +112,8 @@ def model_file_dict(model: ERFNet, info: ModelInfo, extra: Optional[Dict] = None
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+    """
+    ``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
     A reader never sees a half-written file, even if the writer is killed mid-way.
     """
@@ -150,7 +152,7 @@ def read_file(path: PathLike) -> Any:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DataParallel/DistributedDataParallel/torch.compile wrappers."""
+    """Return the model inside DataParallel/DistributedDataParallel/torch.compile wrappers."""
     while True:
         if hasattr(model, 'module') and isinstance(model.module, torch.nn.Module):
             model = model.module
@@ -169,7 +171,8 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch
 
 def check_state_dict(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor],
                      source: str) -> None:
-    """Raise ModelFileError naming every unknown, missing or mis-shaped key of ``sd``.
+    """
+    Raise ModelFileError naming every unknown, missing or mis-shaped key of ``sd``.
 
     Only ``num_batches_tracked`` buffers (absent from files saved by PyTorch < 0.4) may be missing.
     """
@@ -241,7 +244,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = 'cpu'
 
 
 def info_from_dict(d: Mapping, source: str) -> ModelInfo:
-    """The :class:`ModelInfo` of a project model-file dict."""
+    """Read the :class:`ModelInfo` of a project model-file dict."""
     try:
         if d.get('format_version', 0) > FORMAT_VERSION:
             raise ModelFileError(f'{source}: model file format_version {d["format_version"]} is '
@@ -277,7 +280,7 @@ def _from_project_dict(d: Mapping, source: str) -> Tuple[ERFNet, ModelInfo]:
 
 
 def official_info() -> ModelInfo:
-    """What the official Cityscapes ERFNet expects: [0, 1] inputs, 1024x512, void at 19."""
+    """Describe the official Cityscapes ERFNet: [0, 1] inputs, 1024x512, void at 19."""
     return ModelInfo(classes=cityscapes_table(with_void=True), input_size=OFFICIAL_INPUT_SIZE,
                      normalization=Normalization(), source_format='erfnet_pretrained')
 

@@ -1,7 +1,8 @@
-"""Class tables: names, colours and the ignore label, shared by trainer, evaluator and node.
+"""
+Class tables: names, colours and the ignore label, shared by trainer, evaluator and node.
 
-A :class:`ClassTable` travels inside every model file (``to_dict``/``from_dict``), so whoever runs a
-model gets its class names and colours without extra flags.
+A :class:`ClassTable` travels inside every model file (``to_dict``/``from_dict``), so whoever
+runs a model gets its class names and colours without extra flags.
 """
 
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ Color = Tuple[int, int, int]
 
 @dataclass(frozen=True)
 class ClassTable:
-    """Ordered class names and RGB colours; index i of the network output is class i.
+    """
+    Ordered class names and RGB colours; index i of the network output is class i.
 
     ``void_index`` marks an output channel that is a catch-all and not a real class (the official
     ERFNet Cityscapes model has 20 outputs with index 19 = void); it is excluded from metrics.
@@ -74,7 +76,8 @@ class ClassTable:
 
 
 def cityscapes_table(with_void: bool = False) -> ClassTable:
-    """The 19 Cityscapes evaluation classes in train-id order, from ``cityscapesscripts``.
+    """
+    Return the 19 Cityscapes evaluation classes in train-id order, from ``cityscapesscripts``.
 
     ``with_void`` appends a black 'void' class at index 19, as the official ERFNet model has.
     """
@@ -117,7 +120,7 @@ CLASS_ALIASES: Dict[str, Sequence[str]] = {'vehicle': ('car',), 'pedestrian': ('
 
 
 def builtin_table(name: str) -> ClassTable:
-    """A named built-in table: ``cityscapes``, ``cityscapes-void`` or ``custom8``."""
+    """Return a built-in table by name: ``cityscapes``, ``cityscapes-void`` or ``custom8``."""
     if name == 'cityscapes':
         return cityscapes_table()
     if name == 'cityscapes-void':

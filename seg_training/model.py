@@ -1,4 +1,5 @@
-"""ERFNet: Efficient Residual Factorized ConvNet (Romera et al., T-ITS 2018).
+"""
+ERFNet: Efficient Residual Factorized ConvNet (Romera et al., T-ITS 2018).
 
 Module and parameter names follow the reference implementation so that the official
 ``erfnet_pretrained.pth`` state_dict loads key for key (after the ``module.`` prefix is
@@ -128,7 +129,8 @@ class Decoder(nn.Module):
 
 
 class ERFNet(nn.Module):
-    """ERFNet for semantic segmentation; returns raw logits.
+    """
+    ERFNet for semantic segmentation; returns raw logits.
 
     With ``cfg.encoder_only`` the forward pass stops after the encoder and its 1x1 head and
     returns logits at 1/8 of the input resolution (the first stage of the reference schedule).
@@ -161,5 +163,5 @@ def check_input_size(height: int, width: int) -> None:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Count the trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -13,7 +13,7 @@ os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
 
 @pytest.fixture(scope='session')
 def tiny_model_file(tmp_path_factory):
-    """A project model file: random ERFNet weights, the custom8 classes, 64x32 input."""
+    """Write a project model file: random ERFNet weights, the custom8 classes, 64x32 input."""
     import torch
 
     from seg_training.checkpoint import build_model, ModelInfo, Normalization, save_model
