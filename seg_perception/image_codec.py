@@ -5,8 +5,10 @@ Decoding is zero-copy: the array returned is a view on the message's bytes.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+import re
+from typing import Dict, Optional, Tuple
 
+import cv2
 import numpy as np
 
 # encoding -> (channels, RGB channel order in the buffer or None for mono, has alpha)
@@ -74,3 +76,53 @@ def encode(image: np.ndarray) -> Tuple[int, int, int, bytes]:
     h, w = image.shape[:2]
     c = 1 if image.ndim == 2 else image.shape[2]
     return h, w, w * c, np.ascontiguousarray(image).tobytes()
+
+
+# Leading bytes of each compressed format; used to check the format string against the data.
+_MAGIC = {'jpeg': b'\xff\xd8\xff', 'png': b'\x89PNG\r\n\x1a\n'}
+
+
+def compressed_codec(fmt: str, data: object = b'') -> str:
+    """'jpeg' or 'png' for a sensor_msgs/CompressedImage ``format`` string and its data.
+
+    Accepts image_transport's strings ('rgb8; jpeg compressed bgr8', 'bgr8; png compressed bgr8')
+    and bare ones ('jpeg', 'jpg', 'png'); an empty format is told from the data's leading bytes.
+    """
+    head = np.frombuffer(data, dtype=np.uint8)[:8].tobytes()
+    sniffed: Optional[str] = next((c for c, m in _MAGIC.items() if head.startswith(m)), None)
+    lowered = fmt.strip().lower()
+    if 'compresseddepth' in lowered:
+        raise ImageFormatError(f'format {fmt!r}: compressedDepth images are not supported')
+    tokens = set(re.split(r'[;\s]+', lowered)) - {''}
+    declared = 'jpeg' if tokens & {'jpeg', 'jpg'} else 'png' if 'png' in tokens else None
+    if declared is None:
+        if lowered or sniffed is None:
+            raise ImageFormatError(f'format {fmt!r} is neither jpeg nor png')
+        return sniffed
+    if sniffed is not None and sniffed != declared:
+        raise ImageFormatError(f'format {fmt!r} says {declared} but the data is {sniffed}')
+    return declared
+
+
+def decode_compressed(fmt: str, data: object) -> Tuple[np.ndarray, str]:
+    """(H, W, C) uint8 image and its encoding (bgr8, bgra8 or mono8) of a CompressedImage.
+
+    OpenCV decodes colour to BGR order, as image_transport encodes it; the image is returned in
+    that order with the matching encoding rather than converted back.
+    """
+    codec = compressed_codec(fmt, data)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageFormatError(f'format {fmt!r}: data is empty')
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageFormatError(f'data ({buf.size} bytes) does not decode as {codec}')
+    if image.dtype != np.uint8:
+        raise ImageFormatError(f'{codec} data holds {image.dtype} pixels; only 8-bit images '
+                               'are supported')
+    if image.ndim == 2:
+        return image[:, :, None], 'mono8'  # (H, W, 1)
+    encoding = {1: 'mono8', 3: 'bgr8', 4: 'bgra8'}.get(image.shape[2])
+    if encoding is None:
+        raise ImageFormatError(f'{codec} data has {image.shape[2]} channels (1, 3 or 4 expected)')
+    return image, encoding
