@@ -1,4 +1,5 @@
-"""Segmentation metrics from one confusion matrix, and the evaluation loop that fills it.
+"""
+Segmentation metrics from one confusion matrix, and the evaluation loop that fills it.
 
 Every number comes from a (K, K) matrix of pixel counts indexed ``[target, prediction]``:
 
@@ -47,7 +48,8 @@ class ConfusionMatrix:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch: ``pred`` and ``target`` integer tensors of equal shape (B, H, W) or (H, W).
+        """
+        Add a batch: ``pred`` and ``target`` integer tensors of equal shape (B, H, W) or (H, W).
 
         Target pixels equal to ``ignore_index`` or outside 0..K-1 are skipped; a prediction
         outside 0..K-1 on a counted pixel is an error.
@@ -73,7 +75,8 @@ class ConfusionMatrix:
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
 
     def compute(self, void_index: Optional[int] = None) -> Dict[str, object]:
-        """All metrics as Python floats (per-class entries are lists with NaN where undefined).
+        """
+        All metrics as Python floats (per-class entries are lists with NaN where undefined).
 
         Keys: ``miou``, ``per_class_iou``, ``pixel_accuracy``, ``mean_accuracy``,
         ``per_class_accuracy``, ``fw_iou``, ``dice``, ``mean_dice``, ``num_pixels``.
@@ -128,7 +131,8 @@ def _batch(item) -> Tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def predict_labels(model: torch.nn.Module, images: torch.Tensor,
                    size: Optional[Tuple[int, int]] = None, amp: bool = False) -> torch.Tensor:
-    """Argmax class per pixel (B, H, W) at ``size`` (H, W); low-resolution logits are upsampled.
+    """
+    Argmax class per pixel (B, H, W) at ``size`` (H, W); low-resolution logits are upsampled.
 
     ``images`` is a normalised (B, 3, H, W) float batch on the model's device.
     """
@@ -144,7 +148,8 @@ def predict_labels(model: torch.nn.Module, images: torch.Tensor,
 def evaluate(model: torch.nn.Module, loader: Iterable, num_classes: int, device: Device,
              void_index: Optional[int] = None, amp: bool = False,
              progress: bool = False) -> Tuple[Dict[str, object], ConfusionMatrix]:
-    """Run ``model`` over ``loader`` and return (metrics, confusion matrix).
+    """
+    Run ``model`` over ``loader`` and return (metrics, confusion matrix).
 
     ``loader`` yields (image float (B, 3, H, W) normalised, target long (B, H, W), 255 = ignore).
     The model runs in eval mode under ``torch.inference_mode`` (its previous mode is restored);

@@ -1,4 +1,5 @@
-"""Training and evaluation plots as PNG files: curves, per-class IoU, confusion, sample panels.
+"""
+Training and evaluation plots as PNG files: curves, per-class IoU, confusion, sample panels.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no
 global backend switch), written to a temporary file next to the target and renamed over it.
@@ -75,7 +76,8 @@ def read_csv_columns(csv_path: PathLike) -> Dict[str, List[float]]:
 
 
 def plot_curves(csv_path: PathLike, out_png: PathLike) -> Path:
-    """Loss and mIoU (and learning rate, when logged) against epoch from the training CSV.
+    """
+    Loss and mIoU (and learning rate, when logged) against epoch from the training CSV.
 
     The CSV header decides what is drawn: ``train_loss``/``val_loss`` on the first panel,
     ``val_miou`` on the second, ``lr`` on a third; missing columns are simply left out.
@@ -136,7 +138,8 @@ def plot_per_class_iou(names: Sequence[str], ious: Sequence[float], out_png: Pat
 
 
 def plot_confusion(matrix: ArrayLike, names: Sequence[str], out_png: PathLike) -> Path:
-    """Row-normalised confusion matrix (rows: ground truth, columns: prediction), log colours.
+    """
+    Row-normalised confusion matrix (rows: ground truth, columns: prediction), log colours.
 
     Cells are annotated with their share of the row when the table is small enough to read.
     """
@@ -201,7 +204,8 @@ def colorize(labels: ArrayLike, palette: np.ndarray) -> np.ndarray:
 def plot_samples(images: Sequence[ArrayLike], preds: Sequence[ArrayLike],
                  gts: Sequence[ArrayLike], palette: np.ndarray, out_png: PathLike,
                  alpha: float = 0.5) -> Path:
-    """One row per sample: image | prediction | ground truth | prediction overlaid on the image.
+    """
+    One row per sample: image | prediction | ground truth | prediction overlaid on the image.
 
     ``images`` are RGB (H, W, 3) uint8 (or float in [0, 1], HWC or CHW); ``preds`` and ``gts``
     are (H, W) class maps (255 = ignore, drawn with palette entry 255).

@@ -181,7 +181,8 @@ def _train_to_label_id(with_void: bool) -> np.ndarray:
 
 
 def _write_cityscapes_pairs(root: Path, with_void: bool, seed: int):
-    """GT labelId PNGs and labelId predictions in the Cityscapes layout; returns train-id arrays.
+    """
+    GT labelId PNGs and labelId predictions in the Cityscapes layout; returns train-id arrays.
 
     GT uses every labelId (ignored ones included) except 'train' and 'bus'; predictions never
     use 'train' (absent everywhere: NaN) but do use 'bus' (false positives only: IoU 0).
