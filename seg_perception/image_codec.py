@@ -1,7 +1,9 @@
 """
 Raw image buffers as sensor_msgs/Image carries them, checked and viewed as numpy (no ROS).
 
-Decoding is zero-copy: the array returned is a view on the message's bytes.
+Decoding is zero-copy: the array returned is a view on the message's bytes. Compressed images
+(sensor_msgs/CompressedImage, jpeg or png as image_transport publishes them) are decoded with
+OpenCV.
 """
 
 from dataclasses import dataclass
@@ -83,7 +85,8 @@ _MAGIC = {'jpeg': b'\xff\xd8\xff', 'png': b'\x89PNG\r\n\x1a\n'}
 
 
 def compressed_codec(fmt: str, data: object = b'') -> str:
-    """'jpeg' or 'png' for a sensor_msgs/CompressedImage ``format`` string and its data.
+    """
+    Tell 'jpeg' or 'png' from a sensor_msgs/CompressedImage ``format`` string and its data.
 
     Accepts image_transport's strings ('rgb8; jpeg compressed bgr8', 'bgr8; png compressed bgr8')
     and bare ones ('jpeg', 'jpg', 'png'); an empty format is told from the data's leading bytes.
@@ -105,7 +108,8 @@ def compressed_codec(fmt: str, data: object = b'') -> str:
 
 
 def decode_compressed(fmt: str, data: object) -> Tuple[np.ndarray, str]:
-    """(H, W, C) uint8 image and its encoding (bgr8, bgra8 or mono8) of a CompressedImage.
+    """
+    Decode a CompressedImage to an (H, W, C) uint8 image and its encoding (bgr8, bgra8, mono8).
 
     OpenCV decodes colour to BGR order, as image_transport encodes it; the image is returned in
     that order with the matching encoding rather than converted back.
