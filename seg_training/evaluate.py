@@ -8,8 +8,8 @@ mIoU matches the ``best_val_miou`` that ``seg-train`` recorded. The official
 
 Example::
 
-    seg-eval --model out/city/best.pt --dataset cityscapes --data-root data/city --split val \\
-        --json out/city/eval.json --plots out/city/eval_plots
+    seg-eval --model out/city/best.pt --dataset cityscapes --data-root data/city
+    seg-eval --model best.pt --dataset folder --data-root mine --json eval.json --plots plots
 """
 
 import argparse
@@ -43,7 +43,7 @@ class EvalError(ValueError):
 
 
 def parse_size(text: str) -> Tuple[int, int]:
-    """'WxH' -> (W, H), both positive multiples of the ERFNet stride."""
+    """Parse 'WxH' into (W, H), both positive multiples of the ERFNet stride."""
     try:
         w, h = (int(v) for v in text.lower().split('x'))
     except ValueError:
@@ -72,7 +72,8 @@ def evaluated_names(model_classes: ClassTable) -> List[str]:
 
 def check_classes(model_classes: ClassTable, dataset_classes: ClassTable, model: str,
                   dataset: str) -> None:
-    """Raise EvalError naming both lists unless the dataset's classes are the model's outputs.
+    """
+    Raise EvalError naming both lists unless the dataset's classes are the model's outputs.
 
     A void output is allowed only as the last index, so dataset class ``i`` is output ``i``.
     """
@@ -102,7 +103,8 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
                         amp: bool = False, max_samples: Optional[int] = None,
                         plots_dir: Optional[PathLike] = None,
                         progress: bool = False) -> Dict[str, Any]:
-    """Evaluate a model file on a dataset split; returns the JSON-ready report.
+    """
+    Evaluate a model file on a dataset split; returns the JSON-ready report.
 
     NaN metrics (classes absent from ground truth and prediction) are reported as None.
     """
