@@ -1,0 +1,410 @@
+"""
+The ROS 2 node ``segmentation_node``: camera images in, class labels, colours and overlay out.
+
+ROS glue only: parameters, QoS, subscriptions, publishers, a worker thread and diagnostics. The
+work is done by :class:`seg_perception.pipeline.SegmentationPipeline`. Subscription callbacks
+check a frame and keep only the newest one per camera (replaced frames are counted as drops); the
+worker takes the newest frame of every camera, segments them in one forward pass and publishes
+the outputs that have subscribers, each with the input's header.
+"""
+
+from dataclasses import dataclass, replace
+import json
+import threading
+import time
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+import rclpy
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+
+from seg_perception import params as node_params
+from seg_perception import ros_image
+from seg_perception.diagnostics import NodeStats, OUTPUT_NAMES, Throttle
+from seg_perception.image_codec import compressed_codec, ImageFormatError
+from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+from seg_perception.resources import default_model_path, ResourceNotFoundError
+from seg_training.checkpoint import load_model, ModelFileError
+from seg_training.classes import ClassTable
+
+NODE_NAME = 'segmentation_node'
+# Outputs are reliable so both RViz (reliable) and best-effort subscribers match.
+OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+# Published once; late subscribers still get it.
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+WARN_PERIOD_S = 5.0
+CLASS_TABLE_FORMAT = 'seg_perception.class_table'
+
+
+class NodeConfigError(RuntimeError):
+    """Parameters or a model that keep the node from starting; the message says which."""
+
+
+def input_qos(params: node_params.NodeParams) -> QoSProfile:
+    """Return the input subscription QoS: sensor data (best effort, depth 1) unless configured."""
+    reliability = (ReliabilityPolicy.RELIABLE if params.reliability == 'reliable'
+                   else ReliabilityPolicy.BEST_EFFORT)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=params.depth,
+                      reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+
+
+def class_table_json(classes: ClassTable, model: str) -> str:
+    """
+    Serialise the class table for ``segmentation/class_table`` (std_msgs/String).
+
+    The JSON object is ``ClassTable.to_dict()`` (``names``, ``colors`` as [r, g, b],
+    ``void_index``, ``ignore_index``) plus ``ids`` (the label value of each class), ``format``
+    and ``model`` (the file the node runs).
+    """
+    d = classes.to_dict()
+    d.update({'format': CLASS_TABLE_FORMAT, 'ids': list(range(len(classes))), 'model': model})
+    return json.dumps(d)
+
+
+class LatestFrames:
+    """The newest pending item per key; a newer item replaces (drops) one not yet taken."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._slots: Dict[Hashable, Any] = {}
+        self._closed = False
+
+    def put(self, key: Hashable, item: Any) -> bool:
+        """Store ``item`` for ``key``; return True when it replaced an untaken item."""
+        with self._cond:
+            replaced = key in self._slots
+            self._slots[key] = item
+            self._cond.notify()
+            return replaced
+
+    def take_all(self, timeout: float) -> List[Tuple[Hashable, Any]]:
+        """Wait up to ``timeout`` s for items; return and clear all of them (insertion order)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._slots or self._closed, timeout)
+            items = list(self._slots.items())
+            self._slots.clear()
+            return items
+
+    def close(self) -> None:
+        """Wake the waiting taker for good."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+@dataclass
+class _Camera:
+    """One camera's topics: its input subscription and its output publishers."""
+
+    name: str
+    topic: str  # resolved input topic, the key in statistics and warnings
+    msg_type: str
+    publishers: Dict[str, Publisher]
+    class_table: Publisher
+    subscription: Any = None
+
+
+@dataclass
+class _Pending:
+    """A received frame waiting for the worker (raw frames are checked and viewed already)."""
+
+    header: Header
+    frame: Optional[Frame] = None
+    compressed: Optional[CompressedImage] = None
+
+
+@dataclass
+class _Job:
+    camera: _Camera
+    header: Header
+    frame: Frame
+    wanted: Outputs
+    subscribers: Dict[str, int]
+
+
+class SegmentationNode(Node):
+    """Segments camera topics with ERFNet; see the package README for topics and parameters."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        try:
+            self.params = node_params.declare(self)
+        except (ParameterException, ValueError, TypeError) as e:
+            raise NodeConfigError(f'invalid parameter: {e}') from None
+        self.model_path = self._model_path()
+        self.pipeline = self._load_pipeline()
+        names = self.params.cameras or ('',)
+        self._cameras = [self._make_camera(name) for name in names]
+        self.stats = NodeStats([c.topic for c in self._cameras], time.monotonic())
+        self._throttle = Throttle(WARN_PERIOD_S)
+        self._frames = LatestFrames()
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # runs with use_sim_time and no /clock
+        self.create_timer(self.params.diagnostics_period, self._publish_diagnostics,
+                          clock=steady)
+        if self.params.log_period > 0:
+            self.create_timer(self.params.log_period, self._log_statistics, clock=steady)
+        table = String(data=class_table_json(self.pipeline.info.classes, self.model_path))
+        for cam in self._cameras:
+            cam.class_table.publish(table)
+        self._worker = threading.Thread(target=self._work, name='segmentation_worker')
+        self._worker.start()
+        self.get_logger().info(
+            f'segmenting {", ".join(c.topic for c in self._cameras)} '
+            f'({self.params.input_transport}) with {self.model_path} on {self.pipeline.device} '
+            f'({self.pipeline.precision}, network input {self.pipeline.input_size[0]}x'
+            f'{self.pipeline.input_size[1]}, {self.pipeline.info.num_classes} classes)')
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def _model_path(self) -> str:
+        if self.params.model:
+            return self.params.model
+        try:
+            return str(default_model_path())
+        except ResourceNotFoundError as e:
+            raise NodeConfigError(str(e)) from None
+
+    def _load_pipeline(self) -> SegmentationPipeline:
+        try:
+            model, info = load_model(self.model_path)
+            w = self.params.input_width or info.input_size[0]
+            h = self.params.input_height or info.input_size[1]
+            return SegmentationPipeline(model, info, device=self.params.device,
+                                        precision=self.params.precision, input_size=(w, h))
+        except (ModelFileError, OSError, RuntimeError, ValueError) as e:
+            raise NodeConfigError(f'cannot run model {self.model_path}: {e}') from None
+
+    def _make_camera(self, name: str) -> _Camera:
+        prefix = f'{name}/' if name else ''
+        out = prefix + 'segmentation/'
+        publishers = {
+            'labels': self.create_publisher(Image, out + 'labels', OUTPUT_QOS),
+            'color': self.create_publisher(Image, out + 'color', OUTPUT_QOS),
+            'overlay': self.create_publisher(Image, out + 'overlay', OUTPUT_QOS),
+            'confidence': self.create_publisher(Image, out + 'confidence', OUTPUT_QOS),
+        }
+        table = self.create_publisher(String, out + 'class_table', LATCHED_QOS)
+        qos = input_qos(self.params)
+        if self.params.input_transport == 'compressed':
+            topic = self.resolve_topic_name(prefix + 'image/compressed')
+            cam = _Camera(name, topic, 'sensor_msgs/CompressedImage', publishers, table)
+            cam.subscription = self.create_subscription(
+                CompressedImage, topic, lambda msg: self._on_compressed(cam, msg), qos)
+        else:
+            topic = self.resolve_topic_name(prefix + 'image')
+            cam = _Camera(name, topic, 'sensor_msgs/Image', publishers, table)
+            cam.subscription = self.create_subscription(
+                Image, topic, lambda msg: self._on_image(cam, msg), qos)
+        return cam
+
+    # --- callbacks (never block) --------------------------------------------------------------
+
+    def _on_image(self, cam: _Camera, msg: Image) -> None:
+        self.stats.received(cam.topic)
+        try:
+            frame = ros_image.frame_from_image(msg)  # checks every field; a view, no copy
+        except ImageFormatError as e:
+            self._malformed(cam, e)
+            return
+        self._offer(cam, _Pending(msg.header, frame=frame))
+
+    def _on_compressed(self, cam: _Camera, msg: CompressedImage) -> None:
+        self.stats.received(cam.topic)
+        try:
+            compressed_codec(msg.format, msg.data)  # decoding waits for the worker
+        except ImageFormatError as e:
+            self._malformed(cam, e)
+            return
+        self._offer(cam, _Pending(msg.header, compressed=msg))
+
+    def _offer(self, cam: _Camera, pending: _Pending) -> None:
+        if self._frames.put(cam.topic, pending):
+            self.stats.overwritten(cam.topic)
+
+    def _malformed(self, cam: _Camera, error: Exception) -> None:
+        now = time.monotonic()
+        self.stats.malformed(cam.topic, now)
+        problem = str(error).split(' ', 1)[0]  # one throttle per kind of problem and topic
+        allowed, held = self._throttle.allow((cam.topic, problem), now)
+        if allowed:
+            more = f' ({held} more like it since the last warning)' if held else ''
+            self.get_logger().warning(
+                f'{cam.topic}: dropped malformed {cam.msg_type}: {error}{more}')
+
+    def _check_parameters(self, parameters: List[Parameter]) -> SetParametersResult:
+        for p in parameters:
+            if p.name in node_params.runtime_parameters():
+                try:
+                    node_params.check_value(p.name, p.value)
+                except ValueError as e:
+                    return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, parameters: List[Parameter]) -> None:
+        changes = {p.name: p.value for p in parameters
+                   if p.name in node_params.runtime_parameters()}
+        if changes:
+            self.params = replace(self.params, **changes)
+            self.get_logger().info(f'parameters changed: {changes}')
+
+    # --- worker -------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._frames.closed:
+            batch = self._frames.take_all(timeout=0.5)
+            if not batch:
+                continue
+            try:
+                self._process([pending for _, pending in batch],
+                              [self._camera(topic) for topic, _ in batch])
+            except Exception as e:  # the worker outlives a failed frame; shutdown ends it
+                if self._frames.closed or not self.context.ok():
+                    return
+                allowed, held = self._throttle.allow(('worker', type(e).__name__),
+                                                     time.monotonic())
+                if allowed:
+                    self.get_logger().error(f'segmentation failed: {type(e).__name__}: {e}')
+
+    def _camera(self, topic: str) -> _Camera:
+        return next(c for c in self._cameras if c.topic == topic)
+
+    def _process(self, pendings: Sequence[_Pending], cameras: Sequence[_Camera]) -> None:
+        jobs = []
+        for cam, pending in zip(cameras, pendings):
+            frame = pending.frame
+            if frame is None:
+                try:
+                    frame = ros_image.frame_from_compressed(pending.compressed)
+                except ImageFormatError as e:
+                    self._malformed(cam, e)
+                    continue
+            subscribers = {name: pub.get_subscription_count()
+                           for name, pub in cam.publishers.items()}
+            wanted = Outputs(**{name: subscribers[name] > 0 for name in OUTPUT_NAMES})
+            if not wanted.any():
+                self.stats.skipped(cam.topic, subscribers)
+                continue
+            jobs.append(_Job(cam, pending.header, frame, wanted, subscribers))
+        if not jobs:
+            return
+        union = Outputs(**{name: any(getattr(j.wanted, name) for j in jobs)
+                           for name in OUTPUT_NAMES})
+        alpha = self.params.overlay_alpha
+        t0 = time.perf_counter()
+        results = self.pipeline([j.frame for j in jobs], union, alpha)
+        seconds = time.perf_counter() - t0
+        computed = {name: sum(getattr(r, name) is not None for r in results)
+                    for name in OUTPUT_NAMES}
+        self.stats.forward(time.monotonic(), seconds, len(jobs), computed)
+        for job, result in zip(jobs, results):
+            self._publish(job, result)
+
+    def _publish(self, job: _Job, result: Any) -> None:
+        pubs, header = job.camera.publishers, job.header
+        if job.wanted.labels:
+            pubs['labels'].publish(ros_image.image_msg(header, result.labels, 'mono8'))
+        if job.wanted.color:
+            pubs['color'].publish(ros_image.image_msg(header, result.color, 'rgb8'))
+        if job.wanted.overlay:
+            pubs['overlay'].publish(
+                ros_image.image_msg(header, result.overlay, result.overlay_encoding))
+        if job.wanted.confidence:
+            enc = self.params.confidence_encoding
+            pubs['confidence'].publish(ros_image.image_msg(
+                header, ros_image.confidence_image(result.confidence, enc), enc))
+        latency = None
+        if not ros_image.is_zero_stamp(header):
+            latency = (self.get_clock().now() - Time.from_msg(header.stamp)).nanoseconds * 1e-9
+        self.stats.published(job.camera.topic, time.monotonic(), latency, job.subscribers)
+
+    # --- diagnostics --------------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        totals = self.stats.totals(now)
+        totals.update({'device': str(self.pipeline.device), 'precision': self.params.precision,
+                       'model': self.model_path,
+                       'input_size': '%dx%d' % self.pipeline.input_size,
+                       'overlay_alpha': f'{self.params.overlay_alpha:g}'})
+        status = [_status(f'{self.get_name()}: pipeline', self.model_path, DiagnosticStatus.OK,
+                          f'{totals["fps"]} fps, latency p50 {totals["latency_p50_ms"]} ms',
+                          totals)]
+        for cam in self._cameras:
+            values = self.stats.camera_values(cam.topic, now)
+            level, message = DiagnosticStatus.OK, f'{values["fps"]} fps'
+            if self.stats.recent_malformed(cam.topic, now):
+                level, message = DiagnosticStatus.WARN, 'dropping malformed frames'
+            status.append(_status(f'{self.get_name()}: camera {cam.topic}', cam.topic, level,
+                                  message, values))
+        msg = DiagnosticArray(status=status)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics.publish(msg)
+
+    def _log_statistics(self) -> None:
+        now = time.monotonic()
+        parts = []
+        for cam in self._cameras:
+            v = self.stats.camera_values(cam.topic, now)
+            parts.append(f'{cam.topic}: {v["fps"]} fps, latency p50 {v["latency_p50_ms"]} ms '
+                         f'p99 {v["latency_p99_ms"]} ms, dropped {v["dropped_overwritten"]} '
+                         f'overwritten / {v["dropped_malformed"]} malformed')
+        self.get_logger().info('; '.join(parts))
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the worker (it finishes the frame at hand) and destroy the node."""
+        self._frames.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        self.destroy_node()
+
+
+def _status(name: str, hardware_id: str, level: bytes, message: str,
+            values: Dict[str, str]) -> DiagnosticStatus:
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """Run the node until shutdown; return 1 when it cannot start (error logged)."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SegmentationNode()
+        rclpy.spin(node)
+    except NodeConfigError as e:
+        rclpy.logging.get_logger(NODE_NAME).fatal(str(e))
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

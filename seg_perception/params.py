@@ -1,0 +1,161 @@
+"""
+The node's parameters: declared once from one dataclass, read into a frozen value.
+
+Each field of :class:`NodeParams` is a ROS parameter; its metadata gives the descriptor (text,
+range, allowed values, read-only). ``config/segment.yaml`` repeats the defaults for users and
+launch files, and a test keeps the two in step.
+"""
+
+from dataclasses import dataclass, field, fields
+import math
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
+CAMERA_PATTERN = re.compile(r'^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$')
+MAX_INPUT_SIDE = 4096
+
+
+def _param(default: Any, description: str, read_only: bool = True,
+           int_range: Optional[Tuple[int, int, int]] = None,
+           float_range: Optional[Tuple[float, float]] = None,
+           choices: Optional[Sequence[str]] = None, constraints: str = '') -> Any:
+    meta = {'description': description, 'read_only': read_only, 'int_range': int_range,
+            'float_range': float_range, 'choices': tuple(choices) if choices else None,
+            'constraints': constraints}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    """Values of the segmentation node's parameters (validated on construction)."""
+
+    model: str = _param('', 'model file (.pt); empty = the bundled default model')
+    device: str = _param('auto', 'inference device', constraints='auto, cpu, cuda or cuda:N')
+    precision: str = _param('fp32', 'inference precision', choices=('fp32', 'fp16', 'bf16'))
+    input_width: int = _param(0, "network input width in px (multiple of 8); 0 = the model's own",
+                              int_range=(0, MAX_INPUT_SIDE, 8))
+    input_height: int = _param(0, "network input height in px (multiple of 8); 0 = the model's "
+                               'own', int_range=(0, MAX_INPUT_SIDE, 8))
+    overlay_alpha: float = _param(0.5, 'weight of the class colours in the overlay image',
+                                  read_only=False, float_range=(0.0, 1.0))
+    reliability: str = _param('best_effort', 'input subscription reliability',
+                              choices=('best_effort', 'reliable'))
+    depth: int = _param(1, 'input subscription queue depth (KEEP_LAST)', int_range=(1, 100, 1))
+    cameras: Tuple[str, ...] = _param(
+        (), 'camera namespaces, e.g. [front, rear]: subscribe <camera>/image and publish '
+        '<camera>/segmentation/*; empty = one camera on image')
+    input_transport: str = _param('raw', 'raw: sensor_msgs/Image on image; compressed: '
+                                  'sensor_msgs/CompressedImage on image/compressed',
+                                  choices=('raw', 'compressed'))
+    confidence_encoding: str = _param('mono8', 'segmentation/confidence encoding: mono8 = max '
+                                      'softmax probability x 255, 32FC1 = the probability',
+                                      choices=('mono8', '32FC1'))
+    diagnostics_period: float = _param(1.0, 'seconds between /diagnostics messages',
+                                       float_range=(0.1, 60.0))
+    log_period: float = _param(10.0, 'seconds between statistics log lines; 0 = none',
+                               float_range=(0.0, 3600.0))
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_value(f.name, getattr(self, f.name))
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f'parameter cameras: duplicate names in {list(self.cameras)}')
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        """(width, height) asked for; 0 means the model's own for that side."""
+        return self.input_width, self.input_height
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> 'NodeParams':
+        """Build from values by name; unknown names are an error, None means the default."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f'unknown parameters {unknown} (known: {sorted(names)})')
+        kwargs = {k: v for k, v in values.items() if v is not None}
+        if 'cameras' in kwargs:
+            kwargs['cameras'] = tuple(kwargs['cameras'])
+        return cls(**kwargs)
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise ValueError naming the parameter when ``value`` breaks its range or allowed values."""
+    meta = _field(name).metadata
+    if meta['int_range']:
+        lo, hi, step = meta['int_range']
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi or (
+                value - lo) % step:
+            raise ValueError(f'parameter {name}: {value!r} is not an integer in [{lo}, {hi}]'
+                             + (f' in steps of {step}' if step > 1 else ''))
+    if meta['float_range']:
+        lo, hi = meta['float_range']
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(
+                value) or not lo <= value <= hi:
+            raise ValueError(f'parameter {name}: {value!r} is not a number in [{lo}, {hi}]')
+    if meta['choices'] and value not in meta['choices']:
+        raise ValueError(f'parameter {name}: {value!r} is not one of {list(meta["choices"])}')
+    if name == 'device' and not DEVICE_PATTERN.match(str(value)):
+        raise ValueError(f'parameter device: {value!r} is not auto, cpu, cuda or cuda:N')
+    if name == 'cameras':
+        for cam in value:
+            if not isinstance(cam, str) or not CAMERA_PATTERN.match(cam):
+                raise ValueError(f'parameter cameras: {cam!r} is not a valid ROS namespace')
+
+
+def defaults() -> Dict[str, Any]:
+    """Return the declared default of every parameter (tuples as lists, as YAML writes them)."""
+    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+            for f in fields(NodeParams)}
+
+
+def descriptor(name: str) -> ParameterDescriptor:
+    """Build the ParameterDescriptor a parameter is declared with."""
+    meta = _field(name).metadata
+    constraints = meta['constraints']
+    if meta['choices']:
+        constraints = 'one of ' + ', '.join(meta['choices'])
+    d = ParameterDescriptor(name=name, description=meta['description'],
+                            read_only=meta['read_only'], additional_constraints=constraints)
+    if meta['int_range']:
+        lo, hi, step = meta['int_range']
+        d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=step)]
+    if meta['float_range']:
+        lo, hi = meta['float_range']
+        d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
+    return d
+
+
+def runtime_parameters() -> Tuple[str, ...]:
+    """Return the names of the parameters that may change while the node runs."""
+    return tuple(f.name for f in fields(NodeParams) if not f.metadata['read_only'])
+
+
+def declare(node: Node) -> NodeParams:
+    """
+    Declare every parameter on ``node`` (overrides applied) and return their values.
+
+    Raises ValueError naming the parameter for a value outside its allowed set.
+    """
+    values = {}
+    for f in fields(NodeParams):
+        default = f.default
+        if isinstance(default, tuple) and not default:
+            # An empty list has no ROS type of its own; declare the type and leave it unset.
+            default = Parameter.Type.STRING_ARRAY
+        elif isinstance(default, tuple):
+            default = list(default)
+        values[f.name] = node.declare_parameter(f.name, default, descriptor(f.name)).value
+    return NodeParams.from_values(values)
+
+
+def _field(name: str) -> Any:
+    for f in fields(NodeParams):
+        if f.name == name:
+            return f
+    raise ValueError(f'unknown parameter {name!r}')
