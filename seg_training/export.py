@@ -1,0 +1,260 @@
+"""
+seg-export: a model file to ONNX or TorchScript, checked against PyTorch, with a JSON sidecar.
+
+The exported network takes ``image``: float32 (B, 3, H, W) RGB, pixels scaled to [0, 1] then
+normalised with the model's mean/std, and returns ``logits``: float32 (B, K, H, W). The batch is
+1 unless ``--dynamic-batch``; H and W are the model's input size (or ``--size``).
+
+After writing, the export is run on a seeded random input (onnxruntime for ONNX,
+``torch.jit.load`` for TorchScript) and compared with the PyTorch model: the maximum absolute
+logit difference and the argmax agreement are reported, and a difference over ``--tolerance`` is
+an error (nothing is left at the output path then). The sidecar ``<output>.json`` holds what a
+runtime needs besides the weights: class names and colours, normalisation, input size, tensor
+names and the check's numbers.
+
+Example::
+
+    seg-export --model out/custom/best.pt --format onnx --dynamic-batch
+"""
+
+import argparse
+from dataclasses import dataclass
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+import sys
+import tempfile
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+import warnings
+
+import numpy as np
+import torch
+
+from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
+from seg_training.evaluate import parse_size, write_json
+from seg_training.model import check_input_size
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+FORMATS = ('onnx', 'torchscript')
+SUFFIXES = {'onnx': '.onnx', 'torchscript': '.torchscript'}
+DEFAULT_OPSET = 17
+DEFAULT_TOLERANCE = 1e-3
+INPUT_NAME = 'image'
+OUTPUT_NAME = 'logits'
+
+
+class ExportError(RuntimeError):
+    """An export that failed or does not reproduce the PyTorch model."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export went and how closely it matches PyTorch."""
+
+    path: Path
+    sidecar: Path
+    max_abs_diff: float
+    argmax_agreement: float
+    check_batch: int
+
+
+def default_output(model_path: PathLike, fmt: str) -> Path:
+    """``<model stem>.onnx`` or ``<model stem>.torchscript`` next to the model file."""
+    return Path(model_path).with_suffix(SUFFIXES[fmt])
+
+
+def sample_input(info: ModelInfo, size: Tuple[int, int], batch: int, seed: int = 0
+                 ) -> torch.Tensor:
+    """A seeded random RGB batch normalised as the model expects: (B, 3, H, W) float32."""
+    w, h = size
+    g = torch.Generator().manual_seed(seed)
+    rgb = torch.rand(batch, 3, h, w, generator=g)  # pixels in [0, 1]
+    mean = torch.tensor(info.normalization.mean).view(1, 3, 1, 1)
+    std = torch.tensor(info.normalization.std).view(1, 3, 1, 1)
+    return (rgb - mean) / std  # (B, 3, H, W)
+
+
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: PathLike, opset: int,
+                dynamic_batch: bool) -> None:
+    """Write ``model`` as ONNX with input 'image' and output 'logits'.
+
+    Uses the TorchScript-based exporter (``dynamo=False``): ERFNet has no data-dependent control
+    flow, and it needs no extra package beyond ``onnx``.
+    """
+    axes = {INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        # The input-size assert becomes a constant in the graph; the size is fixed anyway.
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        warnings.simplefilter('ignore', DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=opset, dynamic_axes=axes,
+                          do_constant_folding=True, dynamo=False)
+    import onnx
+
+    onnx.checker.check_model(str(path))
+
+
+def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: PathLike) -> None:
+    """Write ``model`` traced with ``torch.jit.trace`` on ``example``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        warnings.simplefilter('ignore', DeprecationWarning)
+        traced = torch.jit.trace(model, example, check_trace=False)  # compared below instead
+        torch.jit.save(traced, str(path))
+
+
+def run_onnx(path: PathLike, x: torch.Tensor) -> np.ndarray:
+    """Logits of an ONNX file under onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]  # (B, K, H, W)
+
+
+def run_torchscript(path: PathLike, x: torch.Tensor) -> np.ndarray:
+    """Logits of a TorchScript file loaded with ``torch.jit.load`` on the CPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        module = torch.jit.load(str(path), map_location='cpu')
+    with torch.inference_mode():
+        return module(x).numpy()  # (B, K, H, W)
+
+
+def compare(reference: np.ndarray, exported: np.ndarray) -> Tuple[float, float]:
+    """(max absolute logit difference, share of pixels with the same argmax class)."""
+    if reference.shape != exported.shape:
+        raise ExportError(f'exported model returns shape {exported.shape}, PyTorch '
+                          f'{reference.shape}')
+    diff = float(np.abs(reference - exported).max())
+    agree = float((reference.argmax(1) == exported.argmax(1)).mean())
+    return diff, agree
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sidecar_dict(fmt: str, path: Path, model_path: PathLike, info: ModelInfo,
+                 size: Tuple[int, int], opset: Optional[int], dynamic_batch: bool,
+                 check: Dict[str, Any]) -> Dict[str, Any]:
+    """What a runtime needs besides the exported weights."""
+    w, h = size
+    batch = 'batch' if dynamic_batch else 1
+    d: Dict[str, Any] = {
+        'format': fmt,
+        'file': path.name,
+        'sha256': _sha256(path),
+        'source_model': str(model_path),
+        'source_format': info.source_format,
+        'input': {'name': INPUT_NAME, 'shape': [batch, 3, h, w], 'dtype': 'float32',
+                  'channels': 'RGB', 'preprocess': '(pixel / 255 - mean) / std'},
+        'output': {'name': OUTPUT_NAME, 'shape': [batch, info.num_classes, h, w],
+                   'dtype': 'float32', 'postprocess': 'argmax over dim 1'},
+        'input_size': [w, h],
+        'normalization': info.normalization.to_dict(),
+        'num_classes': info.num_classes,
+        'classes': info.classes.to_dict(),
+        'dynamic_batch': dynamic_batch,
+        'torch_version': torch.__version__,
+        'check': check,
+    }
+    if opset is not None:
+        d['opset'] = opset
+    return d
+
+
+def export_model(model_path: PathLike, fmt: str, output: Optional[PathLike] = None,
+                 size: Optional[Tuple[int, int]] = None, opset: int = DEFAULT_OPSET,
+                 dynamic_batch: bool = False,
+                 tolerance: float = DEFAULT_TOLERANCE) -> ExportResult:
+    """Export a model file, check it against PyTorch, write the sidecar; see the module doc."""
+    if fmt not in FORMATS:
+        raise ValueError(f'unknown export format {fmt!r}; choose one of {list(FORMATS)}')
+    model, info = load_model(model_path, 'cpu')
+    if info.encoder_only:
+        raise ModelFileError(f'{model_path}: encoder-only model (1/8 resolution, a training '
+                             'stage); train the decoder before exporting')
+    size = tuple(size) if size else tuple(info.input_size)
+    check_input_size(size[1], size[0])
+    out = Path(output) if output else default_output(model_path, fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    example = sample_input(info, size, 1, seed=0)
+    check_batch = 2 if dynamic_batch else 1
+    x = sample_input(info, size, check_batch, seed=1)
+    with torch.inference_mode():
+        reference = model(x).numpy()  # (B, K, H, W)
+    fd, tmp_name = tempfile.mkstemp(prefix=f'.{out.name}.', suffix=SUFFIXES[fmt], dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if fmt == 'onnx':
+            export_onnx(model, example, tmp, opset, dynamic_batch)
+            exported = run_onnx(tmp, x)
+        else:
+            export_torchscript(model, example, tmp)
+            exported = run_torchscript(tmp, x)
+        diff, agree = compare(reference, exported)
+        _logger.info('%s export vs PyTorch on a %dx3x%dx%d input: max |diff| %.3g, argmax '
+                     'agreement %.5f', fmt, check_batch, size[1], size[0], diff, agree)
+        if not diff <= tolerance:
+            raise ExportError(f'{fmt} export of {model_path} differs from PyTorch by up to '
+                              f'{diff:.3g} (tolerance {tolerance:g}); nothing written')
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    check = {'max_abs_diff': diff, 'argmax_agreement': agree, 'tolerance': tolerance,
+             'batch': check_batch,
+             'runtime': 'onnxruntime' if fmt == 'onnx' else 'torch.jit.load'}
+    sidecar = write_json(sidecar_dict(fmt, out, model_path, info, size,
+                                      opset if fmt == 'onnx' else None, dynamic_batch, check),
+                         Path(f'{out}.json'))
+    _logger.info('wrote %s and %s', out, sidecar)
+    return ExportResult(out, sidecar, diff, agree, check_batch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='seg-export', description='Export a segmentation model file to ONNX or '
+        'TorchScript, check it against PyTorch and write a JSON sidecar with its class table.')
+    p.add_argument('--model', required=True, help='project model file or erfnet_pretrained.pth')
+    p.add_argument('--format', required=True, choices=FORMATS)
+    p.add_argument('--output', help='output file (default: the model path with .onnx or '
+                   '.torchscript); the sidecar is <output>.json')
+    p.add_argument('--size', type=parse_size,
+                   help='network input WxH (default: the model file\'s input size)')
+    p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset version')
+    p.add_argument('--dynamic-batch', action='store_true',
+                   help='variable batch dimension (default: batch 1)')
+    p.add_argument('--tolerance', type=float, default=DEFAULT_TOLERANCE,
+                   help='largest accepted absolute logit difference from PyTorch')
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        res = export_model(args.model, args.format, args.output, args.size, args.opset,
+                           args.dynamic_batch, args.tolerance)
+    except (ModelFileError, ExportError, ValueError) as e:
+        sys.exit(f'seg-export: error: {e}')
+    print(json.dumps({'output': str(res.path), 'sidecar': str(res.sidecar),
+                      'max_abs_diff': res.max_abs_diff,
+                      'argmax_agreement': res.argmax_agreement}, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
