@@ -69,7 +69,7 @@ def default_output(model_path: PathLike, fmt: str) -> Path:
 
 def sample_input(info: ModelInfo, size: Tuple[int, int], batch: int, seed: int = 0
                  ) -> torch.Tensor:
-    """A seeded random RGB batch normalised as the model expects: (B, 3, H, W) float32."""
+    """Make a seeded random RGB batch normalised as the model expects: (B, 3, H, W) float32."""
     w, h = size
     g = torch.Generator().manual_seed(seed)
     rgb = torch.rand(batch, 3, h, w, generator=g)  # pixels in [0, 1]
@@ -80,7 +80,8 @@ def sample_input(info: ModelInfo, size: Tuple[int, int], batch: int, seed: int =
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: PathLike, opset: int,
                 dynamic_batch: bool) -> None:
-    """Write ``model`` as ONNX with input 'image' and output 'logits'.
+    """
+    Write ``model`` as ONNX with input 'image' and output 'logits'.
 
     Uses the TorchScript-based exporter (``dynamo=False``): ERFNet has no data-dependent control
     flow, and it needs no extra package beyond ``onnx``.
@@ -145,7 +146,7 @@ def _sha256(path: Path) -> str:
 def sidecar_dict(fmt: str, path: Path, model_path: PathLike, info: ModelInfo,
                  size: Tuple[int, int], opset: Optional[int], dynamic_batch: bool,
                  check: Dict[str, Any]) -> Dict[str, Any]:
-    """What a runtime needs besides the exported weights."""
+    """Describe what a runtime needs besides the exported weights."""
     w, h = size
     batch = 'batch' if dynamic_batch else 1
     d: Dict[str, Any] = {
