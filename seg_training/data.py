@@ -1,0 +1,390 @@
+"""
+Segmentation datasets: Cityscapes in its own layout and a team's own folder of images and masks.
+
+Both datasets yield ``(image, mask)``: RGB ``(H, W, 3)`` uint8 and ``(H, W)`` uint8 class indices
+with 255 = ignore, or whatever the ``transform(image, mask)`` given to them returns (see
+transforms.py). Both expose ``classes`` (a :class:`ClassTable`) and ``label_histogram()`` (pixel
+counts per class over the split, read from the masks alone, for class weights).
+
+Cityscapes::
+
+    <root>/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png
+    <root>/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png   (used when present)
+    <root>/gtFine/<split>/<city>/<name>_gtFine_labelIds.png        (mapped with cityscapesscripts)
+
+Folder dataset::
+
+    <root>/classes.yaml
+    <root>/images/<split>/<name>.png|.jpg|.jpeg    (sub-folders allowed)
+    <root>/masks/<split>/<name>.png|.jpg|.jpeg     (same relative name)
+
+``classes.yaml`` (the schema seg-synth writes)::
+
+    classes:
+      - {name: road, color: [128, 64, 128], values: [0]}     # mask values -> this class
+      - {name: vehicle, color: [0, 0, 142], values: [7, 8]}
+    mask_format: index    # index: single-channel values; palette: indices of a PNG palette
+                          # (PIL mode 'P'); rgb: values are [r, g, b] colours
+    ignore_value: 255     # optional; any value no class claims is ignored (255) anyway
+
+``values`` defaults to ``[i]`` (index, palette) or ``[color]`` (rgb) for class ``i``. Every bad
+file is an error that names its path.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+from PIL import Image
+import torch
+from torch.utils.data import Dataset
+import yaml
+
+from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
+                                  IGNORE_INDEX)
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+Transform = Callable[[np.ndarray, np.ndarray], Any]
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+MASK_FORMATS = ('index', 'palette', 'rgb')
+DATASET_KINDS = ('cityscapes', 'folder')
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file that cannot be used; the message names the path."""
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """RGB (H, W, 3) uint8 image; DatasetError naming ``path`` if missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f'{path}: image file not found')
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError(f'{path}: cannot be read as an image (corrupt or unknown format)')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # (H, W, 3)
+
+
+def read_single_channel(path: PathLike) -> np.ndarray:
+    """(H, W) uint8/uint16 array of a single-channel mask file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f'{path}: mask file not found')
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise DatasetError(f'{path}: cannot be read as a mask image (corrupt or unknown format)')
+    if arr.ndim != 2:
+        raise DatasetError(f'{path}: expected a single-channel mask, got shape {arr.shape} '
+                           '(for colour masks set mask_format: rgb or palette in classes.yaml)')
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise DatasetError(f'{path}: mask dtype {arr.dtype} is neither uint8 nor uint16')
+    return arr
+
+
+def read_palette_indices(path: PathLike) -> np.ndarray:
+    """(H, W) uint8 palette indices of a PIL mode 'P' PNG."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f'{path}: mask file not found')
+    try:
+        with Image.open(path) as im:
+            if im.mode != 'P':
+                raise DatasetError(f'{path}: expected a palette image (PIL mode P) as '
+                                   f'classes.yaml says mask_format: palette, got mode {im.mode}')
+            return np.array(im, dtype=np.uint8)  # (H, W) indices, not colours
+    except DatasetError:
+        raise
+    except Exception as e:  # PIL raises several types for broken files
+        raise DatasetError(f'{path}: cannot be read as a palette mask: {e}') from e
+
+
+def _relative_stems(folder: Path, what: str) -> dict:
+    """{relative path without suffix: file} for the image files under ``folder``."""
+    if not folder.is_dir():
+        raise DatasetError(f'{folder}: {what} folder not found')
+    found: dict = {}
+    for p in sorted(folder.rglob('*')):
+        if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            continue
+        key = p.relative_to(folder).with_suffix('').as_posix()
+        if key in found:
+            raise DatasetError(f'{p}: same name as {found[key]} with another suffix; '
+                               'keep one file per name')
+        found[key] = p
+    return found
+
+
+def _spread(n_total: int, n: Optional[int]) -> List[int]:
+    """``n`` indices spread evenly over ``range(n_total)`` (all of them if n is None or larger)."""
+    if n is None or n >= n_total:
+        return list(range(n_total))
+    return [i * n_total // n for i in range(n)]
+
+
+class SegmentationDataset(Dataset):
+    """Base: a list of (image, mask) files, a class table, and the mask decoding of subclasses."""
+
+    def __init__(self, root: PathLike, split: str, classes: ClassTable,
+                 samples: Sequence[Tuple[Path, Path]], transform: Optional[Transform] = None,
+                 max_samples: Optional[int] = None) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.classes = classes
+        self.transform = transform
+        self.samples: List[Tuple[Path, Path]] = [samples[i] for i in
+                                                 _spread(len(samples), max_samples)]
+        _logger.info('%s %s split %s: %d samples, %d classes', type(self).__name__, self.root,
+                     split, len(self.samples), classes.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        """(H, W) uint8 class indices (255 = ignore) of the mask file at ``path``."""
+        raise NotImplementedError
+
+    def _checked_mask(self, path: Path) -> np.ndarray:
+        mask = self.read_mask(path)
+        k = self.classes.num_classes
+        bad = (mask >= k) & (mask != IGNORE_INDEX)
+        if bad.any():
+            values = np.unique(mask[bad])[:10].tolist()
+            raise DatasetError(f'{path}: class indices {values} outside 0..{k - 1} and '
+                               f'{IGNORE_INDEX} (ignore)')
+        return mask
+
+    def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Raw ``(image (H, W, 3) uint8 RGB, mask (H, W) uint8)`` of sample ``index``."""
+        image_path, mask_path = self.samples[index]
+        image = read_image(image_path)
+        mask = self._checked_mask(mask_path)
+        if mask.shape != image.shape[:2]:
+            raise DatasetError(f'{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs '
+                               f'from image {image_path} size {image.shape[1]}x{image.shape[0]}')
+        return image, mask
+
+    def __getitem__(self, index: int) -> Any:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            return self.transform(image, mask)
+        return image, mask
+
+    def _mask_counts(self, path: Path) -> np.ndarray:
+        mask = self._checked_mask(path)
+        return np.bincount(mask.ravel(), minlength=256)[:self.classes.num_classes]
+
+    def label_histogram(self, workers: int = 2) -> np.ndarray:
+        """
+        (K,) int64 pixel count per class over all masks of the split (ignore not counted).
+
+        Reads only the masks, in ``workers`` threads (decoding releases the GIL).
+        """
+        paths = [m for _, m in self.samples]
+        hist = np.zeros(self.classes.num_classes, dtype=np.int64)
+        if workers > 1 and len(paths) > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for counts in pool.map(self._mask_counts, paths):
+                    hist += counts
+        else:
+            for p in paths:
+                hist += self._mask_counts(p)
+        return hist
+
+
+class CityscapesDataset(SegmentationDataset):
+    """Cityscapes fine annotations: 19 train ids from ``cityscapesscripts``, 255 = ignore."""
+
+    def __init__(self, root: PathLike, split: str, transform: Optional[Transform] = None,
+                 max_samples: Optional[int] = None) -> None:
+        root = Path(root)
+        image_dir = root / 'leftImg8bit' / split
+        if not image_dir.is_dir():
+            raise DatasetError(f'{image_dir}: Cityscapes image folder not found '
+                               '(expected leftImg8bit/<split>/<city>/*_leftImg8bit.png)')
+        samples = []
+        for img in sorted(image_dir.glob('*/*_leftImg8bit.png')):
+            stem = img.name[:-len('_leftImg8bit.png')]
+            gt_dir = root / 'gtFine' / split / img.parent.name
+            train_ids = gt_dir / f'{stem}_gtFine_labelTrainIds.png'
+            label_ids = gt_dir / f'{stem}_gtFine_labelIds.png'
+            if train_ids.is_file():
+                samples.append((img, train_ids))
+            elif label_ids.is_file():
+                samples.append((img, label_ids))
+            else:
+                raise DatasetError(f'{label_ids}: ground truth of {img} not found '
+                                   '(neither _gtFine_labelTrainIds.png nor _gtFine_labelIds.png)')
+        if not samples:
+            raise DatasetError(f'{image_dir}: no */*_leftImg8bit.png images')
+        self._label_to_train = cityscapes_label_to_train_id()  # (256,) uint8
+        super().__init__(root, split, cityscapes_table(), samples, transform, max_samples)
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        arr = read_single_channel(path)
+        if arr.dtype != np.uint8:
+            raise DatasetError(f'{path}: Cityscapes masks are 8-bit, got {arr.dtype}')
+        if path.name.endswith('_labelTrainIds.png'):
+            return arr
+        return self._label_to_train[arr]  # (H, W) labelIds -> trainIds
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """How the mask files of a folder dataset encode classes (from classes.yaml)."""
+
+    classes: ClassTable
+    mask_format: str
+    lut: Optional[np.ndarray] = None        # (65536,) uint8: index/palette value -> class
+    rgb_codes: Optional[np.ndarray] = None  # (N,) sorted int64 codes r << 16 | g << 8 | b
+    rgb_ids: Optional[np.ndarray] = None    # (N,) uint8 class of each code
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 class indices from raw mask values ((H, W) or (H, W, 3) RGB)."""
+        if self.mask_format == 'rgb':
+            rgb = raw.astype(np.int64)
+            codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # (H, W)
+            pos = np.searchsorted(self.rgb_codes, codes).clip(0, len(self.rgb_codes) - 1)
+            hit = self.rgb_codes[pos] == codes
+            return np.where(hit, self.rgb_ids[pos], IGNORE_INDEX).astype(np.uint8)
+        return self.lut[raw]
+
+
+def _int_value(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
+        raise DatasetError(f'{where}: mask value {v!r} must be an integer in 0..65535')
+    return v
+
+
+def _rgb_value(v: Any, where: str) -> Tuple[int, int, int]:
+    if (not isinstance(v, (list, tuple)) or len(v) != 3
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255
+                       for c in v)):
+        raise DatasetError(f'{where}: rgb mask value {v!r} must be [r, g, b] in 0..255')
+    return int(v[0]), int(v[1]), int(v[2])
+
+
+def read_classes_yaml(path: PathLike) -> MaskSpec:
+    """Parse a folder dataset's ``classes.yaml``; DatasetError names the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f'{path}: classes.yaml not found (the folder dataset needs it)')
+    try:
+        with open(path, encoding='utf-8') as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise DatasetError(f'{path}: not valid YAML: {e}') from None
+    if not isinstance(doc, dict) or not isinstance(doc.get('classes'), list) \
+            or not doc['classes']:
+        raise DatasetError(f'{path}: expected a mapping with a non-empty list "classes"')
+    fmt = doc.get('mask_format', 'index')
+    if fmt not in MASK_FORMATS:
+        raise DatasetError(f'{path}: mask_format must be one of {list(MASK_FORMATS)}, '
+                           f'got {fmt!r}')
+    names, colors, values = [], [], []
+    for i, entry in enumerate(doc['classes']):
+        where = f'{path}: classes[{i}]'
+        if not isinstance(entry, dict) or 'name' not in entry or 'color' not in entry:
+            raise DatasetError(f'{where} needs "name" and "color"')
+        color = _rgb_value(entry['color'], f'{where}.color')
+        names.append(str(entry['name']))
+        colors.append(color)
+        vals = entry.get('values', [list(color)] if fmt == 'rgb' else [i])
+        if not isinstance(vals, list) or not vals:
+            raise DatasetError(f'{where}.values must be a non-empty list')
+        if fmt == 'rgb':
+            values.append([_rgb_value(v, f'{where}.values') for v in vals])
+        else:
+            values.append([_int_value(v, f'{where}.values') for v in vals])
+    try:
+        classes = ClassTable(tuple(names), tuple(colors))
+    except ValueError as e:
+        raise DatasetError(f'{path}: {e}') from None
+    ignore = doc.get('ignore_value', IGNORE_INDEX)
+    ignore = _rgb_value(ignore, f'{path}: ignore_value') if fmt == 'rgb' and \
+        isinstance(ignore, list) else ignore
+    owner: dict = {}
+    for cls, vals in enumerate(values):
+        for v in vals:
+            if v in owner and owner[v] != cls:
+                raise DatasetError(f'{path}: mask value {v} is claimed by classes '
+                                   f'{names[owner[v]]!r} and {names[cls]!r}')
+            if v == ignore:
+                raise DatasetError(f'{path}: mask value {v} of class {names[cls]!r} equals '
+                                   'ignore_value')
+            owner[v] = cls
+    if fmt == 'rgb':
+        codes = {(r << 16) | (g << 8) | b: cls for (r, g, b), cls in owner.items()}
+        keys = np.array(sorted(codes), dtype=np.int64)
+        ids = np.array([codes[k] for k in keys], dtype=np.uint8)
+        return MaskSpec(classes, fmt, rgb_codes=keys, rgb_ids=ids)
+    lut = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
+    for v, cls in owner.items():
+        lut[v] = cls
+    return MaskSpec(classes, fmt, lut=lut)
+
+
+class FolderDataset(SegmentationDataset):
+    """A team's own data: ``images/<split>``, ``masks/<split>`` and ``classes.yaml``."""
+
+    def __init__(self, root: PathLike, split: str, transform: Optional[Transform] = None,
+                 max_samples: Optional[int] = None) -> None:
+        root = Path(root)
+        self.spec = read_classes_yaml(root / 'classes.yaml')
+        images = _relative_stems(root / 'images' / split, 'image')
+        if not images:
+            raise DatasetError(f'{root / "images" / split}: no {"/".join(IMAGE_SUFFIXES)} images')
+        mask_dir = root / 'masks' / split
+        masks = _relative_stems(mask_dir, 'mask')
+        samples = []
+        for key, img in images.items():
+            if key not in masks:
+                raise DatasetError(f'{mask_dir / key}.png: mask of {img} not found')
+            samples.append((img, masks[key]))
+        extra = sorted(set(masks) - set(images))
+        if extra:
+            _logger.warning('%s: %d masks without an image (e.g. %s) are not used', mask_dir,
+                            len(extra), extra[0])
+        super().__init__(root, split, self.spec.classes, samples, transform, max_samples)
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        fmt = self.spec.mask_format
+        if fmt == 'palette':
+            raw = read_palette_indices(path)
+        elif fmt == 'rgb':
+            raw = read_image(path)  # (H, W, 3) RGB colours
+        else:
+            raw = read_single_channel(path)
+        return self.spec.decode(raw)  # (H, W) uint8
+
+
+def build_dataset(kind: str, root: PathLike, split: str, transform: Optional[Transform] = None,
+                  max_samples: Optional[int] = None) -> SegmentationDataset:
+    """Open the dataset of ``kind`` 'cityscapes' or 'folder' at ``root``, split ``split``."""
+    if kind == 'cityscapes':
+        return CityscapesDataset(root, split, transform, max_samples)
+    if kind == 'folder':
+        return FolderDataset(root, split, transform, max_samples)
+    raise ValueError(f'unknown dataset kind {kind!r}; choose one of {list(DATASET_KINDS)}')
+
+
+def worker_seed_transform(worker_id: int) -> None:
+    """
+    Reseed the dataset's transform in a DataLoader worker (a ``worker_init_fn``).
+
+    Each worker gets a distinct, reproducible augmentation stream: torch seeds every worker
+    with ``base_seed + worker_id``, and the base seed comes from the loader's generator.
+    """
+    info = torch.utils.data.get_worker_info()
+    dataset = info.dataset if info is not None else None
+    while dataset is not None and not hasattr(dataset, 'transform'):
+        dataset = getattr(dataset, 'dataset', None)  # through Subset wrappers
+    transform = getattr(dataset, 'transform', None)
+    if transform is not None and hasattr(transform, 'set_seed'):
+        transform.set_seed(torch.initial_seed() % 2 ** 32)
