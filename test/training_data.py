@@ -1,4 +1,5 @@
-"""Tiny procedural datasets for the training tests, in the Cityscapes and the folder layouts.
+"""
+Tiny procedural datasets for the training tests, in the Cityscapes and the folder layouts.
 
 Each scene: sky over building and vegetation, a road with a sidewalk, a pole, a car and a person,
 in fixed colours plus noise, so a few epochs at 64x32 learn something.
