@@ -1,0 +1,194 @@
+"""
+Segment image files: ``seg-predict --model M [options] INPUT...``.
+
+INPUT is an image file or a folder searched recursively for png/jpg/jpeg/bmp files. For each image
+the command writes, into the output folder (images found in a folder keep their sub-folder):
+
+* ``<stem>_labels.png``: mono8 class index at the image's own size;
+* ``<stem>_color.png``: the class colours of the model's class table;
+* ``<stem>_overlay.png``: the colours blended over the image (``--alpha``), alpha channel kept.
+
+Images are read with OpenCV as they are stored (gray, BGR, BGRA; 16-bit is scaled to 8-bit). An
+image already at the network input size goes to the network without resizing. An image that cannot
+be read is reported by path and skipped; the exit status is then 1. A model or device that cannot
+be used stops the command with status 2.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from seg_perception.pipeline import (Frame, PRECISIONS, resolve_device, Result,
+                                     SegmentationPipeline)
+from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = ('.bmp', '.jpeg', '.jpg', '.png')
+DEFAULT_OUTPUT_DIR = Path('out/predict')
+
+
+class ImageReadError(ValueError):
+    """An input image that cannot be read; the message names the file."""
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """Parse ``WxH`` (e.g. ``1024x512``) into ``(width, height)``."""
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not WxH, e.g. 1024x512') from None
+    if w <= 0 or h <= 0 or w % 8 or h % 8:
+        raise argparse.ArgumentTypeError(
+            f'{text!r}: width and height must be positive multiples of 8')
+    return w, h
+
+
+def find_images(inputs: Sequence[str]) -> Tuple[List[Tuple[Path, Path]], List[str]]:
+    """
+    List the images to segment and the problems with inputs that are no image.
+
+    Returns ``(image path, output path prefix relative to the output folder)`` pairs, in the
+    order given (folders sorted), each file once, and one message per input that is neither an
+    image file nor a folder, or whose outputs would overwrite those of an earlier image.
+    """
+    images: List[Tuple[Path, Path]] = []
+    errors: List[str] = []
+    seen = set()
+    owners: Dict[Path, Path] = {}  # output prefix -> image that claimed it
+    for text in inputs:
+        root = Path(text)
+        if root.is_dir():
+            found = sorted(p for p in root.rglob('*')
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                errors.append(f'{root}: folder holds no {"/".join(IMAGE_SUFFIXES)} images')
+            pairs = [(p, p.relative_to(root).with_suffix('')) for p in found]
+        elif root.is_file():
+            pairs = [(root, Path(root.stem))]
+        else:
+            errors.append(f'{root}: no such file or folder')
+            continue
+        for path, prefix in pairs:
+            key = path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            if prefix in owners:
+                errors.append(f'{path}: its outputs {prefix}_*.png would overwrite those of '
+                              f'{owners[prefix]}; segment it in a separate run')
+                continue
+            owners[prefix] = path
+            images.append((path, prefix))
+    return images, errors
+
+
+def read_image(path: Path) -> Frame:
+    """Read an image file as stored: gray -> mono8, 3 channels -> bgr8, 4 -> bgra8."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError(f'{path}: cannot be read as an image')
+    if img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageReadError(f'{path}: unsupported pixel type {img.dtype} (8 or 16 bit only)')
+    if img.ndim == 2:
+        img = img[..., None]  # (H, W, 1)
+    encoding = {1: 'mono8', 3: 'bgr8', 4: 'bgra8'}.get(img.shape[2])
+    if encoding is None:
+        raise ImageReadError(f'{path}: unsupported channel count {img.shape[2]}')
+    return Frame(np.ascontiguousarray(img), encoding)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write ``image`` (OpenCV channel order) to ``path``; OSError names the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f'{path}: could not be written')
+
+
+def write_outputs(result: Result, prefix: Path) -> None:
+    """Write ``<prefix>_labels.png``, ``_color.png`` and ``_overlay.png`` for one image."""
+    write_png(prefix.with_name(prefix.name + '_labels.png'), result.labels)
+    write_png(prefix.with_name(prefix.name + '_color.png'), result.color[..., ::-1])  # RGB->BGR
+    overlay = result.overlay
+    if result.overlay_encoding in ('rgb8', 'rgba8'):
+        overlay = np.concatenate([overlay[..., 2::-1], overlay[..., 3:]], axis=2)  # -> BGR(A)
+    write_png(prefix.with_name(prefix.name + '_overlay.png'), overlay)
+
+
+def describe(info: ModelInfo, path: str) -> str:
+    """Summarise a model for the log: format, classes, input size and normalisation."""
+    w, h = info.input_size
+    norm = info.normalization
+    return (f'model {path} ({info.source_format}): {info.num_classes} classes '
+            f'[{", ".join(info.classes.names)}], network input {w}x{h}, '
+            f'normalisation mean {list(norm.mean)} std {list(norm.std)}')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='seg-predict',
+        description='Segment image files and folders with an ERFNet model file.')
+    parser.add_argument('inputs', nargs='+', metavar='INPUT',
+                        help='image files, or folders searched recursively for images')
+    parser.add_argument('--model', required=True,
+                        help='model file: seg_perception .pt or official erfnet_pretrained.pth')
+    parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    parser.add_argument('--precision', default='fp32', choices=sorted(PRECISIONS))
+    parser.add_argument('--input-size', type=parse_size, metavar='WxH',
+                        help="network input size (default: the model's own)")
+    parser.add_argument('--output-dir', type=Path, default=DEFAULT_OUTPUT_DIR,
+                        help=f'where the PNG files go (default: {DEFAULT_OUTPUT_DIR})')
+    parser.add_argument('--alpha', type=float, default=0.5,
+                        help='opacity of the class colours in the overlay, 0..1 (default 0.5)')
+    parser.add_argument('--log-level', default='INFO',
+                        choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'))
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command; returns the exit status (0 ok, 1 some images failed, 2 no model)."""
+    args = build_parser().parse_args(argv)
+    if not 0.0 <= args.alpha <= 1.0:
+        build_parser().error(f'--alpha {args.alpha} outside [0, 1]')
+    logging.basicConfig(level=args.log_level, format='%(levelname)s %(name)s: %(message)s')
+    images, errors = find_images(args.inputs)
+    for message in errors:
+        _logger.error(message)
+    try:
+        device = resolve_device(args.device)
+        model, info = load_model(args.model)
+        pipeline = SegmentationPipeline(model, info, device=str(device),
+                                        precision=args.precision, input_size=args.input_size,
+                                        warmup=device.type == 'cuda')
+    except (ModelFileError, RuntimeError, ValueError) as e:
+        _logger.error('%s', e)
+        return 2
+    _logger.info('%s', describe(info, args.model))
+    _logger.info('running at %dx%d on %s (%s); %d images -> %s', *pipeline.input_size, device,
+                 args.precision, len(images), args.output_dir)
+    done = 0
+    with logging_redirect_tqdm():
+        for path, prefix in tqdm(images, desc='seg-predict', unit='image'):
+            try:
+                (result,) = pipeline([read_image(path)], alpha=args.alpha)
+                write_outputs(result, args.output_dir / prefix)
+                done += 1
+            except (ImageReadError, OSError) as e:
+                errors.append(str(e))
+                _logger.error('%s', e)
+    print(f'seg-predict: segmented {done} of {len(images)} images into {args.output_dir}'
+          + (f'; {len(errors)} problems (see the log above)' if errors else ''))
+    return 1 if errors else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
