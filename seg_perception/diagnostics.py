@@ -76,8 +76,6 @@ class NodeStats:
         self.batches = 0
         self.batch_size_max = 0
         self.computed = {name: 0 for name in OUTPUT_NAMES}
-        self.subscribers: Dict[str, Dict[str, int]] = {
-            t: {name: 0 for name in OUTPUT_NAMES} for t in topics}
 
     def received(self, topic: str) -> None:
         with self._lock:
@@ -94,11 +92,10 @@ class NodeStats:
             cam.dropped_malformed += 1
             cam.last_malformed = now
 
-    def skipped(self, topic: str, subscribers: Dict[str, int]) -> None:
+    def skipped(self, topic: str) -> None:
         """Count a frame not processed because no output had a subscriber."""
         with self._lock:
             self.cameras[topic].skipped_no_subscribers += 1
-            self.subscribers[topic] = dict(subscribers)
 
     def forward(self, now: float, seconds: float, batch_size: int,
                 computed: Dict[str, int]) -> None:
@@ -110,20 +107,18 @@ class NodeStats:
             for name, n in computed.items():
                 self.computed[name] += n
 
-    def published(self, topic: str, now: float, latency_s: Optional[float],
-                  subscribers: Dict[str, int]) -> None:
+    def published(self, topic: str, now: float, latency_s: Optional[float]) -> None:
         """Record a frame whose outputs were published, with its stamp-to-publish latency."""
         with self._lock:
             cam = self.cameras[topic]
             cam.processed += 1
             cam.window.add(now, latency_s)
-            self.subscribers[topic] = dict(subscribers)
 
     def camera_values(self, topic: str, now: float) -> Dict[str, str]:
         """Key/values of one camera, as /diagnostics carries them."""
         with self._lock:
             cam = self.cameras[topic]
-            values = {
+            return {
                 'topic': topic,
                 'fps': _fmt(cam.window.rate(now)),
                 'latency_p50_ms': _ms(cam.window.percentile(50, now)),
@@ -134,9 +129,6 @@ class NodeStats:
                 'dropped_malformed': str(cam.dropped_malformed),
                 'skipped_no_subscribers': str(cam.skipped_no_subscribers),
             }
-            for name, n in self.subscribers[topic].items():
-                values[f'subscribers_{name}'] = str(n)
-            return values
 
     def recent_malformed(self, topic: str, now: float) -> bool:
         """Tell whether the camera dropped a malformed frame within the window."""
@@ -170,6 +162,8 @@ class NodeStats:
 class Throttle:
     """Let one message per key through every ``period_s``; count the ones held back."""
 
+    MAX_KEYS = 256
+
     def __init__(self, period_s: float) -> None:
         self.period_s = period_s
         self._last: Dict[Hashable, float] = {}
@@ -183,6 +177,8 @@ class Throttle:
             if last is not None and now - last < self.period_s:
                 self._held[key] = self._held.get(key, 0) + 1
                 return False, 0
+            if len(self._last) >= self.MAX_KEYS:  # forget keys that are quiet again
+                self._last = {k: t for k, t in self._last.items() if now - t < self.period_s}
             self._last[key] = now
             return True, self._held.pop(key, 0)
 

@@ -137,7 +137,6 @@ class _Job:
     header: Header
     frame: Frame
     wanted: Outputs
-    subscribers: Dict[str, int]
 
 
 class SegmentationNode(Node):
@@ -245,8 +244,8 @@ class SegmentationNode(Node):
     def _malformed(self, cam: _Camera, error: Exception) -> None:
         now = time.monotonic()
         self.stats.malformed(cam.topic, now)
-        problem = str(error).split(' ', 1)[0]  # one throttle per kind of problem and topic
-        allowed, held = self._throttle.allow((cam.topic, problem), now)
+        # A camera repeating the same fault warns once per period; a new fault warns at once.
+        allowed, held = self._throttle.allow((cam.topic, str(error)), now)
         if allowed:
             more = f' ({held} more like it since the last warning)' if held else ''
             self.get_logger().warning(
@@ -303,9 +302,9 @@ class SegmentationNode(Node):
                            for name, pub in cam.publishers.items()}
             wanted = Outputs(**{name: subscribers[name] > 0 for name in OUTPUT_NAMES})
             if not wanted.any():
-                self.stats.skipped(cam.topic, subscribers)
+                self.stats.skipped(cam.topic)
                 continue
-            jobs.append(_Job(cam, pending.header, frame, wanted, subscribers))
+            jobs.append(_Job(cam, pending.header, frame, wanted))
         if not jobs:
             return
         union = Outputs(**{name: any(getattr(j.wanted, name) for j in jobs)
@@ -336,7 +335,7 @@ class SegmentationNode(Node):
         latency = None
         if not ros_image.is_zero_stamp(header):
             latency = (self.get_clock().now() - Time.from_msg(header.stamp)).nanoseconds * 1e-9
-        self.stats.published(job.camera.topic, time.monotonic(), latency, job.subscribers)
+        self.stats.published(job.camera.topic, time.monotonic(), latency)
 
     # --- diagnostics --------------------------------------------------------------------------
 
@@ -352,6 +351,8 @@ class SegmentationNode(Node):
                           totals)]
         for cam in self._cameras:
             values = self.stats.camera_values(cam.topic, now)
+            for name, pub in cam.publishers.items():
+                values[f'subscribers_{name}'] = str(pub.get_subscription_count())
             level, message = DiagnosticStatus.OK, f'{values["fps"]} fps'
             if self.stats.recent_malformed(cam.topic, now):
                 level, message = DiagnosticStatus.WARN, 'dropping malformed frames'

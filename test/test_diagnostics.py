@@ -1,0 +1,81 @@
+"""Run-time statistics of the node (ROS-free): windows, counters and the warning throttle."""
+
+import pytest
+
+from seg_perception.diagnostics import NodeStats, Throttle, WindowStats
+
+
+def test_window_rate_counts_only_recent_events():
+    w = WindowStats(window_s=2.0, start=0.0)
+    for t in (0.5, 1.0, 1.5, 2.0):
+        w.add(t)
+    assert w.rate(2.0) == pytest.approx(4 / 2.0)
+    assert w.rate(3.2) == pytest.approx(2 / 2.0)  # 0.5 and 1.0 fell out of (1.2, 3.2]
+    assert w.rate(10.0) == 0.0
+
+
+def test_window_rate_before_the_window_has_filled():
+    w = WindowStats(window_s=10.0, start=100.0)
+    w.add(100.5)
+    w.add(101.0)
+    assert w.rate(102.0) == pytest.approx(2 / 2.0)
+
+
+def test_window_percentiles_of_recent_values():
+    w = WindowStats(window_s=5.0)
+    for i in range(1, 101):
+        w.add(1.0, i / 1000.0)
+    w.add(1.0)  # an event without a value counts for the rate only
+    assert w.percentile(50, 2.0) == pytest.approx(0.0505)
+    assert w.percentile(99, 2.0) == pytest.approx(0.09901)
+    assert w.percentile(50, 7.0) is None
+
+
+def test_node_stats_count_each_drop_kind_per_camera():
+    stats = NodeStats(['/front/image', '/rear/image'], now=0.0, window_s=5.0)
+    for _ in range(3):
+        stats.received('/front/image')
+    stats.received('/rear/image')
+    stats.overwritten('/front/image')
+    stats.malformed('/rear/image', now=1.0)
+    stats.skipped('/front/image')
+    stats.forward(1.0, 0.02, 2, {'labels': 2, 'color': 0, 'overlay': 2, 'confidence': 0})
+    stats.published('/front/image', 1.0, 0.050)
+    stats.published('/front/image', 1.5, 0.070)
+    front = stats.camera_values('/front/image', 2.0)
+    rear = stats.camera_values('/rear/image', 2.0)
+    assert (front['frames_received'], front['frames_processed']) == ('3', '2')
+    assert (front['dropped_overwritten'], front['dropped_malformed']) == ('1', '0')
+    assert front['skipped_no_subscribers'] == '1'
+    assert (rear['dropped_overwritten'], rear['dropped_malformed']) == ('0', '1')
+    assert float(front['latency_p50_ms']) == pytest.approx(60.0)
+    assert rear['latency_p50_ms'] == 'n/a'
+    assert float(front['fps']) == pytest.approx(2 / 2.0)
+    assert stats.recent_malformed('/rear/image', 2.0)
+    assert not stats.recent_malformed('/rear/image', 7.0)
+    assert not stats.recent_malformed('/front/image', 2.0)
+    totals = stats.totals(2.0)
+    assert (totals['frames_received'], totals['dropped_overwritten'],
+            totals['dropped_malformed']) == ('4', '1', '1')
+    assert (totals['batches'], totals['batch_size_max']) == ('1', '2')
+    assert (totals['computed_labels'], totals['computed_color']) == ('2', '0')
+    assert float(totals['inference_p50_ms']) == pytest.approx(20.0)
+
+
+def test_throttle_lets_one_message_per_key_and_period_through():
+    t = Throttle(period_s=5.0)
+    assert t.allow('a', 0.0) == (True, 0)
+    assert t.allow('a', 1.0) == (False, 0)
+    assert t.allow('a', 2.0) == (False, 0)
+    assert t.allow('b', 2.0) == (True, 0)  # another problem is reported at once
+    assert t.allow('a', 5.5) == (True, 2)  # with the count of those held back
+    assert t.allow('a', 6.0) == (False, 0)
+
+
+def test_throttle_forgets_quiet_keys():
+    t = Throttle(period_s=1.0)
+    for i in range(Throttle.MAX_KEYS):
+        t.allow(i, 0.0)
+    t.allow('new', 10.0)
+    assert len(t._last) == 1
+    assert t.allow(0, 10.5) == (True, 0)

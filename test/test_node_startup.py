@@ -1,0 +1,48 @@
+"""segmentation_node starting and stopping: clean SIGINT, clear errors for what it can't run."""
+
+import pytest
+from ros_probe import make_image, NodeProcess, Probe, start_node
+
+W, H = 40, 24
+
+
+@pytest.fixture
+def probe():
+    p = Probe('startup_probe')
+    yield p
+    p.close()
+
+
+def test_sigint_stops_worker_and_node_cleanly(tiny_model_file, tmp_path, probe):
+    # A namespace of its own, so no other node of the run answers for it.
+    node = start_node([f'model:={tiny_model_file}', 'device:=cpu'], tmp_path / 'node.log',
+                      probe, ready_topic='/startup/segmentation/class_table',
+                      ros_args=['-r', '__ns:=/startup'])
+    try:
+        msg, _ = make_image('rgb8', W, H, probe.stamp())
+        with probe.listening(['/startup/segmentation/labels']):
+            got = probe.request([('/startup/image', msg)],
+                                {'/startup/segmentation/labels': msg.header.stamp}, node)
+        assert got['/startup/segmentation/labels'].width == W
+    finally:
+        rc = node.stop(timeout=30.0)
+    log = node.log()
+    assert rc == 0, log
+    assert 'Traceback' not in log, log
+
+
+def test_node_refuses_to_start_with_a_clear_error(tmp_path):
+    broken = tmp_path / 'broken.pt'
+    broken.write_bytes(b'this is not a torch file')
+    cases = {
+        'broken': ([f'model:={broken}', 'device:=cpu'], f'cannot run model {broken}'),
+        'missing': ([f'model:={tmp_path / "absent.pt"}'], 'model file not found'),
+        'device': (['device:=gpu'], "parameter device: 'gpu'"),
+    }
+    procs = {name: NodeProcess(p, tmp_path / f'{name}.log') for name, (p, _) in cases.items()}
+    for name, (_, message) in cases.items():
+        rc = procs[name].wait(timeout=90.0)
+        log = procs[name].log()
+        assert rc == 1, log
+        assert message in log, log
+        assert '[FATAL]' in log and 'Traceback' not in log, log
