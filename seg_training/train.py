@@ -1,0 +1,554 @@
+"""
+seg-train: train ERFNet on Cityscapes or a folder dataset, from scratch or by transfer.
+
+    seg-train --dataset cityscapes|folder --data-root D --output-dir O [--init CKPT]
+              [--pretrained-encoder F] [--epochs N] [--device D] [--seed S] [--batch-size B]
+              [--resume] [--config YAML] [--size WxH] [--lr LR] [--freeze-encoder |
+              --encoder-lr-scale F] [--schedule single|two-stage] [--loss ce|focal|dice]
+              [--patience N] [--workers N] [--amp] [--max-train-samples N] [--max-val-samples N]
+
+Configuration: ``config/train.yaml`` defaults, then ``--config``, then command-line options; the
+merged result is ``O/config.yaml``. Outputs in ``O``: ``best.pt`` (best validation mIoU, a model
+file that seg-predict and the node run as is), ``last.pt`` (plus the full training state for
+``--resume``), ``metrics.csv`` and TensorBoard events (``O/tensorboard``) of every epoch,
+``summary.json`` and ``plots/``. Under ``torchrun --nproc_per_node N`` it trains with DDP; only
+rank 0 writes files.
+"""
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+from pathlib import Path
+import signal
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from seg_training import engine
+from seg_training.checkpoint import (atomic_save, load_imagenet_encoder,
+                                     load_state_dict_checked, model_file_dict, ModelFileError,
+                                     ModelInfo, Normalization, read_file)
+from seg_training.classes import ClassTable
+from seg_training.config import (config_from_dict, ConfigError, IMAGENET_MEAN, IMAGENET_STD,
+                                 load_config, read_yaml, save_config, stage_epochs, TrainConfig,
+                                 validate)
+from seg_training.data import build_dataset, DatasetError, SegmentationDataset, \
+    worker_seed_transform
+from seg_training.losses import build_loss, describe_weights, enet_class_weights
+from seg_training.model import ERFNet, ERFNetConfig
+from seg_training.transfer import init_from_file
+from seg_training.transforms import denormalize, train_transform, val_transform
+
+_logger = logging.getLogger(__name__)
+
+# Keys a resumed run may change; anything else must match the interrupted run.
+RESUME_OVERRIDABLE = ('epochs', 'patience', 'workers', 'device', 'data_root', 'output_dir',
+                      'plots_every_epoch')
+CSV_COLUMNS = ('epoch', 'stage', 'lr', 'train_loss', 'val_miou', 'val_pixel_accuracy',
+               'val_mean_accuracy', 'val_fw_iou', 'val_mean_dice', 'time_s')
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _size(text: str) -> List[int]:
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected WxH such as 512x256, got {text!r}') from None
+    return [w, h]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='seg-train', description='Train ERFNet (Cityscapes or a folder dataset).',
+        argument_default=argparse.SUPPRESS)
+    p.add_argument('--config', help='YAML with any of the keys of config/train.yaml')
+    p.add_argument('--dataset', choices=('cityscapes', 'folder'))
+    p.add_argument('--data-root', dest='data_root')
+    p.add_argument('--output-dir', dest='output_dir')
+    p.add_argument('--train-split', dest='train_split')
+    p.add_argument('--val-split', dest='val_split')
+    p.add_argument('--init', help='project model file or official erfnet_pretrained.pth')
+    p.add_argument('--pretrained-encoder', dest='pretrained_encoder',
+                   help='official erfnet_encoder_pretrained.pth.tar (ImageNet)')
+    p.add_argument('--epochs', type=int)
+    p.add_argument('--batch-size', dest='batch_size', type=int)
+    p.add_argument('--size', type=_size, help='network input WxH, multiples of 8')
+    p.add_argument('--lr', type=float)
+    p.add_argument('--weight-decay', dest='weight_decay', type=float)
+    enc = p.add_mutually_exclusive_group()
+    enc.add_argument('--freeze-encoder', dest='freeze_encoder', action='store_true')
+    enc.add_argument('--encoder-lr-scale', dest='encoder_lr_scale', type=float)
+    p.add_argument('--schedule', choices=('single', 'two-stage'))
+    p.add_argument('--encoder-epochs', dest='encoder_epochs', type=int,
+                   help='two-stage: epochs of the encoder stage (default half)')
+    p.add_argument('--loss', choices=('ce', 'focal', 'dice'))
+    p.add_argument('--class-weighting', dest='class_weighting', choices=('enet', 'none'))
+    p.add_argument('--patience', type=int, help='early stopping patience in epochs (0: off)')
+    p.add_argument('--workers', type=int)
+    p.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
+    p.add_argument('--amp-dtype', dest='amp_dtype', choices=('bf16', 'fp16'))
+    p.add_argument('--device')
+    p.add_argument('--seed', type=int)
+    p.add_argument('--max-train-samples', dest='max_train_samples', type=int)
+    p.add_argument('--max-val-samples', dest='max_val_samples', type=int)
+    p.add_argument('--resume', action='store_true',
+                   help='continue the run in --output-dir from its last.pt')
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge the run's configuration (with ``--resume``: the saved one, checked against args)."""
+    overrides = {k: v for k, v in vars(args).items() if k not in ('config', 'resume')}
+    if not getattr(args, 'resume', False):
+        cfg = load_config(getattr(args, 'config', None), overrides)
+        missing = [k for k in ('data_root', 'output_dir') if getattr(cfg, k) is None]
+        if missing:
+            raise ConfigError('missing ' + ', '.join('--' + k.replace('_', '-') for k in missing))
+        if (Path(cfg.output_dir) / 'last.pt').exists():
+            raise ConfigError(f'{cfg.output_dir}: already holds a training run (last.pt); pass '
+                              '--resume to continue it or choose another --output-dir')
+        return cfg
+    if 'config' in args:
+        overrides = {**read_yaml(args.config), **overrides}
+    out = overrides.get('output_dir')
+    if out is None:
+        raise ConfigError('--resume needs --output-dir')
+    last = Path(out) / 'last.pt'
+    if not last.is_file():
+        raise ConfigError(f'{last}: not found; nothing to resume')
+    state = read_file(last).get('training_state')
+    if not isinstance(state, dict) or 'config' not in state:
+        raise ConfigError(f'{last}: has no training_state to resume from')
+    cfg = config_from_dict(state['config'], str(last))
+    saved = cfg.to_dict()
+    probe = config_from_dict({**saved, **overrides}, 'command line')
+    changed = [k for k, v in probe.to_dict().items() if v != saved[k]]
+    refused = [k for k in changed if k not in RESUME_OVERRIDABLE]
+    if refused:
+        raise ConfigError(f'--resume: {", ".join(refused)} differ from the interrupted run '
+                          f'({last}); only {", ".join(RESUME_OVERRIDABLE)} may change')
+    for k in changed:
+        _logger.info('resume: %s %r -> %r', k, saved[k], getattr(probe, k))
+    validate(probe)
+    return probe
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None, tensors -> lists, recursively (for summary.json)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _json_safe(obj.tolist())
+    return obj
+
+
+def by_name(names: Sequence[str], values: Sequence[float],
+            void_index: Optional[int] = None) -> Dict[str, float]:
+    """{class name: value}, without the void output."""
+    return {n: v for i, (n, v) in enumerate(zip(names, values)) if i != void_index}
+
+
+class RunLog:
+    """metrics.csv and TensorBoard events of a run (rank 0 only; a no-op elsewhere)."""
+
+    def __init__(self, out: Path, active: bool, start_epoch: int) -> None:
+        self.active = active
+        self.csv_path = out / 'metrics.csv'
+        self.writer = None
+        if not active:
+            return
+        self._trim_csv(start_epoch)
+        from torch.utils.tensorboard import SummaryWriter
+        # purge_step drops events a killed session logged after its last checkpoint.
+        self.writer = SummaryWriter(str(out / 'tensorboard'),
+                                    purge_step=start_epoch + 1 if start_epoch else None)
+
+    def _trim_csv(self, start_epoch: int) -> None:
+        """Keep the rows of epochs <= start_epoch (a resumed run rewrites the rest)."""
+        rows = []
+        if self.csv_path.is_file() and start_epoch > 0:
+            with open(self.csv_path, newline='') as f:
+                rows = [r for r in csv.DictReader(f) if int(r['epoch']) <= start_epoch]
+        with open(self.csv_path, 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def epoch(self, row: Dict[str, Any], per_class: Dict[str, float]) -> None:
+        if not self.active:
+            return
+        with open(self.csv_path, 'a', newline='') as f:
+            csv.DictWriter(f, fieldnames=CSV_COLUMNS).writerow(
+                {k: row.get(k, '') for k in CSV_COLUMNS})
+        e = row['epoch']
+        for key in CSV_COLUMNS[2:]:
+            if isinstance(row.get(key), float) and math.isfinite(row[key]):
+                self.writer.add_scalar(key.replace('_', '/', 1), row[key], e)
+        for name, v in per_class.items():
+            if math.isfinite(v):
+                self.writer.add_scalar(f'val_iou/{name}', v, e)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def model_info(cfg: TrainConfig, classes: ClassTable, metrics: Optional[Dict] = None
+               ) -> ModelInfo:
+    """Describe, for the model file, the network this run trains."""
+    return ModelInfo(classes=classes, input_size=(cfg.size[0], cfg.size[1]),
+                     normalization=Normalization(tuple(cfg.mean), tuple(cfg.std)),
+                     train_config=cfg.to_dict(), metrics=dict(metrics or {}))
+
+
+def file_metrics(val: Dict[str, Any], epoch: int, classes: ClassTable) -> Dict[str, Any]:
+    """Select what a model file records about its validation."""
+    return {'epoch': epoch, 'val_miou': val['miou'], 'pixel_accuracy': val['pixel_accuracy'],
+            'mean_accuracy': val['mean_accuracy'], 'fw_iou': val['fw_iou'],
+            'mean_dice': val['mean_dice'],
+            'per_class_iou': by_name(classes.names, val['per_class_iou'], classes.void_index)}
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _loader(ds: SegmentationDataset, cfg: TrainConfig, sampler, generator: torch.Generator,
+            device: torch.device) -> DataLoader:
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                      pin_memory=device.type == 'cuda', worker_init_fn=worker_seed_transform,
+                      generator=generator, persistent_workers=False)
+
+
+def _class_weights(cfg: TrainConfig, ds: SegmentationDataset,
+                   state: Optional[Dict]) -> Optional[torch.Tensor]:
+    if state is not None:
+        return state.get('class_weights')
+    if cfg.class_weighting == 'none':
+        return None
+    t0 = time.time()
+    hist = ds.label_histogram(workers=max(1, cfg.workers))
+    w = enet_class_weights(hist, cfg.class_weight_c)
+    _logger.info('class weights from %d labelled pixels (%.1f s): %s', int(hist.sum()),
+                 time.time() - t0, describe_weights(ds.classes.names, w))
+    return w
+
+
+def _initialise(net: ERFNet, cfg: TrainConfig, classes: ClassTable) -> Optional[Dict]:
+    """Apply --init / --pretrained-encoder; fill in cfg.mean/std; return what was done."""
+    report = None
+    source_norm = None
+    if cfg.init:
+        r = init_from_file(net, cfg.init, classes)
+        report, source_norm = r.to_dict(), r.normalization
+    elif cfg.pretrained_encoder:
+        load_imagenet_encoder(cfg.pretrained_encoder, net)
+        report = {'source': cfg.pretrained_encoder, 'source_format': 'imagenet-encoder',
+                  'head': 'fresh'}
+    if cfg.mean is None:
+        cfg.mean = list(source_norm.mean) if source_norm else list(IMAGENET_MEAN)
+    if cfg.std is None:
+        cfg.std = list(source_norm.std) if source_norm else list(IMAGENET_STD)
+    return report
+
+
+def _sample_panels(net: ERFNet, ds: SegmentationDataset, cfg: TrainConfig,
+                   device: torch.device, out_png: Path) -> None:
+    from seg_training import plots
+    n = min(cfg.val_panels, len(ds))
+    if n == 0:
+        return
+    items = [ds[i] for i in range(n)]
+    images = torch.stack([x for x, _ in items]).to(device)  # (n, 3, H, W)
+    preds = engine.predict_batch(net, 'full', images).cpu()  # (n, H, W)
+    plots.plot_samples([denormalize(x, cfg.mean, cfg.std) for x, _ in items],
+                       [p.numpy() for p in preds], [y.numpy() for _, y in items],
+                       ds.classes.palette(), out_png)
+
+
+def run(cfg: TrainConfig, resume: bool = False) -> Optional[Dict[str, Any]]:
+    """Train as ``cfg`` says; returns the summary on rank 0 (None elsewhere)."""
+    dinfo, device = engine.init_distributed(cfg.device)
+    try:
+        return _run(cfg, resume, dinfo, device)
+    finally:
+        engine.cleanup_distributed()
+
+
+def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
+         device: torch.device) -> Optional[Dict[str, Any]]:
+    out = Path(cfg.output_dir)
+    main = dinfo.is_main
+    state, saved_sd = None, None
+    if resume:
+        obj = read_file(out / 'last.pt')
+        state, saved_sd = obj['training_state'], obj['state_dict']
+        if state.get('interrupted'):
+            _logger.warning('%s was saved by an interrupted epoch: that epoch starts over from '
+                            'the weights it had reached', out / 'last.pt')
+    engine.seed_everything(cfg.seed)
+
+    train_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, None,
+                             cfg.max_train_samples)
+    val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, None, cfg.max_val_samples)
+    classes = train_ds.classes
+    if val_ds.classes != classes:
+        raise DatasetError(f'{cfg.data_root}: {cfg.train_split} and {cfg.val_split} splits have '
+                           f'different class tables')
+
+    net = ERFNet(ERFNetConfig(num_classes=classes.num_classes))
+    if state is not None:
+        load_state_dict_checked(net, saved_sd, str(out / 'last.pt'))
+        progress = engine.Progress.from_dict(state['progress'])
+    else:
+        progress = engine.Progress(init=_initialise(net, cfg, classes))
+    net.to(device)
+    precision = engine.Precision.from_config(cfg, device)
+    if precision.channels_last:
+        net.to(memory_format=torch.channels_last)
+
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / 'config.yaml')
+    size = (cfg.size[0], cfg.size[1])
+    train_ds.transform = train_transform(size, cfg.mean, cfg.std, cfg.augment, cfg.seed)
+    val_ds.transform = val_transform(size, cfg.mean, cfg.std)
+    weights = _class_weights(cfg, train_ds, state)
+    criterion = build_loss(cfg.loss, weights.to(device) if weights is not None else None,
+                           cfg.focal_gamma)
+
+    train_gen = torch.Generator()
+    if dinfo.distributed:
+        train_sampler = DistributedSampler(train_ds, dinfo.world_size, dinfo.rank, shuffle=True,
+                                           seed=cfg.seed)
+        val_sampler = engine.ShardSampler(len(val_ds), dinfo.rank, dinfo.world_size)
+    else:
+        train_sampler = RandomSampler(train_ds, generator=train_gen)
+        val_sampler = None
+    train_loader = _loader(train_ds, cfg, train_sampler, train_gen, device)
+    val_loader = _loader(val_ds, cfg, val_sampler, torch.Generator().manual_seed(cfg.seed),
+                         device)
+
+    per_stage = stage_epochs(cfg)
+    schedule = ['encoder'] * per_stage['encoder'] + ['full'] * per_stage['full']
+    log = RunLog(out, main, progress.epoch)
+    info_last = model_info(cfg, classes)
+    cfg_dict = cfg.to_dict()
+    opt = sched = scaler = module = None
+    opt_stage = None
+    pending = None
+    if state is not None:
+        if progress.epoch < len(schedule) and schedule[progress.epoch] == progress.stage:
+            pending = state  # optimiser state of the stage that continues
+        engine.restore_rng_state(state['rng'])
+
+    def save_last(interrupted: bool = False) -> None:
+        ts = engine.training_state(progress, opt, sched, scaler, cfg_dict, weights, interrupted)
+        atomic_save(model_file_dict(net, info_last, {'training_state': ts}), out / 'last.pt')
+
+    _logger.info('training %d epochs (%s) on %s: %d train / %d val samples, %d classes, %dx%d',
+                 len(schedule), ', '.join(f'{k} {v}' for k, v in per_stage.items() if v),
+                 device, len(train_ds), len(val_ds), classes.num_classes, *size)
+    val: Optional[Dict[str, Any]] = None
+    try:
+        for e in range(progress.epoch, len(schedule)):
+            if progress.stopped_early:
+                break
+            t0 = time.time()
+            stage = schedule[e]
+            if stage != opt_stage:
+                engine.set_trainable(net, stage, cfg.freeze_encoder)
+                opt, sched = engine.build_optimizer(net, cfg, per_stage[stage])
+                scaler = precision.scaler()
+                if pending is not None:
+                    opt.load_state_dict(pending['optimizer'])
+                    sched.load_state_dict(pending['scheduler'])
+                    if scaler is not None and pending.get('scaler'):
+                        scaler.load_state_dict(pending['scaler'])
+                    pending = None
+                module = engine.stage_module(net, stage)
+                if dinfo.distributed:
+                    module = DistributedDataParallel(
+                        module, device_ids=[device.index] if device.type == 'cuda' else None)
+                opt_stage = stage
+            seed = engine.epoch_seed(cfg.seed, e, dinfo.rank)
+            train_gen.manual_seed(seed)
+            train_ds.transform.set_seed(seed)
+            if dinfo.distributed:
+                train_sampler.set_epoch(e)
+            engine.set_train_mode(net, cfg.freeze_encoder and stage == 'full')
+            lr = opt.param_groups[-1]['lr']
+            loss = engine.train_one_epoch(module, train_loader, criterion, opt, device,
+                                          precision, scaler,
+                                          desc=f'epoch {e + 1}/{len(schedule)} {stage}',
+                                          progress=main)
+            sched.step()
+            val, cm = engine.validate(net, stage, val_loader, classes.num_classes, device,
+                                      classes.void_index, precision.amp)
+            progress.time_s += time.time() - t0
+            improved = progress.record(e + 1, stage, val['miou'], cfg.patience)
+            if improved:
+                progress.best_metrics = {**val, 'confusion': cm.matrix.cpu().tolist()}
+            _logger.info('epoch %d/%d %s: loss %.4f, val mIoU %.4f, %.1f s%s', e + 1,
+                         len(schedule), stage, loss, val['miou'], time.time() - t0,
+                         f' (best {progress.best_miou:.4f} at epoch {progress.best_epoch})'
+                         if progress.best_epoch else '')
+            if main:
+                row = {'epoch': e + 1, 'stage': stage, 'lr': lr, 'train_loss': loss,
+                       'val_miou': val['miou'], 'val_pixel_accuracy': val['pixel_accuracy'],
+                       'val_mean_accuracy': val['mean_accuracy'], 'val_fw_iou': val['fw_iou'],
+                       'val_mean_dice': val['mean_dice'], 'time_s': round(progress.time_s, 3)}
+                log.epoch(row, by_name(classes.names, val['per_class_iou'], classes.void_index))
+                if improved:
+                    info = model_info(cfg, classes, file_metrics(val, e + 1, classes))
+                    atomic_save(model_file_dict(net, info), out / 'best.pt')
+                save_last()
+                if cfg.plots_every_epoch:
+                    _plot_curves(out)
+            if progress.stopped_early:
+                _logger.info('early stopping: no better val mIoU for %d epochs', cfg.patience)
+    except KeyboardInterrupt:
+        if main:
+            save_last(interrupted=True)
+            _logger.warning('interrupted: saved %s; continue with --resume', out / 'last.pt')
+        log.close()
+        raise
+
+    if progress.best_epoch == 0:
+        # No epoch of the whole network ran (e.g. --epochs 0 to convert an --init model):
+        # the current weights are the result.
+        val, cm = engine.validate(net, 'full', val_loader, classes.num_classes, device,
+                                  classes.void_index, precision.amp)
+        progress.best_miou, progress.best_epoch = val['miou'], progress.epoch
+        progress.best_metrics = {**val, 'confusion': cm.matrix.cpu().tolist()}
+        if main:
+            info = model_info(cfg, classes, file_metrics(val, progress.epoch, classes))
+            atomic_save(model_file_dict(net, info), out / 'best.pt')
+            save_last()
+    log.close()
+    if not main:
+        return None
+    summary = _summary(cfg, progress, val, classes, len(train_ds), len(val_ds), device,
+                       dinfo, len(schedule))
+    with open(out / 'summary.json', 'w', encoding='utf-8') as f:
+        json.dump(_json_safe(summary), f, indent=2)
+    _final_plots(out, cfg, progress, classes, val_ds, device)
+    return summary
+
+
+def _summary(cfg: TrainConfig, progress: engine.Progress, final: Optional[Dict[str, Any]],
+             classes: ClassTable, n_train: int, n_val: int, device: torch.device,
+             dinfo: engine.DistInfo, planned: int) -> Dict[str, Any]:
+    best = progress.best_metrics or {}
+    final = final or best
+
+    def brief(m: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: m.get(k) for k in ('miou', 'pixel_accuracy', 'mean_accuracy', 'fw_iou',
+                                      'mean_dice')} | {
+            'per_class_iou': by_name(classes.names, m.get('per_class_iou', []),
+                                     classes.void_index)}
+
+    return {
+        'best_val_miou': progress.best_miou,
+        'best_epoch': progress.best_epoch,
+        'per_class_iou': by_name(classes.names, best.get('per_class_iou', []),
+                                 classes.void_index),
+        'best_val': brief(best),
+        'final_val': brief(final),
+        'epochs': progress.epoch,
+        'epochs_planned': planned,
+        'stopped_early': progress.stopped_early,
+        'time_s': round(progress.time_s, 3),
+        'classes': list(classes.names),
+        'num_train': n_train,
+        'num_val': n_val,
+        'device': str(device),
+        'world_size': dinfo.world_size,
+        'init': progress.init,
+        'config': cfg.to_dict(),
+    }
+
+
+def _plot_curves(out: Path) -> None:
+    from seg_training import plots
+    try:
+        plots.plot_curves(out / 'metrics.csv', out / 'plots' / 'curves.png')
+    except ValueError as e:  # e.g. no finite value yet
+        _logger.warning('curves not plotted: %s', e)
+
+
+def _final_plots(out: Path, cfg: TrainConfig, progress: engine.Progress, classes: ClassTable,
+                 val_ds: SegmentationDataset, device: torch.device) -> None:
+    from seg_training import plots
+    _plot_curves(out)
+    best = progress.best_metrics or {}
+    keep = [i for i in range(classes.num_classes) if i != classes.void_index]
+    names = [classes.names[i] for i in keep]
+    if best.get('per_class_iou'):
+        plots.plot_per_class_iou(names, [best['per_class_iou'][i] for i in keep],
+                                 out / 'plots' / 'per_class_iou.png')
+    if best.get('confusion'):
+        matrix = torch.tensor(best['confusion'])[keep][:, keep]
+        plots.plot_confusion(matrix.numpy(), names, out / 'plots' / 'confusion.png')
+    best_path = out / 'best.pt'
+    if best_path.is_file():
+        net = ERFNet(ERFNetConfig(num_classes=classes.num_classes))
+        load_state_dict_checked(net, read_file(best_path)['state_dict'], str(best_path))
+        _sample_panels(net.to(device), val_ds, cfg, device, out / 'plots' / 'samples.png')
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get('RANK', '0'))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f'%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s'
+                        if 'WORLD_SIZE' in os.environ else
+                        '%(asctime)s %(levelname)s %(name)s: %(message)s')
+    try:
+        cfg = config_from_args(args)
+    except (ConfigError, ModelFileError) as e:
+        print(f'seg-train: error: {e}', file=sys.stderr)
+        return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm) if in_main_thread else None
+    try:
+        summary = run(cfg, resume=getattr(args, 'resume', False))
+    except (ConfigError, DatasetError, ModelFileError) as e:
+        print(f'seg-train: error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('seg-train: interrupted', file=sys.stderr)
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if summary is not None:
+        print(f'best val mIoU {summary["best_val_miou"]:.4f} at epoch {summary["best_epoch"]} '
+              f'({summary["epochs"]} epochs, {summary["time_s"]:.1f} s); '
+              f'outputs in {cfg.output_dir}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""
+Initialising a model from another one: a project model file or the official ERFNet files.
+
+Everything but the two class heads (``encoder.output_conv`` and ``decoder.output_conv``) is copied
+as is. When the class sets are equal the heads are copied too; otherwise the new heads keep their
+fresh initialisation except for the rows of target classes that exist in the source by name (or
+by an alias of :data:`seg_training.classes.CLASS_ALIASES`, e.g. ``vehicle`` from ``car``).
+"""
+
+from dataclasses import dataclass, field
+import logging
+import os
+from typing import Dict, Mapping, Optional, Union
+
+import torch
+
+from seg_training.checkpoint import (check_state_dict, detect_format, info_from_dict,
+                                     ModelFileError, Normalization, read_file, strip_prefix,
+                                     unwrap)
+from seg_training.classes import CLASS_ALIASES, ClassTable, cityscapes_table
+from seg_training.model import ERFNet
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+# Parameters with one entry per class, and the dimension that indexes the class.
+HEAD_KEYS: Dict[str, int] = {
+    'encoder.output_conv.weight': 0,  # Conv2d (K, 128, 1, 1)
+    'encoder.output_conv.bias': 0,    # (K,)
+    'decoder.output_conv.weight': 1,  # ConvTranspose2d (16, K, 2, 2)
+    'decoder.output_conv.bias': 0,    # (K,)
+}
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_from_file` did, for logs and the training summary."""
+
+    source: str
+    source_format: str
+    source_classes: Optional[ClassTable]
+    normalization: Optional[Normalization]  # the source's input normalisation, if known
+    head: str  # 'copied', 'matched' (rows by class name) or 'fresh'
+    rows: Dict[str, Optional[str]] = field(default_factory=dict)  # target class -> source class
+
+    def to_dict(self) -> Dict:
+        return {'source': self.source, 'source_format': self.source_format, 'head': self.head,
+                'rows': dict(self.rows)}
+
+
+def match_classes(target: ClassTable, source: ClassTable) -> Dict[int, int]:
+    """
+    {target index: source index} for target classes found in ``source`` by name or alias.
+
+    Exact names win over aliases; matching ignores case. The source's void output is never used.
+    """
+    lookup = {n.lower(): i for i, n in enumerate(source.names) if i != source.void_index}
+    rows: Dict[int, int] = {}
+    for i, name in enumerate(target.names):
+        for candidate in (name, *CLASS_ALIASES.get(name, ())):
+            j = lookup.get(candidate.lower())
+            if j is not None:
+                rows[i] = j
+                break
+    return rows
+
+
+def _official_classes(sd: Mapping[str, torch.Tensor]) -> Optional[ClassTable]:
+    head = sd.get('decoder.output_conv.weight')
+    n = int(head.shape[1]) if head is not None else -1
+    if n == 20:
+        return cityscapes_table(with_void=True)
+    if n == 19:
+        return cityscapes_table()
+    return None
+
+
+def _load_source(path: PathLike):
+    """(state_dict without prefix, class table or None, normalisation or None, format)."""
+    obj = read_file(path)
+    kind = detect_format(obj)
+    if kind == 'project':
+        info = info_from_dict(obj, str(path))
+        if info.encoder_only:
+            _logger.warning('%s is an encoder-only model: its decoder was never trained', path)
+        return dict(obj['state_dict']), info.classes, info.normalization, 'project'
+    if kind == 'official':
+        sd = obj['state_dict'] if isinstance(obj.get('state_dict'), Mapping) else obj
+        sd = strip_prefix(sd, 'module.')
+        # The official Cityscapes model was trained on [0, 1] inputs without mean/std.
+        return sd, _official_classes(sd), Normalization(), 'erfnet_pretrained'
+    if kind == 'imagenet-encoder':
+        raise ModelFileError(f'{path}: is the ImageNet-pretrained encoder file; pass it with '
+                             '--pretrained-encoder, not --init')
+    raise ModelFileError(f'{path}: neither a seg_perception model file nor an ERFNet state_dict')
+
+
+def init_from_file(model: ERFNet, path: PathLike, classes: ClassTable) -> InitReport:
+    """
+    Copy the weights of the model file at ``path`` into ``model``, adapting the class heads.
+
+    ``classes`` is the class table of ``model``; the report says what was copied.
+    """
+    net = unwrap(model)
+    if net.num_classes != classes.num_classes:
+        raise ValueError(f'model has {net.num_classes} outputs but the class table '
+                         f'{classes.num_classes}')
+    sd, src_classes, norm, fmt = _load_source(path)
+    own = net.state_dict()
+    body = {k: v for k, v in sd.items() if k not in HEAD_KEYS}
+    own_body = {k: v for k, v in own.items() if k not in HEAD_KEYS}
+    check_state_dict(own_body, body, str(path))
+    net.load_state_dict({k: v.to(own[k].dtype) for k, v in body.items()}, strict=False)
+
+    heads = {k: sd.get(k) for k in HEAD_KEYS}
+    if any(v is None for v in heads.values()):
+        missing = [k for k, v in heads.items() if v is None]
+        raise ModelFileError(f'{path}: state_dict lacks the class heads {missing}')
+    same = src_classes is not None and src_classes.names == classes.names
+    if same:
+        check_state_dict({k: own[k] for k in HEAD_KEYS}, heads, str(path))
+        net.load_state_dict({k: v.to(own[k].dtype) for k, v in heads.items()}, strict=False)
+        head, rows = 'copied', {n: n for n in classes.names}
+    elif src_classes is None:
+        _logger.warning('%s: unknown class table of the source head; the new head starts fresh',
+                        path)
+        head, rows = 'fresh', {n: None for n in classes.names}
+    else:
+        matched = match_classes(classes, src_classes)
+        with torch.no_grad():
+            for key, dim in HEAD_KEYS.items():
+                dst = own[key]
+                src = heads[key].to(dst.dtype)
+                if src.shape[dim] != src_classes.num_classes:
+                    raise ModelFileError(f'{path}: {key} has {src.shape[dim]} outputs but the '
+                                         f'class table {src_classes.num_classes}')
+                for t, s in matched.items():
+                    dst.select(dim, t).copy_(src.select(dim, s))
+        net.load_state_dict({k: own[k] for k in HEAD_KEYS}, strict=False)
+        rows = {n: (src_classes.names[matched[i]] if i in matched else None)
+                for i, n in enumerate(classes.names)}
+        head = 'matched'
+    report = InitReport(str(path), fmt, src_classes, norm, head, rows)
+    fresh = [n for n, s in rows.items() if s is None]
+    _logger.info('initialised from %s (%s): head %s; %d/%d classes from the source%s', path, fmt,
+                 head, len(rows) - len(fresh), len(rows),
+                 f'; fresh rows: {fresh}' if fresh else '')
+    return report
