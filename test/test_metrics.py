@@ -311,3 +311,15 @@ def test_evaluate_upsamples_low_resolution_logits():
             expected.update(up.argmax(1), t)
     assert torch.equal(cm.matrix, expected.matrix)
     assert int(cm.matrix.sum()) == 4 * 14 * 32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_evaluate_on_cuda_with_amp_counts_on_the_device():
+    torch.manual_seed(0)
+    model = ERFNet(ERFNetConfig(num_classes=5))
+    loader = _loader(5)
+    cpu_metrics, cpu_cm = evaluate(model, loader, 5, 'cpu')
+    metrics, cm = evaluate(model.cuda(), loader, 5, 'cuda', amp=True)
+    assert cm.matrix.is_cuda
+    assert torch.equal(cm.matrix.sum(1).cpu(), cpu_cm.matrix.sum(1))  # same targets counted
+    assert abs(metrics['miou'] - cpu_metrics['miou']) < 0.05  # fp16 may flip a few argmaxes
