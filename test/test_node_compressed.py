@@ -1,0 +1,99 @@
+"""
+segmentation_node reading sensor_msgs/CompressedImage (jpeg, png) on image/compressed.
+
+One node process (``input_transport:=compressed``, tiny custom8 model) serves the module.
+"""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+from ros_probe import image_array, make_image, Probe, start_node
+from sensor_msgs.msg import CompressedImage
+from std_msgs.msg import Header
+
+from seg_perception.image_codec import decode_compressed
+from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+
+W, H = 72, 40
+INPUT = '/image/compressed'
+LABELS = '/segmentation/labels'
+OVERLAY = '/segmentation/overlay'
+CAMERA_STATUS = f'camera {INPUT}'
+
+
+@pytest.fixture(scope='module')
+def probe():
+    p = Probe('compressed_probe')
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope='module')
+def node(tiny_model_file, tmp_path_factory, probe):
+    proc = start_node([f'model:={tiny_model_file}', 'device:=cpu', 'input_transport:=compressed',
+                       'diagnostics_period:=0.3'],
+                      tmp_path_factory.mktemp('node') / 'segmentation_node.log', probe)
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture(scope='module')
+def reference(tiny_model_file):
+    """Run the ROS-free pipeline on the same model file, in the test process."""
+    return SegmentationPipeline.from_file(tiny_model_file, device='cpu', warmup=False)
+
+
+def compressed(probe, fmt, ext, mono=False, seed=0):
+    """Encode a smooth random picture as image_transport would; return the message."""
+    _, pixels = make_image('mono8' if mono else 'bgr8', W // 8, H // 8, probe.stamp(), seed=seed)
+    pixels = cv2.resize(pixels, (W, H), interpolation=cv2.INTER_LINEAR)  # jpeg-friendly
+    ok, data = cv2.imencode(ext, pixels)
+    assert ok
+    return CompressedImage(header=Header(stamp=probe.stamp(), frame_id='cam'), format=fmt,
+                           data=data.tobytes())
+
+
+@pytest.mark.parametrize('fmt,ext,mono', [('rgb8; jpeg compressed bgr8', '.jpg', False),
+                                          ('bgr8; png compressed bgr8', '.png', False),
+                                          ('png', '.png', True)])
+def test_compressed_frames_are_segmented(probe, node, reference, fmt, ext, mono):
+    msg = compressed(probe, fmt, ext, mono, seed=len(fmt))
+    with probe.listening([LABELS, OVERLAY]):
+        got = probe.request([(INPUT, msg)], {t: msg.header.stamp for t in (LABELS, OVERLAY)},
+                            node)
+    image, encoding = decode_compressed(fmt, msg.data)
+    assert encoding == ('mono8' if mono else 'bgr8')
+    want = reference([Frame(image, encoding)], Outputs())[0]
+    for m in got.values():
+        assert (m.width, m.height) == (W, H) and m.header.frame_id == 'cam'
+    assert got[OVERLAY].encoding == ('rgb8' if mono else 'bgr8')
+    np.testing.assert_array_equal(image_array(got[LABELS]), want.labels)
+    np.testing.assert_array_equal(image_array(got[OVERLAY]), want.overlay)
+
+
+@pytest.mark.parametrize('fmt,data,problem', [
+    ('jpeg', b'\xff\xd8\xff\xe0 truncated', 'does not decode as jpeg'),  # fails in the worker
+    ('h264', b'\x00\x00\x00\x01', "format 'h264' is neither jpeg nor png"),
+])
+def test_undecodable_frame_is_dropped_and_the_next_one_answered(probe, node, fmt, data,
+                                                                 problem):
+    bad = CompressedImage(header=Header(stamp=probe.stamp()), format=fmt, data=data)
+    pub = probe.publisher(CompressedImage, INPUT)
+    with probe.listening([LABELS]):
+        before = int(probe.wait_status(CAMERA_STATUS, lambda v: True, 'diagnostics',
+                                       node)['dropped_malformed'])
+        last = [0.0]
+
+        def dropped():
+            if time.monotonic() - last[0] > 1.0:
+                pub.publish(bad)
+                last[0] = time.monotonic()
+            return int(probe.status(CAMERA_STATUS)['dropped_malformed']) > before
+
+        probe.spin_until(dropped, f'the {fmt} frame counted as malformed', process=node)
+        good = compressed(probe, 'png', '.png', seed=3)
+        answer = probe.request([(INPUT, good)], {LABELS: good.header.stamp}, node)[LABELS]
+    assert (answer.width, answer.height) == (W, H)
+    probe.spin_until(lambda: problem in node.log(), f'a warning with {problem!r}', process=node)
