@@ -64,7 +64,7 @@ def both_cameras(probe, node, outputs, seed):
 
 
 def references(reference, pixels, outputs):
-    """Expected results per camera, batched as the node may have run them, or one by one."""
+    """Compute expected results per camera, batched as the node may have, or one by one."""
     frames = [Frame(pixels[cam], ENCODINGS[cam]) for cam in SIZES]
     batched = reference(frames, outputs)
     single = [reference([f], outputs)[0] for f in frames]

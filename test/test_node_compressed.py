@@ -77,8 +77,7 @@ def test_compressed_frames_are_segmented(probe, node, reference, fmt, ext, mono)
     ('jpeg', b'\xff\xd8\xff\xe0 truncated', 'does not decode as jpeg'),  # fails in the worker
     ('h264', b'\x00\x00\x00\x01', "format 'h264' is neither jpeg nor png"),
 ])
-def test_undecodable_frame_is_dropped_and_the_next_one_answered(probe, node, fmt, data,
-                                                                 problem):
+def test_undecodable_frame_is_dropped_and_the_next_one_answered(probe, node, fmt, data, problem):
     bad = CompressedImage(header=Header(stamp=probe.stamp()), format=fmt, data=data)
     pub = probe.publisher(CompressedImage, INPUT)
     with probe.listening([LABELS]):
