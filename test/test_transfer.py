@@ -17,7 +17,7 @@ TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0']
 
 @pytest.fixture(scope='module')
 def cityscapes_model(tmp_path_factory):
-    """A project model file with the 19 Cityscapes classes and random weights."""
+    """Write a project model file with the 19 Cityscapes classes and random weights."""
     torch.manual_seed(1)
     info = ModelInfo(classes=cityscapes_table(), input_size=(64, 32),
                      normalization=Normalization((0.3, 0.3, 0.3), (0.2, 0.2, 0.2)))
