@@ -18,6 +18,8 @@ setup(
         (os.path.join('share', package_name, 'launch'), glob('launch/*.launch.py')),
         (os.path.join('share', package_name, 'config'),
          glob('config/*.yaml') + glob('config/*.rviz')),
+        # the bundled default model (seg_perception.resources.default_model_path)
+        (os.path.join('share', package_name, 'models'), glob('models/*.pt')),
     ],
     # Runtime Python dependencies that are not ROS packages; torch is installed beforehand
     # (CPU or CUDA build of the user's choice) and is only checked here.
