@@ -151,8 +151,8 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         'confusion_matrix': cm.matrix.cpu().tolist(),
     }
     if plots_dir is not None:
-        report['plots'] = [str(p) for p in write_plots(plots_dir, info.classes, metrics,
-                                                        cm.matrix)]
+        written = write_plots(plots_dir, info.classes, metrics, cm.matrix)
+        report['plots'] = [str(p) for p in written]
     return report
 
 
