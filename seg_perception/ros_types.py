@@ -190,6 +190,14 @@ def image_cdr(header: Any, image: np.ndarray, encoding: str) -> bytes:
     return bytes(ts.serialize_cdr(msg, IMAGE))
 
 
+def compressed_cdr(header: Any, fmt: str, data: bytes) -> bytes:
+    """Serialise a sensor_msgs/CompressedImage (``fmt`` as image_transport writes it)."""
+    ts = typestore()
+    msg = ts.types[COMPRESSED_IMAGE](header=header, format=fmt,
+                                     data=np.frombuffer(data, dtype=np.uint8))
+    return bytes(ts.serialize_cdr(msg, COMPRESSED_IMAGE))
+
+
 def make_header(stamp: int, frame_id: str) -> Any:
     """Build a std_msgs/Header of the type store from a stamp in nanoseconds."""
     ts = typestore()

@@ -1,0 +1,257 @@
+"""seg-replay on a real DDS graph: a bag and a folder of frames into a probe subscriber."""
+
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import get_typestore, Stores
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CompressedImage, Image
+
+from seg_perception import replay
+from seg_perception.ros_types import BagError
+
+TS = get_typestore(Stores.ROS2_KILTED)
+SEG_REPLAY = str(Path(sys.executable).with_name('seg-replay'))
+T0 = 1_650_000_000_000_000_000  # ns, recorded time of the first frame
+STEP = 100_000_000  # 10 frames/s per camera
+DEADLINE = 60.0  # s; the CPU is shared and slow
+
+
+def _header(stamp: int, frame_id: str):
+    time_msg = TS.types['builtin_interfaces/msg/Time'](sec=stamp // 10**9, nanosec=stamp % 10**9)
+    return TS.types['std_msgs/msg/Header'](stamp=time_msg, frame_id=frame_id)
+
+
+@pytest.fixture(scope='module')
+def drive(tmp_path_factory):
+    """Write an mcap bag: /front/image_raw (rgb8 Image), /rear/image_raw/compressed (png)."""
+    path = tmp_path_factory.mktemp('replay') / 'drive'
+    rng = np.random.default_rng(3)
+    sent = {'/front/image_raw': [], '/rear/image_raw/compressed': []}
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        front = writer.add_connection('/front/image_raw', 'sensor_msgs/msg/Image', typestore=TS)
+        rear = writer.add_connection('/rear/image_raw/compressed',
+                                     'sensor_msgs/msg/CompressedImage', typestore=TS)
+        for i in range(4):
+            stamp = T0 + i * STEP
+            pixels = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            msg = TS.types['sensor_msgs/msg/Image'](
+                header=_header(stamp, 'front_cam'), height=12, width=16, encoding='rgb8',
+                is_bigendian=0, step=48, data=pixels.reshape(-1))
+            writer.write(front, stamp + 2_000_000, bytes(TS.serialize_cdr(msg, msg.__msgtype__)))
+            sent['/front/image_raw'].append((stamp, pixels.tobytes()))
+            ok, png = cv2.imencode('.png', pixels)
+            msg = TS.types['sensor_msgs/msg/CompressedImage'](
+                header=_header(stamp + 50_000_000, 'rear_cam'), format='bgr8; png compressed bgr8',
+                data=png.reshape(-1))
+            writer.write(rear, stamp + 52_000_000, bytes(TS.serialize_cdr(msg, msg.__msgtype__)))
+            sent['/rear/image_raw/compressed'].append((stamp + 50_000_000, png.tobytes()))
+    return path, sent
+
+
+class Probe:
+    """A probe node in a context of its own, recording what arrives with arrival times."""
+
+    def __init__(self, image_topics, compressed_topics=(), reliability='reliable'):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node('replay_probe', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.received = {t: [] for t in list(image_topics) + list(compressed_topics)}
+        self.clock = []
+        policy = (ReliabilityPolicy.RELIABLE if reliability == 'reliable'
+                  else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(depth=50, reliability=policy)
+        for topic in image_topics:
+            self.node.create_subscription(Image, topic, self._keep(topic), qos)
+        for topic in compressed_topics:
+            self.node.create_subscription(CompressedImage, topic, self._keep(topic), qos)
+        # As rclpy's TimeSource subscribes to /clock for use_sim_time.
+        self.node.create_subscription(
+            Clock, '/clock', lambda m: self.clock.append(m.clock.sec * 10**9 + m.clock.nanosec),
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+
+    def _keep(self, topic):
+        return lambda msg: self.received[topic].append((time.monotonic(), msg))
+
+    def spin_until(self, done, timeout=DEADLINE, proc=None):
+        """Spin until ``done()``, the deadline, or the end of ``proc`` (plus a last spin)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not done():
+            if proc is not None and proc.poll() is not None:
+                self.executor.spin_once(timeout_sec=0.5)
+                break
+            self.executor.spin_once(timeout_sec=0.1)
+        return done()
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def _stamp(msg) -> int:
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+
+def _start(*args):
+    return subprocess.Popen([SEG_REPLAY, *map(str, args), '--no-progress',
+                             '--wait-for-subscribers', str(DEADLINE)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc, timeout=DEADLINE):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+def test_bag_topics_arrive_as_recorded_with_clock(drive):
+    path, sent = drive
+    probe = Probe(['/front/image'], ['/rear/image_raw/compressed'])
+    proc = None
+    try:
+        proc = _start(path, '--topic-map', '/front/image_raw:=/front/image', '--rate', '1')
+        done = probe.spin_until(lambda: all(len(v) == 4 for v in probe.received.values()),
+                                proc=proc)
+        assert done, ({t: len(v) for t, v in probe.received.items()}, _finish(proc))
+        rc, out, err = _finish(proc)
+        assert rc == 0, err
+        assert 'published 8 messages on 2 topics' in out
+        front = probe.received['/front/image']
+        assert [(_stamp(m), bytes(m.data)) for _, m in front] == sent['/front/image_raw']
+        assert all(m.header.frame_id == 'front_cam' and m.encoding == 'rgb8' for _, m in front)
+        rear = probe.received['/rear/image_raw/compressed']
+        assert [(_stamp(m), bytes(m.data)) for _, m in rear] == sent['/rear/image_raw/compressed']
+        # Paced at recorded speed: 4 frames 100 ms apart take at least ~300 ms to arrive.
+        assert front[-1][0] - front[0][0] > 0.25
+        # /clock carries the recorded (bag) time, never runs backwards, covers the drive.
+        probe.spin_until(lambda: probe.clock and probe.clock[-1] >= T0 + 352_000_000, 5.0)
+        assert probe.clock and probe.clock == sorted(probe.clock)
+        assert T0 <= probe.clock[0] and probe.clock[-1] == T0 + 3 * STEP + 52_000_000
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        probe.close()
+
+
+def test_folder_of_frames_as_a_camera(tmp_path):
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, (10, 14, 3), dtype=np.uint8) for _ in range(3)]
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f'frame_{i:03d}.png'), frame)
+    (tmp_path / 'notes.txt').write_text('not a frame')
+    probe = Probe(['/cam/image_raw'], ['/cam/image_raw/compressed'])
+    proc = None
+    try:
+        for fmt in ('raw', 'png'):
+            proc = _start(tmp_path, '--topic', '/cam/image_raw', '--fps', '20', '--frame-id',
+                          'cam_optical', '--format', fmt)
+            topic = '/cam/image_raw' if fmt == 'raw' else '/cam/image_raw/compressed'
+            done = probe.spin_until(lambda: len(probe.received[topic]) == 3, proc=proc)
+            assert done, (len(probe.received[topic]), _finish(proc))
+            rc, _, err = _finish(proc)
+            assert rc == 0, err
+            msgs = [m for _, m in probe.received[topic]]
+            assert all(m.header.frame_id == 'cam_optical' for m in msgs)
+            stamps = [_stamp(m) for m in msgs]
+            assert np.diff(stamps).tolist() == [50_000_000, 50_000_000]  # 20 frames/s
+            assert abs(stamps[0] - time.time_ns()) < 120e9  # wall-clock based stamps
+            for frame, msg in zip(frames, msgs):
+                if fmt == 'raw':
+                    assert msg.encoding == 'bgr8' and (msg.height, msg.width) == (10, 14)
+                    assert bytes(msg.data) == frame.tobytes()
+                else:  # the png file goes out as it is
+                    assert msg.format == 'png'
+                    decoded = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8),
+                                           cv2.IMREAD_UNCHANGED)
+                    np.testing.assert_array_equal(decoded, frame)
+        assert probe.clock and probe.clock[-1] == stamps[-1]
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        probe.close()
+
+
+def test_loop_runs_until_ctrl_c(drive):
+    path, _ = drive
+    probe = Probe(['/front/image_raw'], reliability='best_effort')  # as the node subscribes
+    proc = None
+    try:
+        proc = _start(path, '--topic', '/front/image_raw', '--loop', '--rate', '4', '--qos',
+                      'best_effort')
+        done = probe.spin_until(lambda: len(probe.received['/front/image_raw']) >= 6, proc=proc)
+        assert done, _finish(proc)
+        assert proc.poll() is None  # still looping past the bag's 4 frames
+        proc.send_signal(signal.SIGINT)
+        rc, out, err = _finish(proc)
+        assert rc == 0, err
+        assert 'published' in out and 'Traceback' not in err
+        stamps = [_stamp(m) for _, m in probe.received['/front/image_raw']]
+        assert stamps[4] == stamps[0]  # the second round replays the recorded stamps
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        probe.close()
+
+
+def test_missing_topic_is_an_error(drive, capsys):
+    path, _ = drive
+    assert replay.main([str(path), '--topic', '/left/image_raw']) == 1
+    err = capsys.readouterr().err
+    assert '/left/image_raw is not in the bag' in err and '/front/image_raw (Image)' in err
+
+
+def test_video_source_with_start_offset(tmp_path):
+    path = tmp_path / 'drive.avi'
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10, (32, 24))
+    for i in range(5):
+        writer.write(np.full((24, 32, 3), 40 * i, np.uint8))
+    writer.release()
+    source = replay.FrameSource(path, '/cam/image_raw', None, 'cam', start_offset=0.2)
+    assert source.fps == 10 and source.count == 3
+    msgs = list(source.messages())
+    assert len(msgs) == 3 and {m.topic for m in msgs} == {'/cam/image_raw'}
+    assert np.diff([m.time for m in msgs]).tolist() == [100_000_000] * 2
+    first = TS.deserialize_cdr(msgs[0].data, 'sensor_msgs/msg/Image')
+    assert first.encoding == 'bgr8' and abs(int(np.asarray(first.data).mean()) - 80) <= 3
+    again = list(source.messages())  # a second loop keeps counting time forward
+    assert again[0].time == msgs[-1].time + 100_000_000
+
+
+def test_bag_source_start_offset_and_bad_inputs(drive, tmp_path):
+    path, _ = drive
+    source = replay.BagSource(path, ['/front/image_raw'], start_offset=0.15)
+    times = [m.time for m in source.messages()]
+    assert times == [T0 + 2 * STEP + 2_000_000, T0 + 3 * STEP + 2_000_000]
+    with pytest.raises(ValueError, match='not OLD:=NEW'):
+        replay.parse_topic_map(['/a=/b'])
+    assert replay.parse_topic_map(['/a:=/b']) == {'/a': '/b'}
+    with pytest.raises(ValueError, match='no image files'):
+        replay.FrameSource(tmp_path, '/cam', 10.0, 'cam')
+    (tmp_path / 'clip.mp4').write_bytes(b'not a video')
+    with pytest.raises(ValueError, match='not a bag, image folder or video'):
+        replay.FrameSource(tmp_path / 'clip.mp4', '/cam', None, 'cam')
+    with Writer(tmp_path / 'imu', version=9) as writer:
+        writer.add_connection('/imu', 'std_msgs/msg/String', typestore=TS)
+    with pytest.raises(BagError, match='no Image or CompressedImage topics'):
+        replay.BagSource(tmp_path / 'imu')
