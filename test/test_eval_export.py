@@ -1,5 +1,6 @@
 """seg-eval and seg-export on tiny model files and tiny datasets written by the tests."""
 
+import functools
 import json
 import math
 import os
@@ -25,9 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 W, H = 64, 32  # the tiny model's input size (conftest.tiny_model_file)
 
 
+@functools.lru_cache(maxsize=4)
+def _load(model_file):
+    return load_model(model_file)
+
+
 def _predict(model_file, rgb: np.ndarray) -> np.ndarray:
     """Argmax labels (H, W) of one RGB uint8 image at its own size, computed by hand."""
-    model, info = load_model(model_file)
+    model, info = _load(model_file)
     mean = np.asarray(info.normalization.mean, dtype=np.float32)
     std = np.asarray(info.normalization.std, dtype=np.float32)
     x = (rgb.astype(np.float32) / 255.0 - mean) / std  # (H, W, 3)
@@ -174,7 +180,7 @@ def test_seg_eval_command_reports_a_missing_dataset(tmp_path, tiny_model_file):
 # --- seg-export -----------------------------------------------------------------------------
 
 def _reference(model_file, x):
-    model, _ = load_model(model_file)
+    model, _ = _load(model_file)
     with torch.no_grad():
         return model(x).numpy()
 
