@@ -55,11 +55,11 @@ def _numpy_ious(preds, gts, k):
 
 
 def _folder_dataset(root: Path, model_file, classes: ClassTable, n: int = 3,
-                    size=(W, H), seed: int = 0):
+                    size=(W, H), seed: int = 0, split: str = 'val'):
     """Images, index masks (the model's own labels, 30% changed, a band ignored) and YAML."""
     rng = np.random.default_rng(seed)
-    (root / 'images' / 'val').mkdir(parents=True)
-    (root / 'masks' / 'val').mkdir(parents=True)
+    (root / 'images' / split).mkdir(parents=True)
+    (root / 'masks' / split).mkdir(parents=True)
     lines = ['classes:'] + [f'  - {{name: {name}, color: {list(color)}}}'
                             for name, color in zip(classes.names, classes.colors)]
     (root / 'classes.yaml').write_text('\n'.join(lines + ['mask_format: index', '']))
@@ -71,8 +71,8 @@ def _folder_dataset(root: Path, model_file, classes: ClassTable, n: int = 3,
         change = rng.random(mask.shape) < 0.3
         mask[change] = rng.integers(0, classes.num_classes, int(change.sum()))
         mask[:3] = 255
-        Image.fromarray(rgb).save(root / 'images' / 'val' / f'frame{i}.png')
-        Image.fromarray(mask).save(root / 'masks' / 'val' / f'frame{i}.png')
+        Image.fromarray(rgb).save(root / 'images' / split / f'frame{i}.png')
+        Image.fromarray(mask).save(root / 'masks' / split / f'frame{i}.png')
         images.append(rgb)
         masks.append(mask)
     return images, masks
@@ -118,6 +118,25 @@ def test_seg_eval_resizes_to_the_model_or_given_size(tmp_path, tiny_model_file):
     assert native['num_pixels'] <= 2 * W * H and native['num_pixels'] > 1.5 * W * H
     small = seg_eval.evaluate_model_file(**common, size=(32, 16))
     assert small['input_size'] == [32, 16] and small['num_pixels'] <= 2 * 32 * 16
+
+
+@pytest.mark.timeout(300)
+def test_seg_eval_reproduces_the_training_summary(tmp_path, tiny_model_file):
+    data = tmp_path / 'data'
+    _folder_dataset(data, tiny_model_file, CUSTOM8, n=4, size=(96, 48), split='train')
+    _folder_dataset(data, tiny_model_file, CUSTOM8, n=2, size=(96, 48), seed=1)
+    out = tmp_path / 'run'
+    proc = subprocess.run([sys.executable, '-m', 'seg_training.train', '--dataset', 'folder',
+                           '--data-root', str(data), '--output-dir', str(out), '--epochs', '1',
+                           '--batch-size', '2', '--size', '64x32', '--workers', '0',
+                           '--device', 'cpu', '--seed', '0'],
+                          capture_output=True, text=True, timeout=280, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / 'summary.json').read_text())
+    report = seg_eval.evaluate_model_file(out / 'best.pt', 'folder', data, device='cpu')
+    assert report['input_size'] == [64, 32]
+    assert report['miou'] == pytest.approx(summary['best_val_miou'], abs=1e-9)
+    assert report['per_class_iou'] == pytest.approx(summary['per_class_iou'], abs=1e-9)
 
 
 def test_seg_eval_names_both_class_lists_when_they_differ(tmp_path, tiny_model_file):
