@@ -28,6 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from seg_perception.pipeline import (Frame, PRECISIONS, resolve_device, Result,
                                      SegmentationPipeline)
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
+from seg_training.model import check_input_size
 
 _logger = logging.getLogger(__name__)
 
@@ -45,9 +46,10 @@ def parse_size(text: str) -> Tuple[int, int]:
         w, h = (int(v) for v in text.lower().split('x'))
     except ValueError:
         raise argparse.ArgumentTypeError(f'{text!r} is not WxH, e.g. 1024x512') from None
-    if w <= 0 or h <= 0 or w % 8 or h % 8:
-        raise argparse.ArgumentTypeError(
-            f'{text!r}: width and height must be positive multiples of 8')
+    try:
+        check_input_size(h, w)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return w, h
 
 

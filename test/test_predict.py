@@ -13,25 +13,19 @@ from torch import nn
 
 from seg_perception.predict import main
 from seg_training.classes import cityscapes_table
-from seg_training.model import ERFNet, ERFNetConfig
+from test_checkpoint import official_file, random_erfnet
 
 
 @pytest.fixture(scope='module')
 def official(tmp_path_factory):
     """Write a random 20-class ERFNet as the authors published theirs; return (path, model)."""
-    torch.manual_seed(11)
-    model = ERFNet(ERFNetConfig(num_classes=20))
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-    model.eval()
-    sd = nn.DataParallel(model).state_dict()
-    for k in [k for k in sd if k.endswith('num_batches_tracked')]:
-        del sd[k]  # the published file predates these buffers
-    path = tmp_path_factory.mktemp('official') / 'erfnet_pretrained.pth'
-    torch.save(sd, path)
-    return path, model
+    def drop_counters(sd):  # the published file predates these buffers
+        for k in [k for k in sd if k.endswith('num_batches_tracked')]:
+            del sd[k]
+
+    model = random_erfnet(20, seed=11)
+    folder = tmp_path_factory.mktemp('official')
+    return official_file(model, folder / 'erfnet_pretrained.pth', drop_counters), model
 
 
 def smooth_image(width: int, height: int, seed: int) -> np.ndarray:
