@@ -280,6 +280,18 @@ def train_one_epoch(module: nn.Module, loader: Iterable, criterion: nn.Module,
     return total / max(count, 1.0)
 
 
+def sync_buffers(net: nn.Module, src: int = 0) -> None:
+    """
+    Copy rank ``src``'s buffers (BatchNorm statistics) to every rank; no-op without DDP.
+
+    DDP broadcasts buffers before each training forward, so after the last step every rank
+    holds statistics updated by its own batch; validation must use the ones that get saved.
+    """
+    if dist.is_available() and dist.is_initialized():
+        for buf in net.buffers():
+            dist.broadcast(buf, src)
+
+
 def validate(net: ERFNet, stage: str, loader: Iterable, num_classes: int, device: torch.device,
              void_index: Optional[int] = None, amp: bool = False,
              progress: bool = False) -> Tuple[Dict[str, Any], metrics.ConfusionMatrix]:

@@ -397,6 +397,7 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
                                           desc=f'epoch {e + 1}/{len(schedule)} {stage}',
                                           progress=main)
             sched.step()
+            engine.sync_buffers(net)
             val, cm = engine.validate(net, stage, val_loader, classes.num_classes, device,
                                       classes.void_index, precision.amp)
             progress.time_s += time.time() - t0

@@ -1,0 +1,39 @@
+"""DDP: seg-train under torchrun with 2 CPU processes (gloo) trains and writes one set of files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seg_training.checkpoint import load_model
+from seg_training.classes import CUSTOM8
+from seg_training.evaluate import evaluate_model_file
+from training_data import write_folder
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    # 3 validation images: the ranks get unequal shards, and the summed matrix must still be
+    # exactly the single-process one.
+    root = write_folder(tmp_path / 'f', n_train=8, n_val=3)
+    out = tmp_path / 'out'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
+           '2', '-m', 'seg_training.train', '--dataset', 'folder', '--data-root', str(root),
+           '--output-dir', str(out), '--epochs', '1', '--size', '64x32', '--batch-size', '2',
+           '--workers', '0', '--device', 'cpu']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert 'DDP rank 0/2 on cpu (gloo)' in done.stderr
+
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ['best.pt', 'config.yaml', 'last.pt', 'metrics.csv', 'plots',
+                       'summary.json', 'tensorboard']
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['world_size'] == 2 and summary['num_val'] == 3
+    _, info = load_model(out / 'best.pt')
+    assert info.classes == CUSTOM8
+    report = evaluate_model_file(out / 'best.pt', 'folder', root, device='cpu')
+    assert report['miou'] == pytest.approx(summary['best_val_miou'], abs=1e-9)
+    assert report['num_pixels'] == 3 * (64 * 32 - 1)
