@@ -24,7 +24,8 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from rosbags.interfaces import Connection
+from rosbags.interfaces import (Connection, Qos, QosDurability, QosHistory, QosLiveliness,
+                                QosReliability, QosTime)
 from rosbags.rosbag2 import StoragePlugin, Writer
 from tqdm import tqdm
 
@@ -32,12 +33,17 @@ from seg_perception import ros_types
 from seg_perception.image_codec import ImageFormatError
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_perception.ros_types import BagError, format_time
+from seg_training.classes import ClassTable
 
 _logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ('labels', 'color', 'overlay', 'confidence')
 CONFIDENCE_ENCODINGS = ('mono8', '32FC1')
 CUSTOM_DATA_CLASSES = 'seg_perception.class_table'
+CLASS_TABLE_FORMAT = 'seg_perception.class_table'  # the node's segmentation/class_table format
+# Offered QoS of the class-table topic, as the node's: played back, late subscribers get it too.
+LATCHED_QOS = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL,
+                  QosTime(0, 0), QosTime(0, 0), QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
 
 
 @dataclass
@@ -84,6 +90,17 @@ def output_namespaces(connections: Sequence[Connection]) -> Dict[str, str]:
                            f'{ns}/segmentation/*; process them in separate runs')
         result[conn.topic] = ns
     return result
+
+
+def class_table_json(classes: ClassTable, model: str) -> str:
+    """
+    Serialise the class table as the node publishes it on ``segmentation/class_table``.
+
+    ``ClassTable.to_dict()`` plus ``ids`` (label value of each class), ``format`` and ``model``.
+    """
+    d = classes.to_dict()
+    d.update({'format': CLASS_TABLE_FORMAT, 'ids': list(range(len(classes))), 'model': model})
+    return json.dumps(d)
 
 
 def parse_outputs(text: str) -> Outputs:
@@ -153,7 +170,7 @@ class BagSegmenter:
 
     def __init__(self, pipeline: SegmentationPipeline, outputs: Outputs, batch_size: int = 4,
                  alpha: float = 0.5, confidence_encoding: str = 'mono8',
-                 include_inputs: bool = False) -> None:
+                 include_inputs: bool = False, model_name: str = '') -> None:
         if batch_size < 1:
             raise ValueError(f'batch size {batch_size} < 1')
         if confidence_encoding not in CONFIDENCE_ENCODINGS:
@@ -165,6 +182,7 @@ class BagSegmenter:
         self.alpha = alpha
         self.confidence_encoding = confidence_encoding
         self.include_inputs = include_inputs
+        self.class_table = class_table_json(pipeline.info.classes, model_name)
 
     def run(self, input_path: Path, output_path: Path, topics: Sequence[str],
             storage: Optional[str] = None, overwrite: bool = False,
@@ -177,8 +195,7 @@ class BagSegmenter:
             total = sum(c.msgcount for c in connections)
             stats = BagStats(frames={t: 0 for t in topics})
             with AtomicBagWriter(output_path, storage, overwrite) as writer:
-                writer.set_custom_data(CUSTOM_DATA_CLASSES,
-                                       json.dumps(self.pipeline.info.classes.to_dict()))
+                writer.set_custom_data(CUSTOM_DATA_CLASSES, self.class_table)
                 out = self._add_connections(writer, connections, namespaces)
                 bar = tqdm(total=total, unit='frame', desc='seg-bag', disable=not progress,
                            dynamic_ncols=True)
@@ -218,6 +235,9 @@ class BagSegmenter:
                 topic = f'{namespaces[conn.topic]}/segmentation/{name}'
                 out[(conn.topic, name)] = writer.add_connection(
                     topic, ros_types.IMAGE, typestore=ts, offered_qos_profiles=qos)
+            out[(conn.topic, 'class_table')] = writer.add_connection(
+                f'{namespaces[conn.topic]}/segmentation/class_table', ros_types.STRING,
+                typestore=ts, offered_qos_profiles=[LATCHED_QOS])
         return out
 
     @staticmethod
@@ -241,6 +261,9 @@ class BagSegmenter:
                            f'{batch[-1][0].topic} at {format_time(batch[-1][1])}): '
                            f'segmentation failed: {e}') from e
         for (conn, t, img), res in zip(batch, results):
+            if stats.frames[conn.topic] == 0:  # the class table, once, with the first frame
+                writer.write(out[(conn.topic, 'class_table')], t,
+                             ros_types.string_cdr(self.class_table))
             images = {'labels': (res.labels, 'mono8'), 'color': (res.color, 'rgb8'),
                       'overlay': (res.overlay, res.overlay_encoding),
                       'confidence': (self._confidence(res.confidence), self.confidence_encoding)}
@@ -308,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             str(args.model), device=args.device, precision=args.precision,
             input_size=args.input_size)
         segmenter = BagSegmenter(pipeline, args.outputs, args.batch_size, args.alpha,
-                                 args.confidence_encoding, args.include_inputs)
+                                 args.confidence_encoding, args.include_inputs, str(args.model))
         stats = segmenter.run(args.input, args.output, args.topics, args.storage,
                               args.overwrite, progress=not args.no_progress)
     except (BagError, ValueError, RuntimeError, OSError) as e:

@@ -259,7 +259,10 @@ class Replayer:
 
     def flush(self, timeout: float = 2.0) -> None:
         """Give reliable subscribers time to acknowledge the last messages."""
-        for pub in self.publishers.values():
+        pubs = list(self.publishers.values())
+        if self.clock_publisher is not None:
+            pubs.append(self.clock_publisher)
+        for pub in pubs:
             pub.wait_for_all_acked(Duration(seconds=timeout))
 
     def destroy(self) -> None:

@@ -1,6 +1,5 @@
 """seg-bag end to end: bags written by the rosbags library in, segmentation bags out."""
 
-import json
 from pathlib import Path
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 
-from seg_perception import bag
+from seg_perception import bag, node
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_perception.ros_types import BagError, camera_namespace
 
@@ -140,7 +139,7 @@ def segmented(request, tmp_path_factory, tiny_model_file):
     return storage, root, expected, proc
 
 
-def test_one_labels_message_per_frame_with_input_stamps(segmented, pipeline):
+def test_one_labels_message_per_frame_with_input_stamps(segmented, pipeline, tiny_model_file):
     storage, root, expected, proc = segmented
     out, fmt, custom = read_bag(root / 'out')
     assert fmt == storage  # output storage follows the input
@@ -157,8 +156,12 @@ def test_one_labels_message_per_frame_with_input_stamps(segmented, pipeline):
             assert (msg.height, msg.width) == pixels.shape[:2]
             want = pipeline([Frame(pixels, enc)], Outputs(labels=True, color=False, overlay=False))
             np.testing.assert_array_equal(pixels_of(msg)[..., 0], want[0].labels)
-    assert json.loads(custom['seg_perception.class_table'])['names'] == list(
-        pipeline.info.classes.names)
+    # The class table as the node publishes it: once per camera, and in the bag's metadata.
+    table = node.class_table_json(pipeline.info.classes, str(tiny_model_file))
+    assert custom['seg_perception.class_table'] == table
+    for ns in ('/front', '/rear', '/side'):
+        (t, msg, _), = out[f'{ns}/segmentation/class_table']
+        assert msg.data == table and t == min(t for t, *_ in out[f'{ns}/segmentation/labels'])
     assert 'frames/s' in proc.stdout and 'real time' in proc.stdout
     assert sorted(p.name for p in root.iterdir()) == ['drive', 'out']  # no leftovers
 
@@ -169,7 +172,7 @@ def test_outputs_as_asked(segmented, pipeline):
     palette = pipeline.info.classes.palette()
     if storage == 'mcap':  # default outputs plus the inputs, byte for byte
         assert set(out) == {f'/{n}/segmentation/{o}' for n in ('front', 'rear', 'side')
-                            for o in ('labels', 'color', 'overlay')} | set(expected)
+                            for o in ('labels', 'color', 'overlay', 'class_table')} | set(expected)
         with Reader(root / 'drive') as reader:
             for conn, t, data in reader.messages():
                 if conn.topic in expected:
@@ -184,7 +187,7 @@ def test_outputs_as_asked(segmented, pipeline):
                 assert stamp_of(ovl) == stamp_of(lab)
     else:
         assert set(out) == {f'/{n}/segmentation/{o}' for n in ('front', 'rear', 'side')
-                            for o in ('labels', 'confidence')}
+                            for o in ('labels', 'confidence', 'class_table')}
         for _, msg, _ in out['/front/segmentation/confidence']:
             conf = pixels_of(msg)
             assert msg.encoding == 'mono8' and conf.shape[:2] == (24, 40)
@@ -284,7 +287,8 @@ def test_refuses_to_overwrite_unless_asked(tmp_path, tiny_model_file, capsys):
     assert rc == 0, err
     out, fmt, _ = read_bag(tmp_path / 'out')
     assert fmt == 'mcap' and not (tmp_path / 'out' / 'keep.txt').exists()
-    assert set(out) == {f'/{n}/segmentation/labels' for n in ('front', 'rear', 'side')}
+    assert set(out) == {f'/{n}/segmentation/{o}' for n in ('front', 'rear', 'side')
+                        for o in ('labels', 'class_table')}
     assert sorted(p.name for p in tmp_path.iterdir()) == ['drive', 'out']
 
 

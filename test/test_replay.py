@@ -78,10 +78,10 @@ class Probe:
             self.node.create_subscription(Image, topic, self._keep(topic), qos)
         for topic in compressed_topics:
             self.node.create_subscription(CompressedImage, topic, self._keep(topic), qos)
-        # As rclpy's TimeSource subscribes to /clock for use_sim_time.
+        # Reliable, to check every tick; rclpy's TimeSource (best effort) matches it too.
         self.node.create_subscription(
             Clock, '/clock', lambda m: self.clock.append(m.clock.sec * 10**9 + m.clock.nanosec),
-            QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
 
     def _keep(self, topic):
         return lambda msg: self.received[topic].append((time.monotonic(), msg))
