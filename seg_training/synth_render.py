@@ -244,13 +244,16 @@ class Frame:
 
     # ---------------------------------------------------------------- painting
     def fill_fx(self, polys, color: Color, label: Optional[int]) -> None:
-        """Fill fixed-point polygons (a list of (k, 2) or an (n, k, 2) array)."""
+        """Fill fixed-point polygons (a list of (k, 2) or an (n, k, 2) array).
+
+        Several polygons are filled with the even-odd rule: they must not overlap.
+        """
         cv2.fillPoly(self.img, polys, color, cv2.LINE_8, SHIFT)
         if label is not None:
             cv2.fillPoly(self.lab, polys, label, cv2.LINE_8, SHIFT)
 
     def fill(self, polys: Sequence[np.ndarray], color: Color, label: Optional[int]) -> None:
-        """Fill polygons given in pixels (a list of (k, 2) float arrays)."""
+        """Fill polygons given in pixels (a list of (k, 2) float arrays that do not overlap)."""
         self.fill_fx([fixed(p) for p in polys], color, label)
 
     def disc(self, center: Sequence[float], radius: float, color: Color,
@@ -284,11 +287,16 @@ class Frame:
         """Paint the visible faces of registered boxes start..start+count; (count, 6) visible."""
         vis = self.box_vis[start:start + count]
         ii, ff = np.nonzero(vis)
-        if len(ii):
-            polys = self.box_fx[start + ii[:, None], FACES[ff]]          # (k, 4, 2)
-            for poly, col in zip(polys, self.box_col[start + ii, ff].tolist()):
-                cv2.fillPoly(self.img, poly[None], col, cv2.LINE_8, SHIFT)
-            cv2.fillPoly(self.lab, polys, label, cv2.LINE_8, SHIFT)
+        if not len(ii):
+            return vis
+        polys = self.box_fx[start + ii[:, None], FACES[ff]]              # (k, 4, 2)
+        for poly, col in zip(polys, self.box_col[start + ii, ff].tolist()):
+            cv2.fillPoly(self.img, poly[None], col, cv2.LINE_8, SHIFT)
+        # OpenCV fills several polygons with the even-odd rule, so one label fill per box:
+        # the visible faces of a convex box never overlap, but two boxes may.
+        bounds = np.flatnonzero(np.diff(ii)) + 1
+        for group in np.split(polys, bounds):
+            cv2.fillPoly(self.lab, group, label, cv2.LINE_8, SHIFT)
         return vis
 
     def strip(self, l0: float, l1: float, y0: float, y1: float, s_lo: float, s_hi: float,

@@ -31,11 +31,10 @@ import functools
 import math
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 
 from seg_training.synth_render import (box, Camera, DT, F_AHIGH, F_ALOW, F_BHIGH, F_BLOW,
-                                       fixed, Frame, Look, NEAR, SHIFT)
+                                       fixed, Frame, Look, NEAR)
 from seg_training.synth_style import Color, domain_style, DomainStyle, VIEWS, Weather, WEATHERS
 
 # Cityscapes label ids drawn by the generator (cityscapesscripts' table).
@@ -158,7 +157,7 @@ def sample_drive(seed: int, domain: str = 'source', city: str = 'synth') -> Driv
     look = Look(gain=weather.gain * float(rng.uniform(0.9, 1.1)),
                 saturation=_u(rng, style.saturation), noise=_u(rng, style.noise),
                 vignette=_u(rng, style.vignette), blur=_u(rng, style.blur),
-                texture=style.texture,
+                texture=style.texture * (0.55 if weather.visibility else 1.0),
                 texture_offset=(float(rng.random()), float(rng.random())))
     return DriveParams(
         seed=int(seed), domain=domain, city=city, weather=weather.name, front=front, rear=rear,
@@ -742,13 +741,12 @@ class _Person(_Obj):
         # x across (image right, as long as ``up``), y along ``up``, from the feet
         basis = np.array([[-up[1], up[0]], [up[0], up[1]]])
         polys = fixed(local @ basis + foot)
-        n = 6 if self.bag else 5
-        fr.fill_fx(polys[:2], fr.fogged(self.legs, d), None)
-        fr.fill_fx(polys[2:3], fr.fogged(self.shirt, d), None)
-        fr.fill_fx(polys[3:5], fr.fogged(_scale(self.shirt, 0.85), d), None)
+        # legs, torso, arms and bag overlap: one fill each (or per pair that does not)
+        fr.fill_fx(polys[:2], fr.fogged(self.legs, d), PERSON)
+        fr.fill_fx(polys[2:3], fr.fogged(self.shirt, d), PERSON)
+        fr.fill_fx(polys[3:5], fr.fogged(_scale(self.shirt, 0.85), d), PERSON)
         if self.bag:
-            fr.fill_fx(polys[5:6], fr.fogged((60, 44, 36), d), None)
-        cv2.fillPoly(fr.lab, polys[:n], PERSON, cv2.LINE_8, SHIFT)
+            fr.fill_fx(polys[5:6], fr.fogged((60, 44, 36), d), PERSON)
         fr.disc(foot + 0.905 * up, hp * 0.065, fr.fogged(self.skin, d), PERSON)
         fr.disc(foot + 0.93 * up, hp * 0.055, fr.fogged(self.hair, d), PERSON)
 
@@ -984,9 +982,11 @@ class Drive:
         px = fr.to_px(pts)
         start = 0
         for label, (n_polys, k) in counts.items():
-            polys = px[start:start + n_polys * k].reshape(n_polys, k, 2)
+            polys = fixed(px[start:start + n_polys * k].reshape(n_polys, k, 2))
             start += n_polys * k
-            fr.fill(list(polys), fr.fogged(colors[label], 0.8 * FAR_BUILDINGS), label)
+            color = fr.fogged(colors[label], 0.8 * FAR_BUILDINGS)
+            for poly in polys:          # neighbours share an edge: one fill each
+                fr.fill_fx(poly[None], color, label)
 
     def _make_skyline(self, view: str) -> Tuple[np.ndarray, Dict[int, Tuple[int, int]],
                                                 Dict[int, Color]]:
