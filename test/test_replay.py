@@ -1,5 +1,7 @@
 """seg-replay on a real DDS graph: a bag and a folder of frames into a probe subscriber."""
 
+import ast
+import importlib.util
 from pathlib import Path
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
+import yaml
 
 from seg_perception import replay
 from seg_perception.ros_types import BagError
@@ -183,7 +186,8 @@ def test_folder_of_frames_as_a_camera(tmp_path):
                     decoded = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8),
                                            cv2.IMREAD_UNCHANGED)
                     np.testing.assert_array_equal(decoded, frame)
-        assert probe.clock and probe.clock[-1] == stamps[-1]
+        probe.spin_until(lambda: probe.clock and probe.clock[-1] >= stamps[-1], 10.0)
+        assert probe.clock[-1] == stamps[-1]  # /clock follows the synthetic stamps
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -255,3 +259,49 @@ def test_bag_source_start_offset_and_bad_inputs(drive, tmp_path):
         writer.add_connection('/imu', 'std_msgs/msg/String', typestore=TS)
     with pytest.raises(BagError, match='no Image or CompressedImage topics'):
         replay.BagSource(tmp_path / 'imu')
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_launch_file(name):
+    """Import a launch file as a module (its launch imports are inside functions)."""
+    spec = importlib.util.spec_from_file_location(name.replace('.', '_'), ROOT / 'launch' / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rviz_config_shows_input_overlay_and_colour():
+    config = yaml.safe_load((ROOT / 'config' / 'segment.rviz').read_text())
+    manager = config['Visualization Manager']
+    images = {d['Topic']['Value']: d for d in manager['Displays']
+              if d['Class'] == 'rviz_default_plugins/Image'}
+    assert set(images) == {'/camera/image_raw', '/camera/segmentation/overlay',
+                           '/camera/segmentation/color'}
+    assert all(d['Enabled'] for d in images.values())
+    assert manager['Global Options']['Fixed Frame'] == 'camera'
+
+
+def test_replay_launch_plays_with_clock_and_sim_time():
+    launch = _load_launch_file('replay.launch.py')
+    source = (ROOT / 'launch' / 'replay.launch.py').read_text()
+    strings = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant)}
+    assert {'ros2', 'bag', 'play', '--clock', '--rate', 'use_sim_time', 'rviz2', '-d'} <= strings
+    # The RViz copy follows the played camera and its frame.
+    text = launch.rviz_config((ROOT / 'config' / 'segment.rviz').read_text(),
+                              '/front/image_raw', 'front_cam')
+    manager = yaml.safe_load(text)['Visualization Manager']
+    assert {d['Topic']['Value'] for d in manager['Displays']} == {
+        '/front/image_raw', '/front/segmentation/overlay', '/front/segmentation/color'}
+    assert manager['Global Options']['Fixed Frame'] == 'front_cam'
+    assert launch.camera_topics('/front/image_raw', [], 'image_raw') == ['/front/image_raw']
+    assert launch.camera_topics('', ['front', 'rear'], 'image') == ['/front/image',
+                                                                    '/rear/image']
+    assert launch.camera_namespace('/car/front/image_raw') == '/car/front'
+    assert launch.camera_namespace('image') == ''
+    # Node parameters come from the params file whatever the node's namespace.
+    text = (ROOT / 'config' / 'segment.yaml').read_text()
+    params = launch.node_parameters(text)
+    assert params and params == yaml.safe_load(text)['segmentation_node']['ros__parameters']
+    assert launch.node_parameters("/**:\n  ros__parameters:\n    depth: 3\n") == {'depth': 3}
