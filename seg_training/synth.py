@@ -87,7 +87,7 @@ from seg_training.synth_style import DOMAINS, VIEWS
 
 __all__ = ['CUSTOM8_FROM_LABEL_ID', 'Drive', 'drive_seed', 'DriveParams', 'generate', 'LABEL_IDS',
            'label_lut', 'main', 'parse_size', 'render_frame', 'render_sequence',
-           'sample_drive']
+           'sample_drive', 'samples_sheet']
 
 _logger = logging.getLogger(__name__)
 
@@ -339,16 +339,39 @@ def _run_jobs(jobs: Sequence[_Job], cfg: _Config, workers: int) -> Iterator[np.n
         yield from pool.map(_render_job, jobs, [cfg] * len(jobs))
 
 
+def samples_sheet(path: PathLike, seeds: Sequence[int] = (3, 12),
+                  size: Tuple[int, int] = (256, 128)) -> np.ndarray:
+    """
+    Write a contact sheet of sample frames to ``path`` (PNG); returns it as RGB.
+
+    One row per seed: source image, its Cityscapes train ids in the Cityscapes colours, target
+    image, its custom8 classes in their colours (ignore is black).
+    """
+    rows = []
+    for seed in seeds:
+        cells = []
+        for domain, classes in (('source', 'cityscapes'), ('target', 'custom8')):
+            rgb, label_ids = render_frame(seed, size, domain)
+            table, lut = label_lut(classes)
+            cells += [rgb, table.palette()[lut[label_ids]]]
+        rows.append(np.concatenate(cells, 1))
+    sheet = np.concatenate(rows, 0)                           # (rows x H, 4 x W, 3)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), sheet[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise OSError(f'{path}: could not write PNG')
+    return sheet
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the seg-synth command line parser."""
     p = argparse.ArgumentParser(
         prog='seg-synth', description='Write procedural driving scenes as a Cityscapes-layout '
         'dataset or as a folder dataset with another class set and another look.')
-    p.add_argument('--layout', required=True, choices=LAYOUTS)
+    p.add_argument('--layout', choices=LAYOUTS, help='dataset layout (required)')
     p.add_argument('--classes', choices=CLASS_SETS,
                    help='class set of the masks (default: cityscapes for the cityscapes layout, '
                    'custom8 for folder)')
-    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--out', help='output folder (required)')
     p.add_argument('--train', type=int, default=20, help='training frames (default 20)')
     p.add_argument('--val', type=int, default=10, help='validation frames (default 10)')
     p.add_argument('--size', default='256x128', help='image size WxH (default 256x128)')
@@ -366,13 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--overwrite', action='store_true',
                    help='replace a dataset already in --out')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--samples-sheet', metavar='PNG',
+                   help='only write a contact sheet of source and target samples (image and '
+                   'labels) to this file, from --seed')
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``seg-synth`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    if args.samples_sheet:
+        sheet = samples_sheet(args.samples_sheet, (args.seed, args.seed + 9),
+                              parse_size(args.size))
+        print(f'seg-synth: wrote {args.samples_sheet} ({sheet.shape[1]}x{sheet.shape[0]})')
+        return 0
+    if not args.layout or not args.out:
+        parser.error('--layout and --out are required')
     try:
         size = parse_size(args.size)
         summary = generate(args.out, args.layout, args.classes, args.train, args.val, size,

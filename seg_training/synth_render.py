@@ -244,7 +244,8 @@ class Frame:
 
     # ---------------------------------------------------------------- painting
     def fill_fx(self, polys, color: Color, label: Optional[int]) -> None:
-        """Fill fixed-point polygons (a list of (k, 2) or an (n, k, 2) array).
+        """
+        Fill fixed-point polygons (a list of (k, 2) or an (n, k, 2) array).
 
         Several polygons are filled with the even-odd rule: they must not overlap.
         """
@@ -283,20 +284,31 @@ class Frame:
         """Mark a fixed-point polygon (k, 2) of the ground as in shadow."""
         cv2.fillPoly(self.shadow, [poly_fx], 255, cv2.LINE_8, SHIFT)
 
-    def paint_boxes(self, start: int, count: int, label: int) -> np.ndarray:
-        """Paint the visible faces of registered boxes start..start+count; (count, 6) visible."""
+    def paint_boxes(self, start: int, count: int, label: int,
+                    color: Optional[Color] = None) -> np.ndarray:
+        """
+        Paint the visible faces of registered boxes start..start+count; (count, 6) visible.
+
+        Faces get their lit colours, or all ``color`` if given (one fill per box then).
+        """
         vis = self.box_vis[start:start + count]
         ii, ff = np.nonzero(vis)
         if not len(ii):
             return vis
         polys = self.box_fx[start + ii[:, None], FACES[ff]]              # (k, 4, 2)
-        for poly, col in zip(polys, self.box_col[start + ii, ff].tolist()):
-            cv2.fillPoly(self.img, poly[None], col, cv2.LINE_8, SHIFT)
-        # OpenCV fills several polygons with the even-odd rule, so one label fill per box:
-        # the visible faces of a convex box never overlap, but two boxes may.
-        bounds = np.flatnonzero(np.diff(ii)) + 1
-        for group in np.split(polys, bounds):
-            cv2.fillPoly(self.lab, group, label, cv2.LINE_8, SHIFT)
+        cols = self.box_col[start + ii, ff].tolist() if color is None else None
+        # OpenCV fills several polygons with the even-odd rule, so one fill per box: the
+        # visible faces of a convex box never overlap, but two boxes may.
+        boxes = ii.tolist()
+        first = 0
+        for k, i in enumerate(boxes):
+            if cols is not None:
+                cv2.fillPoly(self.img, polys[k:k + 1], cols[k], cv2.LINE_8, SHIFT)
+            if k + 1 == len(boxes) or boxes[k + 1] != i:
+                if cols is None:
+                    cv2.fillPoly(self.img, polys[first:k + 1], color, cv2.LINE_8, SHIFT)
+                cv2.fillPoly(self.lab, polys[first:k + 1], label, cv2.LINE_8, SHIFT)
+                first = k + 1
         return vis
 
     def strip(self, l0: float, l1: float, y0: float, y1: float, s_lo: float, s_hi: float,

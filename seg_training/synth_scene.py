@@ -418,6 +418,11 @@ class _Tree(_Obj):
                            VEGETATION)
             return
         light = fr.ambient + 0.2
+        crown_px = fr.f * self.radii.max() / d
+        if crown_px < 4.0:    # far away: one disc for the whole crown
+            fr.disc(px[2:].mean(0), 1.5 * crown_px,
+                    fr.fogged(_scale(self.foliage, light + 0.05), d), VEGETATION)
+            return
         for i, (r, tone) in enumerate(zip(self.radii, self.tones)):
             dd = max(float(dist[2 + i]), NEAR)
             lum = light + fr.sun_k * 0.5 * (tone - 0.7) + (tone - 0.9) * 0.4
@@ -574,6 +579,7 @@ _SHAPES: Dict[str, Tuple] = {
 }
 _CAR_SHAPES = ('sedan', 'sedan', 'sedan', 'hatchback', 'hatchback', 'suv', 'suv', 'van',
                'truck')
+_TIRE = (26, 26, 28)
 _CARGO = ((226, 226, 222), (200, 200, 196), (180, 40, 36), (40, 80, 140))
 
 
@@ -674,7 +680,8 @@ class _Car(_Obj):
         self.hs = fr.add_points(self.shadow_quad + shift)
 
     def draw(self, fr: Frame) -> None:
-        fr.paint_boxes(self.hb, self.n_wheels, self.label)
+        if self.near_d < 60:
+            fr.paint_boxes(self.hb, self.n_wheels, self.label, fr.fogged(_TIRE, self.near_d))
         vis = fr.paint_boxes(self.hb + self.n_wheels, len(self.colors) - self.n_wheels,
                              self.label)
         if self.hd is None:

@@ -242,3 +242,13 @@ def test_cli(tmp_path, capsys):
     assert 'overwrite' in capsys.readouterr().err
     assert main(args + ['--overwrite', '--mask-format', 'rgb']) == 0
     assert main(['--layout', 'folder', '--out', str(tmp_path / 'y'), '--size', '9x9']) == 2
+
+
+def test_samples_sheet(tmp_path):
+    path = tmp_path / 'sheet.png'
+    assert main(['--samples-sheet', str(path), '--size', '64x32', '--seed', '2']) == 0
+    sheet = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert sheet.shape == (2 * 32, 4 * 64, 3)
+    # the label columns hold only class colours (and black for ignore)
+    colours = {tuple(c) for c in sheet[:, 64:128].reshape(-1, 3)[:, ::-1].tolist()}
+    assert colours <= set(label_lut('cityscapes')[0].colors) | {(0, 0, 0)}
