@@ -83,7 +83,7 @@ class Probe:
 
     def __init__(self, name: str = 'probe') -> None:
         self.context = Context()
-        rclpy.init(context=self.context)
+        rclpy.init(context=self.context, args=[])
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
