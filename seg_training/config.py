@@ -59,6 +59,9 @@ class TrainConfig:
     output_dir: Optional[str] = None
     train_split: str = 'train'
     val_split: str = 'val'
+    # More roots of the same dataset kind and class names whose training split joins the
+    # main one (e.g. source and target domains trained together); validation uses data_root.
+    extra_train_roots: List[str] = field(default_factory=list)
     # Initialisation: a project model file or the official erfnet_pretrained.pth, and/or the
     # official ImageNet encoder file.
     init: Optional[str] = None
@@ -135,6 +138,10 @@ def _check_value(name: str, value: Any, default: Any, source: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f'{source}: {name} must be a string, got {value!r}')
         return value
+    if isinstance(default, list) and not default:  # a list of any length of strings
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{source}: {name} must be a list of strings, got {value!r}')
+        return list(value)
     if isinstance(default, list):
         if not isinstance(value, (list, tuple)) or len(value) != len(default):
             raise ConfigError(f'{source}: {name} must be a list of {len(default)} values, '

@@ -180,13 +180,16 @@ class SegmentationDataset(Dataset):
         mask = self._checked_mask(path)
         return np.bincount(mask.ravel(), minlength=256)[:self.classes.num_classes]
 
-    def label_histogram(self, workers: int = 2) -> np.ndarray:
+    def label_histogram(self, workers: int = 2,
+                        indices: Optional[Sequence[int]] = None) -> np.ndarray:
         """
-        (K,) int64 pixel count per class over all masks of the split (ignore not counted).
+        (K,) int64 pixel count per class over the masks of the split (ignore not counted).
 
-        Reads only the masks, in ``workers`` threads (decoding releases the GIL).
+        Reads only the masks (of ``indices`` if given), in ``workers`` threads (decoding
+        releases the GIL).
         """
-        paths = [m for _, m in self.samples]
+        chosen = range(len(self.samples)) if indices is None else indices
+        paths = [self.samples[i][1] for i in chosen]
         hist = np.zeros(self.classes.num_classes, dtype=np.int64)
         if workers > 1 and len(paths) > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -362,6 +365,59 @@ class FolderDataset(SegmentationDataset):
         else:
             raw = read_single_channel(path)
         return self.spec.decode(raw)  # (H, W) uint8
+
+
+class JointDataset(Dataset):
+    """
+    Several datasets with the same class names, trained as one (e.g. two domains together).
+
+    ``transform`` set on the joint dataset applies to every part; ``max_samples`` spreads over
+    the concatenation.
+    """
+
+    def __init__(self, parts: Sequence[SegmentationDataset],
+                 max_samples: Optional[int] = None) -> None:
+        if not parts:
+            raise ValueError('JointDataset needs at least one dataset')
+        first = parts[0]
+        for part in parts[1:]:
+            if part.classes.names != first.classes.names:
+                raise DatasetError(f'{part.root}: classes {list(part.classes.names)} differ from '
+                                   f'{first.root}: {list(first.classes.names)}')
+        self.parts = list(parts)
+        self.classes = first.classes
+        self.root = first.root
+        self.split = first.split
+        flat = [(i, j) for i, part in enumerate(self.parts) for j in range(len(part))]
+        self.index: List[Tuple[int, int]] = [flat[k] for k in _spread(len(flat), max_samples)]
+        self.samples = [self.parts[i].samples[j] for i, j in self.index]
+        self._transform: Optional[Transform] = None
+
+    @property
+    def transform(self) -> Optional[Transform]:
+        return self._transform
+
+    @transform.setter
+    def transform(self, value: Optional[Transform]) -> None:
+        self._transform = value
+        for part in self.parts:
+            part.transform = value
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> Any:
+        i, j = self.index[index]
+        return self.parts[i][j]
+
+    def label_histogram(self, workers: int = 2) -> np.ndarray:
+        """(K,) int64 pixel count per class over the joint samples."""
+        hist = np.zeros(self.classes.num_classes, dtype=np.int64)
+        for i, part in enumerate(self.parts):
+            mine = [j for p, j in self.index if p == i]
+            if mine:
+                hist += part.label_histogram(workers, mine)
+        return hist
 
 
 def build_dataset(kind: str, root: PathLike, split: str, transform: Optional[Transform] = None,

@@ -40,8 +40,8 @@ from seg_training.classes import ClassTable
 from seg_training.config import (config_from_dict, ConfigError, IMAGENET_MEAN, IMAGENET_STD,
                                  load_config, read_yaml, save_config, stage_epochs, TrainConfig,
                                  validate)
-from seg_training.data import build_dataset, DatasetError, SegmentationDataset, \
-    worker_seed_transform
+from seg_training.data import (build_dataset, DatasetError, JointDataset, SegmentationDataset,
+                               worker_seed_transform)
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.model import ERFNet, ERFNetConfig
 from seg_training.transfer import init_from_file
@@ -50,8 +50,8 @@ from seg_training.transforms import denormalize, train_transform, val_transform
 _logger = logging.getLogger(__name__)
 
 # Keys a resumed run may change; anything else must match the interrupted run.
-RESUME_OVERRIDABLE = ('epochs', 'patience', 'workers', 'device', 'data_root', 'output_dir',
-                      'plots_every_epoch')
+RESUME_OVERRIDABLE = ('epochs', 'patience', 'workers', 'device', 'data_root',
+                      'extra_train_roots', 'output_dir', 'plots_every_epoch')
 CSV_COLUMNS = ('epoch', 'stage', 'lr', 'train_loss', 'val_miou', 'val_pixel_accuracy',
                'val_mean_accuracy', 'val_fw_iou', 'val_mean_dice', 'time_s')
 
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--output-dir', dest='output_dir')
     p.add_argument('--train-split', dest='train_split')
     p.add_argument('--val-split', dest='val_split')
+    p.add_argument('--extra-train-root', dest='extra_train_roots', action='append',
+                   help='another dataset root whose training split joins the main one '
+                        '(repeatable; same --dataset kind and class names)')
     p.add_argument('--init', help='project model file or official erfnet_pretrained.pth')
     p.add_argument('--pretrained-encoder', dest='pretrained_encoder',
                    help='official erfnet_encoder_pretrained.pth.tar (ImageNet)')
@@ -302,8 +305,13 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
                             'the weights it had reached', out / 'last.pt')
     engine.seed_everything(cfg.seed)
 
-    train_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, None,
-                             cfg.max_train_samples)
+    if cfg.extra_train_roots:
+        parts = [build_dataset(cfg.dataset, r, cfg.train_split)
+                 for r in [cfg.data_root, *cfg.extra_train_roots]]
+        train_ds = JointDataset(parts, cfg.max_train_samples)
+    else:
+        train_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, None,
+                                 cfg.max_train_samples)
     val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, None, cfg.max_val_samples)
     classes = train_ds.classes
     if val_ds.classes != classes:

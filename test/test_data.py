@@ -10,7 +10,7 @@ import yaml
 
 from seg_training.classes import cityscapes_label_to_train_id, cityscapes_table, CUSTOM8
 from seg_training.data import (build_dataset, CityscapesDataset, DatasetError, FolderDataset,
-                               read_classes_yaml)
+                               JointDataset, read_classes_yaml)
 from training_data import CITYSCAPES_LABEL_IDS, SCENE, write_cityscapes, write_folder
 
 
@@ -173,3 +173,22 @@ def test_build_dataset_applies_transform_and_rejects_unknown_kind(tmp_path):
     assert ds[0] == ((32, 64, 3), (32, 64))
     with pytest.raises(ValueError, match='unknown dataset kind'):
         build_dataset('kitti', root, 'val')
+
+
+def test_joint_dataset_concatenates_domains(tmp_path):
+    a = FolderDataset(write_folder(tmp_path / 'a', n_train=3, n_val=1, seed=1), 'train')
+    b = FolderDataset(write_folder(tmp_path / 'b', n_train=2, n_val=1, seed=2,
+                                   mask_format='rgb'), 'train')
+    joint = JointDataset([a, b])
+    assert len(joint) == 5 and joint.classes == CUSTOM8
+    np.testing.assert_array_equal(joint[4][1], b[1][1])
+    np.testing.assert_array_equal(joint.label_histogram(),
+                                  a.label_histogram() + b.label_histogram())
+    joint.transform = lambda im, m: m.sum()
+    assert a.transform is joint.transform and b[0] == joint[3]
+    some = JointDataset([a, b], max_samples=3)  # spread over the concatenation
+    assert some.samples == [a.samples[0], a.samples[1], b.samples[0]]
+    other = FolderDataset(write_folder(tmp_path / 'c', n_train=1, n_val=1), 'train')
+    other.classes = cityscapes_table()
+    with pytest.raises(DatasetError, match='differ'):
+        JointDataset([a, other])

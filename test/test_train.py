@@ -55,6 +55,9 @@ def test_config_file_then_command_line(tmp_path):
     cfg = config_from_args(args)
     assert (cfg.epochs, cfg.lr, cfg.augment.hflip_p, cfg.size) == (3, 0.001, 0.0, [128, 64])
     assert cfg.weight_decay == TrainConfig().weight_decay  # untouched default
+    args = build_parser().parse_args(['--data-root', 'd', '--output-dir', str(tmp_path / 'o'),
+                                      '--extra-train-root', 'x', '--extra-train-root', 'y'])
+    assert config_from_args(args).extra_train_roots == ['x', 'y']
     path.write_text('epochs: 7\nlearning_rate: 0.1\n')
     with pytest.raises(ConfigError, match=f"{path}: unknown key 'learning_rate'"):
         load_config(path)

@@ -1,5 +1,7 @@
 """Transfer learning: head rows by class name, official files, frozen encoder, conversion."""
 
+import json
+
 import pytest
 import torch
 
@@ -155,3 +157,22 @@ def test_pretrained_encoder_file(tmp_path, folder_root):
     sd = read_file(out / 'best.pt')['state_dict']
     for k, v in body.items():
         assert torch.equal(sd[f'encoder.{k}'], v), k
+
+
+def test_synthetic_source_to_custom8_target(tmp_path):
+    from seg_training.synth import generate
+
+    source = tmp_path / 'source'
+    target = tmp_path / 'target'
+    generate(source, 'cityscapes', n_train=4, n_val=2, size=(64, 32), seed=0)
+    generate(target, 'folder', 'custom8', n_train=4, n_val=2, size=(64, 32), seed=1)
+    assert main(['--dataset', 'cityscapes', '--data-root', str(source), '--output-dir',
+                 str(tmp_path / 'src_run'), '--epochs', '1', *TINY]) == 0
+    out = tmp_path / 'tgt_run'
+    assert main(['--dataset', 'folder', '--data-root', str(target), '--output-dir', str(out),
+                 '--init', str(tmp_path / 'src_run' / 'best.pt'), '--epochs', '1', *TINY]) == 0
+    _, info = load_model(out / 'best.pt')
+    assert info.classes.names == CUSTOM8.names
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['init']['head'] == 'matched'
+    assert summary['init']['rows']['vehicle'] == 'car'
