@@ -346,7 +346,7 @@ class SegmentationNode(Node):
                        'model': self.model_path,
                        'input_size': '%dx%d' % self.pipeline.input_size,
                        'overlay_alpha': f'{self.params.overlay_alpha:g}'})
-        status = [_status(f'{self.get_name()}: pipeline', self.model_path, DiagnosticStatus.OK,
+        status = [_status(f'{self.get_name()}: pipeline', totals['device'], DiagnosticStatus.OK,
                           f'{totals["fps"]} fps, latency p50 {totals["latency_p50_ms"]} ms',
                           totals)]
         for cam in self._cameras:

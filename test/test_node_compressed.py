@@ -33,7 +33,7 @@ def probe():
 @pytest.fixture(scope='module')
 def node(tiny_model_file, tmp_path_factory, probe):
     proc = start_node([f'model:={tiny_model_file}', 'device:=cpu', 'input_transport:=compressed',
-                       'diagnostics_period:=0.3'],
+                       'diagnostics_period:=0.3', 'log_period:=0.5'],
                       tmp_path_factory.mktemp('node') / 'segmentation_node.log', probe)
     yield proc
     assert proc.stop() == 0, proc.log()
@@ -96,3 +96,12 @@ def test_undecodable_frame_is_dropped_and_the_next_one_answered(probe, node, fmt
         answer = probe.request([(INPUT, good)], {LABELS: good.header.stamp}, node)[LABELS]
     assert (answer.width, answer.height) == (W, H)
     probe.spin_until(lambda: problem in node.log(), f'a warning with {problem!r}', process=node)
+
+
+def test_statistics_are_logged_periodically(probe, node):
+    line = f'[segmentation_node]: {INPUT}: '
+    probe.spin_until(lambda: sum(line in ln and 'fps, latency p50' in ln
+                                 for ln in node.log().splitlines()) >= 2,
+                     'two statistics log lines', process=node)
+    stats = [ln for ln in node.log().splitlines() if line in ln and 'overwritten' in ln]
+    assert stats[-1].startswith('[INFO]') and 'malformed' in stats[-1]
