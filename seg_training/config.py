@@ -223,6 +223,14 @@ def config_from_dict(d: Mapping[str, Any], source: str) -> TrainConfig:
     return cfg
 
 
+def apply_overrides(cfg: TrainConfig, values: Mapping[str, Any], source: str) -> TrainConfig:
+    """Return a copy of ``cfg`` with ``values`` set (nested dicts for ``augment``), validated."""
+    out = config_from_dict(cfg.to_dict(), source)
+    _merge(out, values, source)
+    validate(out, source)
+    return out
+
+
 def _choice(value: str, choices, name: str, source: str) -> None:
     if value not in choices:
         raise ConfigError(f'{source}: {name} must be one of {list(choices)}, got {value!r}')

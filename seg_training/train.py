@@ -37,9 +37,9 @@ from seg_training.checkpoint import (atomic_save, load_imagenet_encoder,
                                      load_state_dict_checked, model_file_dict, ModelFileError,
                                      ModelInfo, Normalization, read_file)
 from seg_training.classes import ClassTable
-from seg_training.config import (config_from_dict, ConfigError, IMAGENET_MEAN, IMAGENET_STD,
-                                 load_config, read_yaml, save_config, stage_epochs, TrainConfig,
-                                 validate)
+from seg_training.config import (apply_overrides, config_from_dict, ConfigError, IMAGENET_MEAN,
+                                 IMAGENET_STD, load_config, read_yaml, save_config, stage_epochs,
+                                 TrainConfig)
 from seg_training.data import (build_dataset, DatasetError, JointDataset, SegmentationDataset,
                                worker_seed_transform)
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
@@ -133,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError(f'{last}: has no training_state to resume from')
     cfg = config_from_dict(state['config'], str(last))
     saved = cfg.to_dict()
-    probe = config_from_dict({**saved, **overrides}, 'command line')
+    probe = apply_overrides(cfg, overrides, 'command line')
     changed = [k for k, v in probe.to_dict().items() if v != saved[k]]
     refused = [k for k in changed if k not in RESUME_OVERRIDABLE]
     if refused:
@@ -141,7 +141,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                           f'({last}); only {", ".join(RESUME_OVERRIDABLE)} may change')
     for k in changed:
         _logger.info('resume: %s %r -> %r', k, saved[k], getattr(probe, k))
-    validate(probe)
     return probe
 
 

@@ -209,3 +209,20 @@ def test_amp_channels_last_on_cuda(tmp_path, dtype):
                  *TINY]) == 0
     _, info = load_model(out / 'best.pt')
     assert info.classes.num_classes == 8
+
+
+def test_resume_config_comes_from_the_run(cityscapes_run, tmp_path):
+    def parse(*argv):
+        return config_from_args(build_parser().parse_args(
+            ['--output-dir', str(cityscapes_run), '--resume', *argv]))
+
+    cfg = parse('--epochs', '5')
+    assert (cfg.epochs, cfg.seed, cfg.size) == (5, 3, [64, 32])
+    assert cfg.mean == list(IMAGENET_MEAN)  # the resolved normalisation is kept
+    same = tmp_path / 'same.yaml'
+    same.write_text('augment: {hflip_p: 0.5}\nseed: 3\n')
+    assert parse('--config', str(same)) == parse()
+    with pytest.raises(ConfigError, match='lr, seed differ from the interrupted run'):
+        parse('--lr', '0.1', '--seed', '4')
+    with pytest.raises(ConfigError, match='nothing to resume'):
+        config_from_args(build_parser().parse_args(['--output-dir', str(tmp_path), '--resume']))
