@@ -148,11 +148,15 @@ class SegmentationNode(Node):
             self.params = node_params.declare(self)
         except (ParameterException, ValueError, TypeError) as e:
             raise NodeConfigError(f'invalid parameter: {e}') from None
+        names = self.params.cameras or ('',)
+        topics = [self._input_topic(name) for name in names]
+        if len(set(topics)) != len(topics):
+            raise NodeConfigError(f'parameter cameras: {list(names)} name the same topic twice '
+                                  f'({", ".join(topics)})')
         self.model_path = self._model_path()
         self.pipeline = self._load_pipeline()
-        names = self.params.cameras or ('',)
         self._cameras = [self._make_camera(name) for name in names]
-        self.stats = NodeStats([c.topic for c in self._cameras], time.monotonic())
+        self.stats = NodeStats(topics, time.monotonic())
         self._throttle = Throttle(WARN_PERIOD_S)
         self._frames = LatestFrames()
         self.add_on_set_parameters_callback(self._check_parameters)
@@ -194,6 +198,11 @@ class SegmentationNode(Node):
         except (ModelFileError, OSError, RuntimeError, ValueError) as e:
             raise NodeConfigError(f'cannot run model {self.model_path}: {e}') from None
 
+    def _input_topic(self, camera: str) -> str:
+        prefix = f'{camera}/' if camera else ''
+        suffix = '/compressed' if self.params.input_transport == 'compressed' else ''
+        return self.resolve_topic_name(prefix + 'image' + suffix)
+
     def _make_camera(self, name: str) -> _Camera:
         prefix = f'{name}/' if name else ''
         out = prefix + 'segmentation/'
@@ -205,13 +214,12 @@ class SegmentationNode(Node):
         }
         table = self.create_publisher(String, out + 'class_table', LATCHED_QOS)
         qos = input_qos(self.params)
+        topic = self._input_topic(name)
         if self.params.input_transport == 'compressed':
-            topic = self.resolve_topic_name(prefix + 'image/compressed')
             cam = _Camera(name, topic, 'sensor_msgs/CompressedImage', publishers, table)
             cam.subscription = self.create_subscription(
                 CompressedImage, topic, lambda msg: self._on_compressed(cam, msg), qos)
         else:
-            topic = self.resolve_topic_name(prefix + 'image')
             cam = _Camera(name, topic, 'sensor_msgs/Image', publishers, table)
             cam.subscription = self.create_subscription(
                 Image, topic, lambda msg: self._on_image(cam, msg), qos)

@@ -38,6 +38,8 @@ def test_node_refuses_to_start_with_a_clear_error(tmp_path):
         'broken': ([f'model:={broken}', 'device:=cpu'], f'cannot run model {broken}'),
         'missing': ([f'model:={tmp_path / "absent.pt"}'], 'model file not found'),
         'device': (['device:=gpu'], "parameter device: 'gpu'"),
+        'cameras': ([f'model:={broken}', 'cameras:=[front, /front]'],
+                    'name the same topic twice'),
     }
     procs = {name: NodeProcess(p, tmp_path / f'{name}.log') for name, (p, _) in cases.items()}
     for name, (_, message) in cases.items():
