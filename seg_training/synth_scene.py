@@ -821,7 +821,7 @@ class Drive:
         p, st = self.params, self.style
         ch = _Chunk()
         s0, s1 = k * CHUNK, (k + 1) * CHUNK
-        if rng.random() < 0.12:
+        if rng.random() < 0.2:
             ch.crosswalk = _u(rng, (s0 + 6, s1 - 6))
         for _ in range(int(rng.integers(0, 3))):
             a = _u(rng, (s0, s1))
@@ -864,7 +864,7 @@ class Drive:
             s = p.lamp_phase + j * p.lamp_spacing + (0 if side > 0 else p.lamp_spacing / 2)
             if s0 <= s < s1:
                 ch.objects.append(_Pole(rng, self, s, edge + side * 0.45, side, 'lamp', -1.0))
-        if rng.random() < 0.45:
+        if rng.random() < 0.7:
             ch.objects.append(_Pole(rng, self, _u(rng, (s0, s1)), edge + side * 0.5, side,
                                     'sign', facing))
         if ch.crosswalk is not None:
