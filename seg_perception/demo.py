@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import itertools
 import json
 import logging
+import math
 import os
 from pathlib import Path
 import signal
@@ -65,6 +66,7 @@ FPS = 10.0                            # the synthetic world moves in steps of 0.
 START_NS = 1_700_000_000_000_000_000  # header stamp of the first frame (a fixed date)
 DRIVE_KEY = 'seg_perception.demo_drive'
 NODE_NAME = 'segmentation_node'
+LEGEND_COLUMNS = 10
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -532,17 +534,20 @@ def write_contact_sheet(spec: DriveSpec, drive: Path, segmented: Path, times: Se
     inputs = read_images(drive, [drive_topic(c) for c in spec.cameras], wanted)
     overlays = read_images(segmented, [f'/{c}/segmentation/overlay' for c in spec.cameras],
                            wanted)
-    cols = 2 * len(spec.cameras)
+    cols, rows = 2 * len(spec.cameras), len(times)
     w, h = spec.size
-    cell_w = 4.0                                           # inches per image column
+    fig_w, left, right, space = 16.0, 0.35, 0.05, 0.05       # inches
+    cell_w = (fig_w - left - right - (cols - 1) * space) / cols
     cell_h = cell_w * h / w
-    legend_h = 0.9 if classes is not None else 0.0
-    fig = Figure(figsize=(cols * cell_w, len(times) * (cell_h + 0.1) + 0.8 + legend_h), dpi=100)
+    title_h, legend_h = 0.6, 0.0
+    if classes is not None:
+        legend_h = 0.3 + 0.22 * math.ceil(len(classes) / LEGEND_COLUMNS)
+    fig_h = title_h + rows * cell_h + (rows - 1) * space + legend_h
+    fig = Figure(figsize=(fig_w, fig_h), dpi=100)
     FigureCanvasAgg(fig)
-    top = 1 - 0.6 / fig.get_figheight()
-    bottom = (legend_h + 0.1) / fig.get_figheight()
-    grid = fig.add_gridspec(len(times), cols, left=0.03, right=0.995, top=top, bottom=bottom,
-                            wspace=0.02, hspace=0.08)
+    grid = fig.add_gridspec(rows, cols, left=left / fig_w, right=1 - right / fig_w,
+                            top=1 - title_h / fig_h, bottom=legend_h / fig_h,
+                            wspace=space / cell_w, hspace=space / cell_h)
     for r, stamp in enumerate(times):
         for c, cam in enumerate(spec.cameras):
             for k, (kind, image) in enumerate((
@@ -557,11 +562,11 @@ def write_contact_sheet(spec: DriveSpec, drive: Path, segmented: Path, times: Se
                     ax.set_title(f'{cam} camera: {kind}', fontsize=11)
                 if c == 0 and k == 0:
                     ax.set_ylabel(f't = {(stamp - spec.start_ns) / 1e9:.1f} s', fontsize=11)
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(title, fontsize=12, y=1 - 0.1 / fig_h, va='top')
     if classes is not None:
         handles = [Patch(facecolor=np.asarray(col) / 255.0, edgecolor='black', linewidth=0.4,
                          label=name) for name, col in zip(classes.names, classes.colors)]
-        fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 10),
+        fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), LEGEND_COLUMNS),
                    fontsize=9, frameon=False, handlelength=1.2, columnspacing=1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
