@@ -9,6 +9,7 @@ import sys
 import time
 
 import cv2
+from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
 import rclpy
@@ -305,3 +306,50 @@ def test_replay_launch_plays_with_clock_and_sim_time():
     params = launch.node_parameters(text)
     assert params and params == yaml.safe_load(text)['segmentation_node']['ros__parameters']
     assert launch.node_parameters("/**:\n  ros__parameters:\n    depth: 3\n") == {'depth': 3}
+
+
+def test_replay_drives_the_node_on_sim_time(drive, tiny_model_file):
+    """Bag -> seg-replay -> segmentation_node (use_sim_time, compressed input) -> probe."""
+    path, sent = drive
+    node = subprocess.Popen(
+        [str(Path(sys.executable).with_name('segmentation_node')), '--ros-args',
+         '-p', f'model:={tiny_model_file}', '-p', 'device:=cpu', '-p', 'use_sim_time:=true',
+         '-p', 'input_transport:=compressed', '-p', 'diagnostics_period:=0.5'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    probe = Probe(['/segmentation/labels'])
+    latency = []
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if 'camera' in status.name and int(values.get('frames_processed', 0)) > 0:
+                latency.append(float(values['latency_p50_ms']))
+
+    probe.node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
+    proc = None
+    try:
+        assert probe.spin_until(lambda: probe.node.count_subscribers('/image/compressed') > 0,
+                                proc=node), _finish(node, 5)
+        proc = _start(path, '--topic', '/rear/image_raw/compressed', '--topic-map',
+                      '/rear/image_raw/compressed:=/image/compressed', '--rate', '0.5')
+        labels = probe.received['/segmentation/labels']
+        done = probe.spin_until(lambda: proc.poll() is not None and len(labels) == 4 and latency,
+                                proc=node)
+        assert done, (len(labels), latency, _finish(proc, 5), _finish(node, 5))
+        assert _finish(proc)[0] == 0
+        recorded = [stamp for stamp, _ in sent['/rear/image_raw/compressed']]
+        assert [_stamp(m) for _, m in labels] == recorded
+        assert all((m.height, m.width, m.encoding) == (12, 16, 'mono8') for _, m in labels)
+        # Latency is measured on the node's clock: the bag's /clock time, not today's date
+        # (which would put it years after the 2022 stamps).
+        assert 0 <= latency[-1] < 60_000
+    finally:
+        for p in (proc, node):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        probe.close()
