@@ -97,6 +97,7 @@ class TrainConfig:
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
     val_panels: int = 4          # validation samples drawn in the sample-panel plot
+    plots: bool = True           # write plots/ (curves, per-class IoU, confusion, samples)
     plots_every_epoch: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

@@ -51,7 +51,7 @@ _logger = logging.getLogger(__name__)
 
 # Keys a resumed run may change; anything else must match the interrupted run.
 RESUME_OVERRIDABLE = ('epochs', 'patience', 'workers', 'device', 'data_root',
-                      'extra_train_roots', 'output_dir', 'plots_every_epoch')
+                      'extra_train_roots', 'output_dir', 'plots', 'plots_every_epoch')
 CSV_COLUMNS = ('epoch', 'stage', 'lr', 'train_loss', 'val_miou', 'val_pixel_accuracy',
                'val_mean_accuracy', 'val_fw_iou', 'val_mean_dice', 'time_s')
 
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
     p.add_argument('--amp-dtype', dest='amp_dtype', choices=('bf16', 'fp16'))
     p.add_argument('--device')
+    p.add_argument('--no-plots', dest='plots', action='store_false',
+                   help='write no plots (metrics.csv and TensorBoard still log everything)')
     p.add_argument('--seed', type=int)
     p.add_argument('--max-train-samples', dest='max_train_samples', type=int)
     p.add_argument('--max-val-samples', dest='max_val_samples', type=int)
@@ -425,7 +427,7 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
                     info = model_info(cfg, classes, file_metrics(val, e + 1, classes))
                     atomic_save(model_file_dict(net, info), out / 'best.pt')
                 save_last()
-                if cfg.plots_every_epoch:
+                if cfg.plots and cfg.plots_every_epoch:
                     _plot_curves(out)
             if progress.stopped_early:
                 _logger.info('early stopping: no better val mIoU for %d epochs', cfg.patience)
@@ -454,7 +456,8 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
                        dinfo, len(schedule))
     with open(out / 'summary.json', 'w', encoding='utf-8') as f:
         json.dump(_json_safe(summary), f, indent=2)
-    _final_plots(out, cfg, progress, classes, val_ds, device)
+    if cfg.plots:
+        _final_plots(out, cfg, progress, classes, val_ds, device)
     return summary
 
 

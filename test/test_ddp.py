@@ -21,15 +21,15 @@ def test_torchrun_two_processes_gloo(tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
            '2', '-m', 'seg_training.train', '--dataset', 'folder', '--data-root', str(root),
            '--output-dir', str(out), '--epochs', '1', '--size', '64x32', '--batch-size', '2',
-           '--workers', '0', '--device', 'cpu']
+           '--workers', '0', '--device', 'cpu', '--no-plots']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert 'DDP rank 0/2 on cpu (gloo)' in done.stderr
 
     written = sorted(p.name for p in out.iterdir())
-    assert written == ['best.pt', 'config.yaml', 'last.pt', 'metrics.csv', 'plots',
-                       'summary.json', 'tensorboard']
+    assert written == ['best.pt', 'config.yaml', 'last.pt', 'metrics.csv', 'summary.json',
+                       'tensorboard']
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['world_size'] == 2 and summary['num_val'] == 3
     _, info = load_model(out / 'best.pt')

@@ -30,7 +30,8 @@ def data_root(tmp_path_factory):
 def _cmd(data_root: Path, out: Path, workers: int, *extra: str):
     return [sys.executable, '-m', 'seg_training.train', '--dataset', 'folder', '--data-root',
             str(data_root), '--output-dir', str(out), '--epochs', str(EPOCHS), '--size',
-            '64x32', '--batch-size', '2', '--workers', str(workers), '--seed', '11', *extra]
+            '64x32', '--batch-size', '2', '--workers', str(workers), '--seed', '11',
+            '--no-plots', *extra]
 
 
 def _env():

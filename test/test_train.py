@@ -126,7 +126,8 @@ def test_two_stage_schedule(tmp_path):
     out = tmp_path / 'out'
     assert main(['--dataset', 'folder', '--data-root', str(root), '--output-dir', str(out),
                  '--epochs', '3', '--schedule', 'two-stage', '--encoder-epochs', '1',
-                 *TINY]) == 0
+                 '--no-plots', *TINY]) == 0
+    assert not (out / 'plots').exists()
     with open(out / 'metrics.csv') as f:
         stages = [r['stage'] for r in csv.DictReader(f)]
     assert stages == ['encoder', 'full', 'full']
@@ -206,7 +207,7 @@ def test_amp_channels_last_on_cuda(tmp_path, dtype):
     out = tmp_path / 'out'
     assert main(['--dataset', 'folder', '--data-root', str(root), '--output-dir', str(out),
                  '--epochs', '1', '--device', 'cuda', '--amp', '--amp-dtype', dtype,
-                 *TINY]) == 0
+                 '--no-plots', *TINY]) == 0
     _, info = load_model(out / 'best.pt')
     assert info.classes.num_classes == 8
 

@@ -14,7 +14,7 @@ from seg_training.train import main
 from seg_training.transfer import HEAD_KEYS, init_from_file, match_classes
 from training_data import write_folder
 
-TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0']
+TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0', '--no-plots']
 
 
 @pytest.fixture(scope='module')
