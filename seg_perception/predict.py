@@ -158,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 some images failed, 2 no model)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
-        build_parser().error(f'--alpha {args.alpha} outside [0, 1]')
+        parser.error(f'--alpha {args.alpha} outside [0, 1]')
     logging.basicConfig(level=args.log_level, format='%(levelname)s %(name)s: %(message)s')
     images, errors = find_images(args.inputs)
     for message in errors:

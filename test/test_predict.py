@@ -202,3 +202,10 @@ def test_bad_input_size_is_a_usage_error(tiny_model_file, size, capsys):
         main(['--model', str(tiny_model_file), '--input-size', size, 'x.png'])
     assert e.value.code == 2
     assert size in capsys.readouterr().err
+
+
+def test_alpha_outside_0_1_is_a_usage_error(tiny_model_file, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['--model', str(tiny_model_file), '--alpha', '1.5', 'x.png'])
+    assert e.value.code == 2
+    assert '--alpha 1.5 outside [0, 1]' in capsys.readouterr().err
