@@ -46,6 +46,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -64,8 +65,10 @@ from seg_training.synth import generate, label_lut, parse_size
 _logger = logging.getLogger('transfer_experiment')
 
 ROOT = Path(__file__).resolve().parents[1]
-# The defaults: a full run at 256x128 costs about 20-25 minutes on a free 2-core CPU (see
-# README, "Transfer learning"); --quick is a smoke run of a minute or two.
+# The defaults cost about 1680 training steps of the whole network (batch 6, 256x128; ~0.85 s of
+# one CPU core each), 350 decoder-only steps (~0.3 s) and 3000 validation images (~0.04 s):
+# about 28 minutes of one core, 20-25 minutes on a free 2-core CPU (README, "Transfer
+# learning"). --quick is a smoke run of a minute or two.
 DEFAULTS = {'size': '256x128', 'source_train': 468, 'source_val': 60, 'target_train': 234,
             'target_val': 60, 'epochs': 9, 'source_epochs': 8}
 QUICK = {'size': '128x64', 'source_train': 24, 'source_val': 12, 'target_train': 24,
@@ -126,9 +129,8 @@ def _synth(out: Path, layout: str, n_train: int, n_val: int, s: Settings,
         return record
     if out.exists():
         shutil.rmtree(out)  # an interrupted generation; seg-synth writes its record last
-    summary = generate(out, layout, None, n_train, n_val, s.size, seed, progress=True)
-    return {k: summary[k] for k in ('layout', 'classes', 'domain', 'size', 'seed', 'train',
-                                    'val', 'class_fractions', 'seconds')}
+    generate(out, layout, None, n_train, n_val, s.size, seed, progress=True)
+    return json.loads(record_path.read_text())
 
 
 def _write_classes_yaml(path: Path) -> None:
@@ -236,6 +238,8 @@ def train_run(spec: RunSpec, out: Path, s: Settings, device: str,
         argv.append('--resume')
     _logger.info('run %s: seg-train %s', spec.name, ' '.join(argv))
     rc = seg_train.main(argv)
+    if rc == 130:
+        raise KeyboardInterrupt(f'run {spec.name} interrupted')
     if rc != 0 or not summary_path.is_file():
         raise ExperimentError(f'run {spec.name}: seg-train failed (exit status {rc}); its '
                               f'outputs are in {out}')
@@ -294,6 +298,10 @@ def _miou(v: Optional[float]) -> str:
     return '-' if v is None else f'{v:.3f}'
 
 
+def _count(n: int, noun: str) -> str:
+    return f'{n} {noun}' + ('' if n == 1 else 's')
+
+
 def _seconds(v: float) -> str:
     return f'{v:.1f} s' if v < 10 else f'{v:.0f} s'
 
@@ -312,21 +320,23 @@ def results_markdown(results: Dict[str, Any]) -> str:
         lines.append(f'| {LABELS[name]} | {_miou(r["target_val"]["miou"])} | '
                      f'{_miou(r["source_val"]["miou"])} | {_seconds(r["train_time_s"])} |')
     src = results['source_pretraining']
-    lines += [
-        '',
+    a, d = runs['target_only']['budget'], runs['joint']['budget']
+    notes = (
         f'Synthetic domains at {s["size"][0]}x{s["size"][1]}: source {s["source_train"]} train '
         f'/ {s["source_val"]} val frames (Cityscapes layout and look), target '
         f'{s["target_train"]} / {s["target_val"]} (custom8, another camera and weather). '
-        f'Target-training budget of every run: {runs["target_only"]["budget"]["steps"]} steps '
-        f'of batch {s["batch_size"]} ({runs["target_only"]["budget"]["samples_seen"]} '
-        f'samples; d: {runs["joint"]["budget"]["epochs"]} epochs of '
-        f'{runs["joint"]["budget"]["train_images"]} images). b and c start from the source '
-        f'pretraining ({s["source_epochs"]} epochs, {_seconds(src["train_time_s"])}, source val '
+        f'Target-training budget of every run: {a["steps"]} steps of batch {s["batch_size"]} '
+        f'({a["samples_seen"]} samples; d: {_count(d["epochs"], "epoch")} of '
+        f'{d["train_images"]} images). b and c start from the source pretraining '
+        f'({_count(s["source_epochs"], "epoch")}, {_seconds(src["train_time_s"])}, source val '
         f'mIoU {_miou(src["source_val_miou_19"])} over 19 classes), which is not in their '
         'times. mIoU of the final models (end of the budget) over the 8 classes; source val is '
         'the custom8 view of the source validation frames. Device: '
-        f'{env["device"]} ({env["device_name"]}, {env["torch_threads"]} threads), '
-        f'torch {env["versions"]["torch"]}.',
+        f'{env["device"]} ({env["device_name"]}, {_count(env["torch_threads"], "thread")}), '
+        f'torch {env["versions"]["torch"]}.')
+    lines += [
+        '',
+        *textwrap.wrap(notes, 99),
         '',
         '| run | ' + ' | '.join(CUSTOM8.names) + ' |',
         '|---|' + '---:|' * CUSTOM8.num_classes]
@@ -335,6 +345,9 @@ def results_markdown(results: Dict[str, Any]) -> str:
         lines.append(f'| {LABELS[name]} | '
                      + ' | '.join(_miou(ious.get(c)) for c in CUSTOM8.names) + ' |')
     lines += ['', 'Per-class IoU on the target validation split.']
+    if results.get('quick'):
+        lines = ['**Smoke-test settings (`--quick`): these numbers only show that the pipeline',
+                 'runs; the experiment\'s result comes from the default settings.**', '', *lines]
     return '\n'.join(lines) + '\n'
 
 
@@ -410,8 +423,8 @@ def _brief(report: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run_experiment(s: Settings, work: Path, output: Path, device: str = 'auto',
-                   readme: Optional[Path] = None, command: Optional[str] = None
-                   ) -> Dict[str, Any]:
+                   readme: Optional[Path] = None, command: Optional[str] = None,
+                   quick: bool = False) -> Dict[str, Any]:
     """Run (or resume) the whole experiment; write and return results.json's content."""
     if s.joint_epochs * (s.source_train + s.target_train) != s.epochs * s.target_train:
         _logger.warning('run d: %d epochs x %d images = %d samples, not the %d of the other '
@@ -482,6 +495,7 @@ def run_experiment(s: Settings, work: Path, output: Path, device: str = 'auto',
     results = {
         'experiment': 'transfer learning on synthetic domains (Petrovai, ICCP 2017)',
         'command': command,
+        'quick': quick,
         'environment': environment(device),
         'settings': dict(s.to_dict(), joint_epochs=s.joint_epochs),
         'equal_budgets': len(budgets) == 1,
@@ -516,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the command line parser; the help states the defaults and what they cost."""
     d, q = DEFAULTS, QUICK
     p = argparse.ArgumentParser(
-        prog='transfer_experiment.py', formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog='transfer_experiment.py',
         description='Transfer-learning experiment on synthetic domains: target only, source '
         'then decoder, source then all, source + target jointly, with equal target-training '
         'budgets. Defaults: ' + ', '.join(f'--{k.replace("_", "-")} {v}' for k, v in d.items())
@@ -525,8 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
         + '. Options given explicitly override either set.')
     p.add_argument('--output', required=True,
                    help='folder for results.json, results.md and transfer.png')
-    p.add_argument('--work-dir', default=str(ROOT / 'out' / 'transfer'),
-                   help='datasets and runs (default out/transfer in the repository)')
+    p.add_argument('--work-dir',
+                   help='datasets and runs (default out/transfer in the repository, '
+                   'out/transfer-quick with --quick)')
     p.add_argument('--size', help=f'image and network size WxH (default {d["size"]})')
     p.add_argument('--source-train', type=int,
                    help=f'source training frames (default {d["source_train"]})')
@@ -586,11 +601,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = 'python bench/transfer_experiment.py ' + shlex.join(
         sys.argv[1:] if argv is None else argv)
     try:
-        results = run_experiment(s, Path(args.work_dir), Path(args.output), args.device,
-                                 Path(args.readme) if args.readme else None, command)
+        work = Path(args.work_dir) if args.work_dir else (
+            ROOT / 'out' / ('transfer-quick' if args.quick else 'transfer'))
+        results = run_experiment(s, work, Path(args.output), args.device,
+                                 Path(args.readme) if args.readme else None, command,
+                                 args.quick)
     except ExperimentError as e:
         print(f'transfer_experiment: error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('transfer_experiment: interrupted; the same command continues where it stopped',
+              file=sys.stderr)
+        return 130
     finally:
         torch.set_num_threads(threads)
     print(results_markdown(results), end='')

@@ -128,3 +128,15 @@ def test_custom8_view_maps_cityscapes_classes_by_name(experiment, tmp_path):
             assert np.array_equal(image, cs_image)
             assert np.array_equal(mask, expected_lut[train_ids])
             assert (mask != IGNORE_INDEX).mean() > 0.5
+
+
+def test_update_readme_replaces_only_the_marked_block(experiment, tmp_path):
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'# x\n\nbefore\n{experiment.README_BEGIN}\nold table\n'
+                      f'{experiment.README_END}\nafter\n')
+    experiment.update_readme(readme, '| run |\n|---|\n')
+    assert readme.read_text() == (f'# x\n\nbefore\n{experiment.README_BEGIN}\n| run |\n|---|\n'
+                                  f'{experiment.README_END}\nafter\n')
+    readme.write_text('# no markers\n')
+    with pytest.raises(experiment.ExperimentError, match='transfer-table'):
+        experiment.update_readme(readme, 'table')
