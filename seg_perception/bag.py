@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 from rosbags.interfaces import (Connection, Qos, QosDurability, QosHistory, QosLiveliness,
                                 QosReliability, QosTime)
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from tqdm import tqdm
 
 from seg_perception import ros_types
@@ -228,6 +228,8 @@ class BagSegmenter:
         wanted = [n for n in OUTPUT_NAMES if getattr(self.outputs, n)]
         out = {}
         for conn in connections:
+            if (conn.topic, 'class_table') in out:  # a topic stored as several connections
+                continue
             qos = list(getattr(conn.ext, 'offered_qos_profiles', []) or [])
             if self.include_inputs:
                 out[(conn.topic, 'input')] = writer.add_connection(
@@ -337,7 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  args.confidence_encoding, args.include_inputs, str(args.model))
         stats = segmenter.run(args.input, args.output, args.topics, args.storage,
                               args.overwrite, progress=not args.no_progress)
-    except (BagError, ValueError, RuntimeError, OSError) as e:
+    except (BagError, ValueError, RuntimeError, OSError, WriterError) as e:
         print(f'seg-bag: error: {e}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
