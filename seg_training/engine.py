@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from seg_training import metrics
-from seg_training.checkpoint import unwrap
 from seg_training.config import TrainConfig
 from seg_training.model import ERFNet
 
@@ -403,9 +402,3 @@ def training_state(progress: Progress, optimizer: Optional[torch.optim.Optimizer
         'class_weights': class_weights.detach().cpu() if class_weights is not None else None,
         'interrupted': interrupted,
     }
-
-
-def unwrap_net(module: nn.Module) -> ERFNet:
-    """Return the ERFNet inside DDP / stage wrappers."""
-    m = unwrap(module)
-    return m.net if isinstance(m, EncoderOnly) else m
