@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-clock', action='store_true', help='do not publish /clock')
     p.add_argument('--wait-for-subscribers', type=float, default=0.0, metavar='SEC',
                    help='before playing, wait up to SEC s for a subscriber on every topic')
+    p.add_argument('--delay', type=float, default=0.0, metavar='SEC',
+                   help='sleep SEC s before playing, after --wait-for-subscribers (as ros2 bag '
+                   'play --delay): other subscribers match meanwhile')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--log-level', default='INFO', help='logging level')
     return p
@@ -360,6 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                 for t, m in published.items()))
         if args.wait_for_subscribers > 0:
             replayer.wait_for_subscribers(args.wait_for_subscribers)
+        time.sleep(max(0.0, args.delay))
         sent = replay(source, replayer, args.rate, args.loop, topic_map,
                       0.0 if args.no_clock else args.clock_hz, progress=not args.no_progress)
         replayer.flush()
