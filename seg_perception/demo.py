@@ -41,6 +41,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 import numpy as np
 import rclpy
+from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -67,6 +68,8 @@ START_NS = 1_700_000_000_000_000_000  # header stamp of the first frame (a fixed
 DRIVE_KEY = 'seg_perception.demo_drive'
 NODE_NAME = 'segmentation_node'
 LEGEND_COLUMNS = 10
+# Replay starts once the node subscribes; meanwhile this recorder's /clock subscription matches.
+REPLAY_DELAY_S = 2.0
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -172,8 +175,9 @@ class Recorder(Node):
     Outputs arrive as raw CDR bytes and go into the bag unchanged (bag time = header stamp).
     """
 
-    def __init__(self, writer: Writer, cameras: Sequence[str], table_time: int) -> None:
-        super().__init__('seg_demo_recorder')
+    def __init__(self, writer: Writer, cameras: Sequence[str], table_time: int,
+                 context: Optional[Context] = None) -> None:
+        super().__init__('seg_demo_recorder', context=context)
         self._table_time = table_time  # bag time of the class table: the drive's start
         ts = ros_types.typestore()
         self.arrivals: Dict[Tuple[str, str], Dict[int, int]] = defaultdict(dict)
@@ -304,7 +308,7 @@ def run_graph(spec: DriveSpec, drive: Path, recorder: Recorder, model: Path, dev
               rate: float, out_dir: Path, startup_timeout: float, drain_timeout: float,
               progress: bool = True) -> GraphRun:
     """Start the node, wait until it serves the recorder, replay the drive, drain, stop."""
-    executor = SingleThreadedExecutor()
+    executor = SingleThreadedExecutor(context=recorder.context)
     executor.add_node(recorder)
     seconds: Dict[str, float] = {}
     node_log, replay_log = out_dir / 'node.log', out_dir / 'replay.log'
@@ -341,7 +345,8 @@ def run_graph(spec: DriveSpec, drive: Path, recorder: Recorder, model: Path, dev
         t0 = time.monotonic()
         replay = start_process(console_command('seg-replay', 'seg_perception.replay') + [
             str(drive), '--rate', f'{rate:g}', '--qos', 'reliable',
-            '--wait-for-subscribers', '30', '--no-progress'], replay_log)
+            '--wait-for-subscribers', '30', '--delay', f'{REPLAY_DELAY_S:g}', '--no-progress'],
+            replay_log)
         with tqdm(total=round((spec.n_frames - 1) / spec.fps, 1), desc='replaying', unit='s',
                   disable=not progress, dynamic_ncols=True,
                   bar_format='{l_bar}{bar}| {n:.1f}/{total:.1f} s of drive') as bar:
@@ -372,18 +377,27 @@ def run_graph(spec: DriveSpec, drive: Path, recorder: Recorder, model: Path, dev
 
 # --- 3. analysis, video and contact sheet --------------------------------------------------------
 
-def publish_times(clock_points: Sequence[Tuple[int, int]], stamps: Sequence[int]) -> np.ndarray:
+def publish_times(clock_points: Sequence[Tuple[int, int]], stamps: Sequence[int],
+                  rate: float = 1.0) -> np.ndarray:
     """
     Return the wall time (ns, float) at which replay published each stamp.
 
     Replay sends ``/clock`` = a frame's stamp right before the frame, so the first /clock message
-    with that value gives its publish time; stamps between /clock messages are interpolated.
+    with that value gives its publish time. For a stamp without one (e.g. sent before this
+    subscription matched), the /clock ticks give it: replay ticks ``clock = first + rate x
+    (wall - start)``, so ``wall - clock / rate`` is a constant plus delays, whose minimum
+    maps any stamp to the time it was due.
     """
     if not clock_points:
         return np.full(len(stamps), np.nan)
-    points = np.array(sorted(clock_points), dtype=np.float64)   # (N, 2) by clock, then wall
+    points = np.array(sorted(clock_points), dtype=np.int64)     # (N, 2) by clock, then wall
     clock, first = np.unique(points[:, 0], return_index=True)     # first = earliest publish
-    return np.interp(np.asarray(stamps, dtype=np.float64), clock, points[first, 1])
+    wall = points[first, 1]
+    c0, w0 = int(clock[0]), int(wall[0])
+    offset = np.min((wall - w0) - (clock - c0) / rate)             # ns, after w0
+    exact = dict(zip(clock.tolist(), wall.tolist()))
+    return np.array([exact[s] if s in exact else w0 + offset + (s - c0) / rate for s in stamps],
+                    dtype=np.float64)
 
 
 def percentiles_ms(values_ns: Sequence[float]) -> Dict[str, Optional[float]]:
@@ -397,7 +411,8 @@ def percentiles_ms(values_ns: Sequence[float]) -> Dict[str, Optional[float]]:
             'max': round(float(v.max()), 1), 'mean': round(float(v.mean()), 1)}
 
 
-def frame_times(recorder: Recorder, camera: str) -> Tuple[List[int], np.ndarray, np.ndarray]:
+def frame_times(recorder: Recorder, camera: str, rate: float
+                ) -> Tuple[List[int], np.ndarray, np.ndarray]:
     """
     Return when each segmented frame of a camera was published and answered.
 
@@ -407,14 +422,15 @@ def frame_times(recorder: Recorder, camera: str) -> Tuple[List[int], np.ndarray,
     arrivals = [recorder.arrivals[(camera, n)] for n in OUTPUTS]
     done = sorted(set.intersection(*(set(a) for a in arrivals)))
     received = np.array([max(a[s] for a in arrivals) for s in done], dtype=np.float64)
-    return done, publish_times(recorder.clock_points, done), received
+    return done, publish_times(recorder.clock_points, done, rate), received
 
 
-def camera_summary(spec: DriveSpec, recorder: Recorder, camera: str) -> Dict[str, Any]:
+def camera_summary(spec: DriveSpec, recorder: Recorder, camera: str,
+                   rate: float) -> Dict[str, Any]:
     """Frames, drops, fps, latency and stamp checks of one camera."""
     stamps = spec.stamps()
     arrivals = {n: recorder.arrivals[(camera, n)] for n in OUTPUTS}
-    done, published, received = frame_times(recorder, camera)
+    done, published, received = frame_times(recorder, camera, rate)
     latency = received - published
     span = (received.max() - received.min()) / 1e9 if len(received) > 1 else 0.0
     st = recorder.camera_status(camera) or {}
@@ -436,14 +452,14 @@ def camera_summary(spec: DriveSpec, recorder: Recorder, camera: str) -> Dict[str
     }
 
 
-def write_frames_csv(spec: DriveSpec, recorder: Recorder, path: Path) -> None:
+def write_frames_csv(spec: DriveSpec, recorder: Recorder, rate: float, path: Path) -> None:
     """Write one row per segmented frame: camera, stamp, publish and receipt times, latency."""
     with open(path, 'w', newline='') as f:
         out = csv.writer(f)
         out.writerow(['camera', 'stamp', 'drive_time_s', 'published_wall_ns', 'received_wall_ns',
                       'latency_ms'])
         for cam in spec.cameras:
-            for stamp, pub, rec in zip(*frame_times(recorder, cam)):
+            for stamp, pub, rec in zip(*frame_times(recorder, cam, rate)):
                 out.writerow([cam, ros_types.format_time(stamp),
                               f'{(stamp - spec.start_ns) / 1e9:.1f}', f'{pub:.0f}', f'{rec:.0f}',
                               f'{(rec - pub) / 1e6:.1f}'])
@@ -670,10 +686,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     written = record_drive(spec, paths['drive'], progress=not args.no_progress)
     seconds = {'drive': time.monotonic() - t0}
     _logger.info('%s drive %s', 'recorded' if written else 'reused', paths['drive'])
-    rclpy.init(args=[])
+    context = Context()  # the demo's own, so it can run inside another rclpy program
+    rclpy.init(args=[], context=context)
     try:
         with AtomicBagWriter(paths['segmented'], 'mcap', overwrite=True) as writer:
-            recorder = Recorder(writer, spec.cameras, spec.start_ns)
+            recorder = Recorder(writer, spec.cameras, spec.start_ns, context)
             try:
                 graph = run_graph(spec, paths['drive'], recorder, model, args.device, args.rate,
                                   out, args.startup_timeout, args.drain_timeout,
@@ -681,11 +698,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             finally:
                 recorder.destroy_node()
     finally:
-        rclpy.try_shutdown()
+        context.try_shutdown()
     seconds.update(graph.seconds)
     t0 = time.monotonic()
-    cameras = {cam: camera_summary(spec, recorder, cam) for cam in spec.cameras}
-    write_frames_csv(spec, recorder, paths['frames'])
+    cameras = {cam: camera_summary(spec, recorder, cam, args.rate) for cam in spec.cameras}
+    write_frames_csv(spec, recorder, args.rate, paths['frames'])
     done = sorted(set.intersection(*(set(recorder.arrivals[(c, 'overlay')])
                                      for c in spec.cameras)))
     classes = (ClassTable.from_dict(json.loads(recorder.class_table))
@@ -706,6 +723,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                   'start_stamp': ros_types.format_time(spec.start_ns)},
         'replay_rate': args.rate,
         'complete': graph.complete,
+        'clock_messages': len(recorder.clock_points),
         'exit_status': {'replay': graph.replay_rc, 'node': graph.node_rc},
         'cameras': cameras,
         'node': recorder.pipeline_status(),

@@ -153,10 +153,11 @@ def test_cdr_header_of_rmw_and_rosbags_bytes():
         demo.cdr_header(b'\x07' * 32)
 
 
-def test_publish_times_take_the_first_clock_and_interpolate():
-    points = [(200, 2_050), (100, 1_000), (100, 1_300), (200, 2_000)]
-    times = demo.publish_times(points, [100, 150, 200])
-    assert times.tolist() == [1_000.0, 1_500.0, 2_000.0]
+def test_publish_times_take_the_first_clock_else_the_clock_ticks():
+    # ticks at 2x speed: clock advances 200 per 100 of wall time; 300 was published late
+    points = [(500, 1_200), (100, 1_000), (100, 1_300), (300, 1_150), (700, 1_300)]
+    times = demo.publish_times(points, [100, 300, 400, 900, -100], rate=2.0)
+    assert times.tolist() == [1_000.0, 1_150.0, 1_150.0, 1_400.0, 900.0]
     assert np.isnan(demo.publish_times([], [100])).all()
 
 
@@ -166,3 +167,17 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     assert 'nope.pt: no such file' in capsys.readouterr().err
     assert demo.main(['--output-dir', str(tmp_path), '--seconds', '0']) == 1
     assert '--seconds 0 must be' in capsys.readouterr().err
+
+
+def test_a_node_that_cannot_start_fails_the_demo_with_its_log(tmp_path, capsys):
+    bad = tmp_path / 'bad.pt'
+    bad.write_bytes(b'not a model file')
+    out = tmp_path / 'out'
+    rc = demo.main(['--output-dir', str(out), '--model', str(bad), '--seconds', '0.2',
+                    '--size', '64x32', '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert 'segmentation_node exited with status 1 while starting' in err
+    assert 'bad.pt' in err                       # the node's FATAL line, from node.log
+    assert not (out / 'segmented').exists()      # no half-written output bag
+    assert not list(out.glob('.segmented.incomplete-*'))
