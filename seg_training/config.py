@@ -38,8 +38,8 @@ class AugmentConfig:
     """Training augmentation, applied to image and mask together (see transforms.py)."""
 
     hflip_p: float = 0.5
-    scale_min: float = 0.5       # random scale relative to the network input size
-    scale_max: float = 2.0
+    scale_min: float = 0.75      # random scale relative to the network input size
+    scale_max: float = 1.5
     rotate_deg: float = 5.0      # rotation limit in degrees, either way
     rotate_p: float = 0.3
     blur_p: float = 0.2
