@@ -658,14 +658,19 @@ def report(summary: Dict[str, Any]) -> str:
                      f'{c["outputs_received"]["overlay"]:>11}'
                      f'{c["dropped_overwritten"] + c["dropped_malformed"]:>9}{fps:>7}   '
                      f'{lat_text}')
-    lines.append(f'  node: forward pass p50 {pipe.get("inference_p50_ms", "-")} ms, '
-                 f'{pipe.get("batches", "-")} batches of up to {pipe.get("batch_size_max", "-")}'
-                 f' frames; its own latency (sim time) p50 {pipe.get("latency_p50_ms", "-")} ms'
-                 f' p99 {pipe.get("latency_p99_ms", "-")} ms')
-    lines.append('  dropped = replaced by a newer frame while the node was busy (newest wins)')
+    lines += [f'  node: network input {pipe.get("input_size", "-")}, forward pass p50 '
+              f'{pipe.get("inference_p50_ms", "-")} ms, {pipe.get("batches", "-")} batches of up '
+              f'to {pipe.get("batch_size_max", "-")} frames',
+              f'  node\'s own latency (sim time): p50 {pipe.get("latency_p50_ms", "-")} ms, p99 '
+              f'{pipe.get("latency_p99_ms", "-")} ms',
+              '  latency = replay publishing a frame -> all its outputs received (wall clock)',
+              '  dropped = replaced by a newer frame while the node was busy (newest frame wins)']
     if not summary['complete']:
         lines.append('  warning: not every frame was accounted for before the node was stopped')
-    lines.append('wrote: ' + ', '.join(summary['outputs'].values()))
+    paths = [Path(p) for p in summary['outputs'].values()]
+    folder = Path(os.path.commonpath(paths))
+    lines.append(f'wrote {folder}/: ' + ', '.join(
+        f'{p.relative_to(folder)}{"/" if p.is_dir() else ""}' for p in paths))
     lines.append(f'took {summary["seconds"]["total"]:.0f} s')
     return '\n'.join(lines)
 
@@ -681,7 +686,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                      domain=args.domain)
     paths = {'drive': out / 'drive', 'segmented': out / 'segmented',
              'video': out / 'overlay.mp4', 'contact_sheet': out / 'contact_sheet.png',
-             'frames': out / 'frames.csv', 'summary': out / 'summary.json'}
+             'frames': out / 'frames.csv', 'node_log': out / 'node.log',
+             'replay_log': out / 'replay.log', 'summary': out / 'summary.json'}
     t0 = time.monotonic()
     written = record_drive(spec, paths['drive'], progress=not args.no_progress)
     seconds = {'drive': time.monotonic() - t0}
