@@ -121,18 +121,20 @@ def test_last_checkpoint_holds_the_training_state(cityscapes_run):
     assert state['class_weights'].shape == (19,)
 
 
-def test_two_stage_schedule(tmp_path):
+def test_two_stage_schedule_with_an_extra_root(tmp_path):
     root = write_folder(tmp_path / 'f', n_train=4, n_val=2)
+    extra = write_folder(tmp_path / 'g', n_train=3, n_val=1, seed=9, mask_format='palette')
     out = tmp_path / 'out'
     assert main(['--dataset', 'folder', '--data-root', str(root), '--output-dir', str(out),
                  '--epochs', '3', '--schedule', 'two-stage', '--encoder-epochs', '1',
-                 '--no-plots', *TINY]) == 0
+                 '--extra-train-root', str(extra), '--no-plots', *TINY]) == 0
     assert not (out / 'plots').exists()
     with open(out / 'metrics.csv') as f:
         stages = [r['stage'] for r in csv.DictReader(f)]
     assert stages == ['encoder', 'full', 'full']
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['best_epoch'] in (2, 3)  # only whole-network epochs compete
+    assert (summary['num_train'], summary['num_val']) == (7, 2)
     _, info = load_model(out / 'best.pt')
     assert not info.encoder_only
 
