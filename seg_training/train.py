@@ -276,7 +276,7 @@ def _sample_panels(net: ERFNet, ds: SegmentationDataset, cfg: TrainConfig,
     n = min(cfg.val_panels, len(ds))
     if n == 0:
         return
-    items = [ds[i] for i in range(n)]
+    items = [ds[i * len(ds) // n] for i in range(n)]  # spread over the split (other drives)
     images = torch.stack([x for x, _ in items]).to(device)  # (n, 3, H, W)
     preds = engine.predict_batch(net, 'full', images).cpu()  # (n, H, W)
     plots.plot_samples([denormalize(x, cfg.mean, cfg.std) for x, _ in items],
