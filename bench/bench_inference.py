@@ -22,6 +22,10 @@ Medians and percentiles are printed and saved with the device, library versions,
 ROS middleware as ``<output>/<device>-<date>.json``.
 """
 
+# First, as in the node: the package sets OpenMP's wait policy before torch loads (spinning
+# OpenMP waits slow a shared CPU down several times).
+import seg_perception  # noqa: F401, I100
+
 import argparse
 import datetime
 import importlib.metadata
@@ -338,6 +342,7 @@ def environment(device: torch.device) -> Dict:
                         else cpu_model()),
         'cpu_model': cpu_model(), 'cpu_count': os.cpu_count(),
         'torch_threads': torch.get_num_threads(),
+        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
         'load_average_1m_at_start': round(os.getloadavg()[0], 2),
         'python': platform.python_version(), 'torch': torch.__version__,
         'numpy': np.__version__, 'opencv': cv2.__version__, 'platform': platform.platform(),
