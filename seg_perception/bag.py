@@ -32,16 +32,14 @@ from tqdm import tqdm
 
 from seg_perception import ros_types
 from seg_perception.image_codec import ImageFormatError
-from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.ros_types import BagError, format_time
-from seg_training.classes import ClassTable
 
 _logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ('labels', 'color', 'overlay', 'confidence')
 CONFIDENCE_ENCODINGS = ('mono8', '32FC1')
 CUSTOM_DATA_CLASSES = 'seg_perception.class_table'
-CLASS_TABLE_FORMAT = 'seg_perception.class_table'  # the node's segmentation/class_table format
 # Offered QoS of the class-table topic, as the node's: played back, late subscribers get it too.
 LATCHED_QOS = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL,
                   QosTime(0, 0), QosTime(0, 0), QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
@@ -91,17 +89,6 @@ def output_namespaces(connections: Sequence[Connection]) -> Dict[str, str]:
                            f'{ns}/segmentation/*; process them in separate runs')
         result[conn.topic] = ns
     return result
-
-
-def class_table_json(classes: ClassTable, model: str) -> str:
-    """
-    Serialise the class table as the node publishes it on ``segmentation/class_table``.
-
-    ``ClassTable.to_dict()`` plus ``ids`` (label value of each class), ``format`` and ``model``.
-    """
-    d = classes.to_dict()
-    d.update({'format': CLASS_TABLE_FORMAT, 'ids': list(range(len(classes))), 'model': model})
-    return json.dumps(d)
 
 
 def parse_outputs(text: str) -> Outputs:

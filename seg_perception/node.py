@@ -9,7 +9,6 @@ the outputs that have subscribers, each with the input's header.
 """
 
 from dataclasses import dataclass, replace
-import json
 import threading
 import time
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
@@ -32,10 +31,9 @@ from seg_perception import params as node_params
 from seg_perception import ros_image
 from seg_perception.diagnostics import NodeStats, OUTPUT_NAMES, Throttle
 from seg_perception.image_codec import compressed_codec, ImageFormatError
-from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path, ResourceNotFoundError
 from seg_training.checkpoint import load_model, ModelFileError
-from seg_training.classes import ClassTable
 
 NODE_NAME = 'segmentation_node'
 # Outputs are reliable so both RViz (reliable) and best-effort subscribers match.
@@ -47,7 +45,6 @@ LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 WARN_PERIOD_S = 5.0
-CLASS_TABLE_FORMAT = 'seg_perception.class_table'
 
 
 class NodeConfigError(RuntimeError):
@@ -60,19 +57,6 @@ def input_qos(params: node_params.NodeParams) -> QoSProfile:
                    else ReliabilityPolicy.BEST_EFFORT)
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=params.depth,
                       reliability=reliability, durability=DurabilityPolicy.VOLATILE)
-
-
-def class_table_json(classes: ClassTable, model: str) -> str:
-    """
-    Serialise the class table for ``segmentation/class_table`` (std_msgs/String).
-
-    The JSON object is ``ClassTable.to_dict()`` (``names``, ``colors`` as [r, g, b],
-    ``void_index``, ``ignore_index``) plus ``ids`` (the label value of each class), ``format``
-    and ``model`` (the file the node runs).
-    """
-    d = classes.to_dict()
-    d.update({'format': CLASS_TABLE_FORMAT, 'ids': list(range(len(classes))), 'model': model})
-    return json.dumps(d)
 
 
 class LatestFrames:

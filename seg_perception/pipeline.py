@@ -6,6 +6,7 @@ resize, normalisation, ERFNet, softmax/argmax, label resize, palette lookup and 
 """
 
 from dataclasses import dataclass
+import json
 import logging
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -16,11 +17,27 @@ import torch.nn.functional as F
 
 from seg_perception.image_codec import ENCODINGS, channels, overlay_encoding
 from seg_training.checkpoint import load_model, ModelInfo
+from seg_training.classes import ClassTable
 from seg_training.model import check_input_size
 
 _logger = logging.getLogger(__name__)
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+# 'format' field of the class-table JSON that the node publishes and seg-bag records.
+CLASS_TABLE_FORMAT = 'seg_perception.class_table'
+
+
+def class_table_json(classes: ClassTable, model: str) -> str:
+    """
+    Serialise the class table for ``segmentation/class_table`` (std_msgs/String).
+
+    The JSON object is ``ClassTable.to_dict()`` (``names``, ``colors`` as [r, g, b],
+    ``void_index``, ``ignore_index``) plus ``ids`` (the label value of each class), ``format``
+    and ``model`` (the model file that made the labels).
+    """
+    d = classes.to_dict()
+    d.update({'format': CLASS_TABLE_FORMAT, 'ids': list(range(len(classes))), 'model': model})
+    return json.dumps(d)
 
 
 @dataclass(frozen=True)

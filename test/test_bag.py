@@ -10,8 +10,8 @@ import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 
-from seg_perception import bag, node
-from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+from seg_perception import bag
+from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.ros_types import BagError, camera_namespace
 
 TS = get_typestore(Stores.ROS2_KILTED)
@@ -157,7 +157,7 @@ def test_one_labels_message_per_frame_with_input_stamps(segmented, pipeline, tin
             want = pipeline([Frame(pixels, enc)], Outputs(labels=True, color=False, overlay=False))
             np.testing.assert_array_equal(pixels_of(msg)[..., 0], want[0].labels)
     # The class table as the node publishes it: once per camera, and in the bag's metadata.
-    table = node.class_table_json(pipeline.info.classes, str(tiny_model_file))
+    table = class_table_json(pipeline.info.classes, str(tiny_model_file))
     assert custom['seg_perception.class_table'] == table
     for ns in ('/front', '/rear', '/side'):
         (t, msg, _), = out[f'{ns}/segmentation/class_table']

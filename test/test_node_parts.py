@@ -13,7 +13,8 @@ from std_msgs.msg import Header
 
 from seg_perception import ros_image
 from seg_perception.image_codec import ImageFormatError
-from seg_perception.node import class_table_json, input_qos, LATCHED_QOS, LatestFrames
+from seg_perception.node import input_qos, LATCHED_QOS, LatestFrames
+from seg_perception.pipeline import class_table_json
 from seg_perception.node import OUTPUT_QOS
 from seg_perception.params import NodeParams
 from seg_training.classes import ClassTable, CUSTOM8
