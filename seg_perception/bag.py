@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-import warnings
 
 import numpy as np
 from rosbags.interfaces import (Connection, Qos, QosDurability, QosHistory, QosLiveliness,
@@ -307,8 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format='%(levelname)s %(name)s: %(message)s')
-    # Bag frames are read-only views on the bag's bytes; the pipeline only reads them.
-    warnings.filterwarnings('ignore', message='The given NumPy array is not writable')
     if args.batch_size < 1:
         print(f'seg-bag: error: --batch-size {args.batch_size} must be >= 1', file=sys.stderr)
         return 2

@@ -148,7 +148,10 @@ class SegmentationPipeline:
                 img.ndim == 3 and img.shape[2] != c) or (img.ndim == 2 and c != 1):
             raise ValueError(f'frame of shape {img.shape} dtype {img.dtype} does not match '
                              f'encoding {frame.encoding}')
-        t = torch.from_numpy(np.ascontiguousarray(img)).to(self.device, non_blocking=True)
+        src = np.ascontiguousarray(img)
+        if not src.flags.writeable:  # e.g. a view on a bag's bytes; torch wants writable memory
+            src = src.copy()
+        t = torch.from_numpy(src).to(self.device, non_blocking=True)
         t = t.view(img.shape[0], img.shape[1], c)  # (H, W, C) uint8
         t = t.index_select(2, self._orders[frame.encoding])  # (H, W, 3) RGB
         return t.permute(2, 0, 1).unsqueeze(0).float()  # (1, 3, H, W)
