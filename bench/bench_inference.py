@@ -46,10 +46,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from seg_perception.pipeline import (Frame, Outputs, PRECISIONS, resolve_device,
-                                     SegmentationPipeline)
+from seg_perception.pipeline import Frame, Outputs, PRECISIONS, SegmentationPipeline
 from seg_training.checkpoint import build_model, ModelInfo, save_model
 from seg_training.classes import cityscapes_table
+from seg_training.cli import resolve_device
 
 CAMERA_SIZE = (2048, 1024)  # (W, H) of the frames sent through the pipeline and the node
 NODE_INPUT_SIZE = (1024, 512)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from seg_perception.image_codec import ENCODINGS, channels, overlay_encoding
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
+from seg_training.cli import resolve_device
 from seg_training.model import check_input_size
 
 _logger = logging.getLogger(__name__)
@@ -70,17 +71,6 @@ class Result:
     overlay: Optional[np.ndarray] = None     # (H, W, C) uint8 in overlay_encoding
     overlay_encoding: str = 'rgb8'
     confidence: Optional[np.ndarray] = None  # (H, W) float32 max softmax probability
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; 'cuda' without CUDA is an error."""
-    if device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    dev = torch.device(device)
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError(f'device {device!r} requested but CUDA is not available '
-                           f'(torch {torch.__version__})')
-    return dev
 
 
 class SegmentationPipeline:

@@ -25,10 +25,9 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from seg_perception.pipeline import (Frame, PRECISIONS, resolve_device, Result,
-                                     SegmentationPipeline)
+from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.model import check_input_size
+from seg_training.cli import network_size_arg, resolve_device
 
 _logger = logging.getLogger(__name__)
 
@@ -38,19 +37,6 @@ DEFAULT_OUTPUT_DIR = Path('out/predict')
 
 class ImageReadError(ValueError):
     """An input image that cannot be read; the message names the file."""
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """Parse ``WxH`` (e.g. ``1024x512``) into ``(width, height)``."""
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not WxH, e.g. 1024x512') from None
-    try:
-        check_input_size(h, w)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return w, h
 
 
 def find_images(inputs: Sequence[str]) -> Tuple[List[Tuple[Path, Path]], List[str]]:
@@ -145,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='model file: seg_perception .pt or official erfnet_pretrained.pth')
     parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     parser.add_argument('--precision', default='fp32', choices=sorted(PRECISIONS))
-    parser.add_argument('--input-size', type=parse_size, metavar='WxH',
+    parser.add_argument('--input-size', type=network_size_arg, metavar='WxH',
                         help="network input size (default: the model's own)")
     parser.add_argument('--output-dir', type=Path, default=DEFAULT_OUTPUT_DIR,
                         help=f'where the PNG files go (default: {DEFAULT_OUTPUT_DIR})')

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from seg_training import metrics
+from seg_training.cli import resolve_device
 from seg_training.config import TrainConfig
 from seg_training.model import ERFNet
 
@@ -46,20 +47,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda (this process's GPU under DDP) when available, else cpu."""
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    dev = torch.device(name)
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise RuntimeError(f'device {name!r} requested but CUDA is not available '
-                               f'(torch {torch.__version__})')
-        if dev.index is None:
-            dev = torch.device('cuda', local_rank)
-    return dev
 
 
 def init_distributed(device_name: str) -> Tuple[DistInfo, torch.device]:

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from seg_training.checkpoint import load_model, ModelFileError
+from seg_training.cli import network_size_arg, resolve_device
 from seg_training.classes import ClassTable
 from seg_training.data import build_dataset, DATASET_KINDS, DatasetError
 from seg_training.metrics import evaluate
@@ -40,29 +41,6 @@ PathLike = Union[str, os.PathLike]
 
 class EvalError(ValueError):
     """An evaluation that cannot run as asked; the message says what and where."""
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """Parse 'WxH' into (W, H), both positive multiples of the ERFNet stride."""
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size {text!r} is not WxH, e.g. 512x256') from None
-    try:
-        check_input_size(h, w)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return w, h
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; asking for an absent CUDA is an error."""
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    dev = torch.device(name)
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise EvalError(f'device {name!r} requested but CUDA is not available')
-    return dev
 
 
 def evaluated_names(model_classes: ClassTable) -> List[str]:
@@ -200,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', help='also write the JSON report to this file')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default auto)')
     p.add_argument('--batch-size', type=int, default=4)
-    p.add_argument('--size', type=parse_size,
+    p.add_argument('--size', type=network_size_arg,
                    help='network input WxH (default: the model file\'s input size)')
     p.add_argument('--plots', help='folder for per_class_iou.png and confusion_matrix.png')
     p.add_argument('--workers', type=int, default=2, help='DataLoader worker processes')

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.evaluate import parse_size, write_json
+from seg_training.cli import network_size_arg
+from seg_training.evaluate import write_json
 from seg_training.model import check_input_size
 
 _logger = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--format', required=True, choices=FORMATS)
     p.add_argument('--output', help='output file (default: the model path with .onnx or '
                    '.torchscript); the sidecar is <output>.json')
-    p.add_argument('--size', type=parse_size,
+    p.add_argument('--size', type=network_size_arg,
                    help='network input WxH (default: the model file\'s input size)')
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset version')
     p.add_argument('--dynamic-batch', action='store_true',

@@ -77,6 +77,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from seg_training.cli import parse_size
 from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
                                   CUSTOM8, IGNORE_INDEX)
 from seg_training.synth_scene import (BUILDING, CAR, Drive, DriveParams, LABEL_IDS, PERSON,
@@ -123,17 +124,6 @@ def label_lut(classes: str) -> Tuple[ClassTable, np.ndarray]:
             lut[label_id] = CUSTOM8.index(name)
         return CUSTOM8, lut
     raise ValueError(f'unknown class set {classes!r}; choose one of {list(CLASS_SETS)}')
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """Parse 'WxH' into (W, H); ValueError says what is wrong."""
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise ValueError(f'size {text!r} is not WxH (e.g. 256x128)') from None
-    if w < 32 or h < 32:
-        raise ValueError(f'size {text!r}: width and height must be at least 32')
-    return w, h
 
 
 @dataclass(frozen=True)
@@ -283,6 +273,8 @@ def generate(out_dir: PathLike, layout: str = 'cityscapes', classes: Optional[st
         raise ValueError('--mask-format applies to the folder layout only')
     if view not in VIEWS:
         raise ValueError(f'unknown view {view!r}; choose one of {list(VIEWS)}')
+    if min(size) < 32:
+        raise ValueError(f'size {size[0]}x{size[1]}: width and height must be at least 32')
     if n_train < 0 or n_val < 0 or n_train + n_val == 0:
         raise ValueError(f'need a positive number of frames (train {n_train}, val {n_val})')
     if sequence_length < 1 or frame_stride < 1 or workers < 1:

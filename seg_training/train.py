@@ -37,6 +37,7 @@ from seg_training.checkpoint import (atomic_save, load_imagenet_encoder,
                                      load_state_dict_checked, model_file_dict, ModelFileError,
                                      ModelInfo, Normalization, read_file)
 from seg_training.classes import ClassTable
+from seg_training.cli import network_size_arg
 from seg_training.config import (apply_overrides, config_from_dict, ConfigError, IMAGENET_MEAN,
                                  IMAGENET_STD, load_config, read_yaml, save_config, stage_epochs,
                                  TrainConfig)
@@ -58,14 +59,6 @@ CSV_COLUMNS = ('epoch', 'stage', 'lr', 'train_loss', 'val_miou', 'val_pixel_accu
 
 # ----------------------------------------------------------------------------- command line
 
-def _size(text: str) -> List[int]:
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected WxH such as 512x256, got {text!r}') from None
-    return [w, h]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='seg-train', description='Train ERFNet (Cityscapes or a folder dataset).',
@@ -84,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='official erfnet_encoder_pretrained.pth.tar (ImageNet)')
     p.add_argument('--epochs', type=int)
     p.add_argument('--batch-size', dest='batch_size', type=int)
-    p.add_argument('--size', type=_size, help='network input WxH, multiples of 8')
+    p.add_argument('--size', type=lambda t: list(network_size_arg(t)),
+                   help='network input WxH, multiples of 8')
     p.add_argument('--lr', type=float)
     p.add_argument('--weight-decay', dest='weight_decay', type=float)
     enc = p.add_mutually_exclusive_group()

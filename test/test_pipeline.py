@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from seg_perception.pipeline import Frame, Outputs, resolve_device, SegmentationPipeline
+from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+from seg_training.cli import resolve_device
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
 from seg_training.model import ERFNet, ERFNetConfig

@@ -1,0 +1,56 @@
+"""Small pieces the command-line tools share: image sizes and the compute device."""
+
+import argparse
+from typing import Tuple
+
+import torch
+
+from seg_training.model import check_input_size
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """Parse 'WxH' (e.g. '512x256') into (W, H); ValueError says what is wrong."""
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise ValueError(f'size {text!r} is not WxH (e.g. 512x256)') from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f'size {text!r}: width and height must be positive')
+    return w, h
+
+
+def size_arg(text: str) -> Tuple[int, int]:
+    """Argparse type of an image size 'WxH'."""
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def network_size_arg(text: str) -> Tuple[int, int]:
+    """Argparse type of an ERFNet input size 'WxH': both multiples of the network's stride."""
+    w, h = size_arg(text)
+    try:
+        check_input_size(h, w)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return w, h
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """
+    Turn 'auto', 'cpu', 'cuda' or 'cuda:N' into a device.
+
+    'auto' is CUDA when available, else the CPU; a bare 'cuda' is this process's GPU under DDP
+    (``local_rank``). Asking for CUDA where there is none is a RuntimeError.
+    """
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    dev = torch.device(name)
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise RuntimeError(f'device {name!r} requested but CUDA is not available '
+                               f'(torch {torch.__version__})')
+        if dev.index is None:
+            dev = torch.device('cuda', local_rank)
+    return dev
