@@ -125,6 +125,7 @@ def atomic_save(obj: Any, path: PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is for others to read too
         os.replace(tmp, path)
     except BaseException:
         try:
