@@ -53,9 +53,10 @@ from tqdm import tqdm
 import yaml
 
 from seg_perception import ros_types
-from seg_perception.bag import AtomicBagWriter, LATCHED_QOS, parse_size
+from seg_perception.bag import AtomicBagWriter, LATCHED_QOS
 from seg_perception.resources import default_model_path, ResourceNotFoundError
 from seg_training.classes import ClassTable
+from seg_training.cli import size_arg
 from seg_training.synth import render_sequence
 from seg_training.synth_style import DOMAINS
 
@@ -180,7 +181,8 @@ class Recorder(Node):
         super().__init__('seg_demo_recorder', context=context)
         self._table_time = table_time  # bag time of the class table: the drive's start
         ts = ros_types.typestore()
-        self.arrivals: Dict[Tuple[str, str], Dict[int, int]] = defaultdict(dict)
+        # (camera, output) -> stamp -> (node publish, receipt here) wall times in ns
+        self.arrivals: Dict[Tuple[str, str], Dict[int, Tuple[int, int]]] = defaultdict(dict)
         self.frame_ids: Dict[Tuple[str, str], set] = defaultdict(set)
         self.clock_points: List[Tuple[int, int]] = []  # (/clock time, its publish wall time) ns
         self.status: Dict[str, Dict[str, str]] = {}
@@ -204,7 +206,9 @@ class Recorder(Node):
     def _on_output(self, camera: str, name: str, conn: Any, data: bytes,
                    info: Dict[str, Any]) -> None:
         stamp, fid = cdr_header(data)
-        self.arrivals[(camera, name)][stamp] = info.get('received_timestamp') or time.time_ns()
+        received = info.get('received_timestamp') or time.time_ns()
+        self.arrivals[(camera, name)][stamp] = (info.get('source_timestamp') or received,
+                                                received)
         self.frame_ids[(camera, name)].add(fid)
         self._writer.write(conn, stamp, data)
 
@@ -411,18 +415,23 @@ def percentiles_ms(values_ns: Sequence[float]) -> Dict[str, Optional[float]]:
             'max': round(float(v.max()), 1), 'mean': round(float(v.mean()), 1)}
 
 
-def frame_times(recorder: Recorder, camera: str, rate: float
-                ) -> Tuple[List[int], np.ndarray, np.ndarray]:
-    """
-    Return when each segmented frame of a camera was published and answered.
+@dataclass
+class FrameTimes:
+    """Wall times (ns) of the frames of one camera whose every output arrived, by stamp."""
 
-    Frames whose every output arrived, by stamp: (stamps, wall time in ns at which replay
-    published each, wall time in ns at which its last output arrived).
-    """
-    arrivals = [recorder.arrivals[(camera, n)] for n in OUTPUTS]
-    done = sorted(set.intersection(*(set(a) for a in arrivals)))
-    received = np.array([max(a[s] for a in arrivals) for s in done], dtype=np.float64)
-    return done, publish_times(recorder.clock_points, done, rate), received
+    stamps: List[int]
+    published: np.ndarray        # replay published the frame
+    node_published: np.ndarray   # the node published its last output
+    received: np.ndarray         # the last output arrived here
+
+    @classmethod
+    def of(cls, recorder: Recorder, camera: str, rate: float) -> 'FrameTimes':
+        arrivals = [recorder.arrivals[(camera, n)] for n in OUTPUTS]
+        done = sorted(set.intersection(*(set(a) for a in arrivals)))
+        times = np.array([[max(a[s][k] for a in arrivals) for k in (0, 1)] for s in done],
+                         dtype=np.float64).reshape(-1, 2)       # (frames, 2)
+        return cls(done, publish_times(recorder.clock_points, done, rate), times[:, 0],
+                   times[:, 1])
 
 
 def camera_summary(spec: DriveSpec, recorder: Recorder, camera: str,
@@ -430,9 +439,9 @@ def camera_summary(spec: DriveSpec, recorder: Recorder, camera: str,
     """Frames, drops, fps, latency and stamp checks of one camera."""
     stamps = spec.stamps()
     arrivals = {n: recorder.arrivals[(camera, n)] for n in OUTPUTS}
-    done, published, received = frame_times(recorder, camera, rate)
-    latency = received - published
-    span = (received.max() - received.min()) / 1e9 if len(received) > 1 else 0.0
+    times = FrameTimes.of(recorder, camera, rate)
+    latency = times.received - times.published
+    in_node = times.node_published - times.published
     st = recorder.camera_status(camera) or {}
     ids = set().union(*(recorder.frame_ids[(camera, n)] for n in OUTPUTS))
     return {
@@ -443,11 +452,14 @@ def camera_summary(spec: DriveSpec, recorder: Recorder, camera: str,
         'dropped_overwritten': int(st.get('dropped_overwritten', 0)),
         'dropped_malformed': int(st.get('dropped_malformed', 0)),
         'outputs_received': {n: len(a) for n, a in arrivals.items()},
-        'fps': round((len(received) - 1) / span, 2) if span > 0 else None,
+        # segmented frames per second of replayed drive
+        'fps': round(len(times.stamps) * spec.fps * rate / len(stamps), 2),
         'latency_ms': percentiles_ms(latency[np.isfinite(latency)]),
-        'node_latency_ms': {'p50': st.get('latency_p50_ms'), 'p99': st.get('latency_p99_ms')},
-        'stamps_match_input': (set(done) <= set(stamps) and
-                               all(set(a) == set(done) for a in arrivals.values())),
+        'node_publish_latency_ms': percentiles_ms(in_node[np.isfinite(in_node)]),
+        'node_sim_latency_ms': {'p50': st.get('latency_p50_ms'),
+                                'p99': st.get('latency_p99_ms')},
+        'stamps_match_input': (set(times.stamps) <= set(stamps) and
+                               all(set(a) == set(times.stamps) for a in arrivals.values())),
         'frame_ids': sorted(ids),
     }
 
@@ -456,12 +468,16 @@ def write_frames_csv(spec: DriveSpec, recorder: Recorder, rate: float, path: Pat
     """Write one row per segmented frame: camera, stamp, publish and receipt times, latency."""
     with open(path, 'w', newline='') as f:
         out = csv.writer(f)
-        out.writerow(['camera', 'stamp', 'drive_time_s', 'published_wall_ns', 'received_wall_ns',
+        out.writerow(['camera', 'stamp', 'drive_time_s', 'replay_published_wall_ns',
+                      'node_published_wall_ns', 'received_wall_ns', 'node_latency_ms',
                       'latency_ms'])
         for cam in spec.cameras:
-            for stamp, pub, rec in zip(*frame_times(recorder, cam, rate)):
+            t = FrameTimes.of(recorder, cam, rate)
+            for stamp, pub, node, rec in zip(t.stamps, t.published, t.node_published,
+                                             t.received):
                 out.writerow([cam, ros_types.format_time(stamp),
-                              f'{(stamp - spec.start_ns) / 1e9:.1f}', f'{pub:.0f}', f'{rec:.0f}',
+                              f'{(stamp - spec.start_ns) / 1e9:.1f}', f'{pub:.0f}', f'{node:.0f}',
+                              f'{rec:.0f}', f'{(node - pub) / 1e6:.1f}',
                               f'{(rec - pub) / 1e6:.1f}'])
 
 
@@ -601,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='model file (default: the bundled models/erfnet_synth.pt)')
     p.add_argument('--device', default='auto', help='node device: auto, cpu, cuda, cuda:N')
     p.add_argument('--seconds', type=float, default=12.0, help='length of the drive')
-    p.add_argument('--size', type=parse_size, default=(512, 256), metavar='WxH',
+    p.add_argument('--size', type=size_arg, default=(512, 256), metavar='WxH',
                    help='camera image size')
     p.add_argument('--seed', type=int, default=DriveSpec.seed, help='which synthetic drive')
     p.add_argument('--domain', choices=DOMAINS, default='source',
@@ -640,6 +656,10 @@ def resolve_model(model: Optional[Path]) -> Path:
     return model.resolve()
 
 
+def _ms_text(values: Dict[str, Optional[float]], keys: Sequence[str]) -> str:
+    return ' / '.join('-' if values[k] is None else f'{values[k]:.0f}' for k in keys)
+
+
 def report(summary: Dict[str, Any]) -> str:
     """Return the printed report of a summary."""
     drive, pipe = summary['drive'], summary['node']
@@ -648,23 +668,20 @@ def report(summary: Dict[str, Any]) -> str:
              f'{summary["replay_rate"]:g}x) through {NODE_NAME} on {pipe.get("device", "?")}, '
              f'model {summary["model"]}',
              f'  {"camera":8}{"sent":>6}{"node in":>9}{"segmented":>11}{"dropped":>9}'
-             f'{"fps":>7}   latency p50 / p90 / p99 ms']
+             f'{"fps":>7}   latency p50 / p90 / p99 ms   in the node p50 / p99 ms']
     for cam, c in summary['cameras'].items():
-        lat = c['latency_ms']
-        lat_text = ' / '.join('-' if lat[k] is None else f'{lat[k]:.0f}'
-                              for k in ('p50', 'p90', 'p99'))
-        fps = '-' if c['fps'] is None else f'{c["fps"]:.1f}'
         lines.append(f'  {cam:8}{c["frames_sent"]:>6}{c["node_frames_received"]:>9}'
                      f'{c["outputs_received"]["overlay"]:>11}'
-                     f'{c["dropped_overwritten"] + c["dropped_malformed"]:>9}{fps:>7}   '
-                     f'{lat_text}')
+                     f'{c["dropped_overwritten"] + c["dropped_malformed"]:>9}{c["fps"]:>7.1f}   '
+                     f'{_ms_text(c["latency_ms"], ("p50", "p90", "p99")):<29}'
+                     f'{_ms_text(c["node_publish_latency_ms"], ("p50", "p99"))}')
     lines += [f'  node: network input {pipe.get("input_size", "-")}, forward pass p50 '
               f'{pipe.get("inference_p50_ms", "-")} ms, {pipe.get("batches", "-")} batches of up '
               f'to {pipe.get("batch_size_max", "-")} frames',
-              f'  node\'s own latency (sim time): p50 {pipe.get("latency_p50_ms", "-")} ms, p99 '
-              f'{pipe.get("latency_p99_ms", "-")} ms',
-              '  latency = replay publishing a frame -> all its outputs received (wall clock)',
-              '  dropped = replaced by a newer frame while the node was busy (newest frame wins)']
+              '  fps = frames segmented per second of drive; dropped = replaced by a newer frame '
+              'while the node was busy (the newest frame wins)',
+              '  latency = replay publishing a frame -> all its outputs received here; in the '
+              'node = -> the node publishing them (wall clock)']
     if not summary['complete']:
         lines.append('  warning: not every frame was accounted for before the node was stopped')
     paths = [Path(p) for p in summary['outputs'].values()]
