@@ -58,8 +58,9 @@ import yaml
 
 from seg_training import train as seg_train
 from seg_training.classes import CUSTOM8, IGNORE_INDEX
+from seg_training.cli import parse_size
 from seg_training.evaluate import evaluate_model_file, write_json
-from seg_training.synth import generate, label_lut, parse_size
+from seg_training.synth import generate, label_lut
 
 _logger = logging.getLogger('transfer_experiment')
 

@@ -33,6 +33,7 @@ from seg_perception import ros_types
 from seg_perception.image_codec import ImageFormatError
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.ros_types import BagError, format_time
+from seg_training.cli import network_size_arg
 
 _logger = logging.getLogger(__name__)
 
@@ -99,15 +100,6 @@ def parse_outputs(text: str) -> Outputs:
             f'unknown outputs {sorted(unknown)} (choose from {",".join(OUTPUT_NAMES)})')
     return Outputs(labels=True, color='color' in names, overlay='overlay' in names,
                    confidence='confidence' in names)
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """'512x256' -> (512, 256)."""
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size {text!r} is not WIDTHxHEIGHT') from None
-    return w, h
 
 
 class AtomicBagWriter:
@@ -283,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, default=4, help='frames per forward pass')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     p.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
-    p.add_argument('--input-size', type=parse_size, default=None, metavar='WxH',
+    p.add_argument('--input-size', type=network_size_arg, default=None, metavar='WxH',
                    help="network input size (default: the model's own)")
     p.add_argument('--alpha', type=float, default=0.5, help='overlay opacity of the class colours')
     p.add_argument('--outputs', type=parse_outputs, default=parse_outputs('color,overlay'),

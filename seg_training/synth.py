@@ -87,7 +87,7 @@ from seg_training.synth_scene import (BUILDING, CAR, Drive, DriveParams, LABEL_I
 from seg_training.synth_style import DOMAINS, VIEWS
 
 __all__ = ['CUSTOM8_FROM_LABEL_ID', 'Drive', 'drive_seed', 'DriveParams', 'generate', 'LABEL_IDS',
-           'label_lut', 'main', 'parse_size', 'render_frame', 'render_sequence',
+           'label_lut', 'main', 'render_frame', 'render_sequence',
            'sample_drive', 'samples_sheet']
 
 _logger = logging.getLogger(__name__)

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from seg_training.classes import cityscapes_label_to_train_id, CUSTOM8, IGNORE_INDEX
+from seg_training.cli import parse_size
 from seg_training.data import CityscapesDataset, FolderDataset
 from seg_training.synth import (CITIES, drive_seed, generate, label_lut, LABEL_IDS, main,
-                                parse_size, render_frame, render_sequence, sample_drive)
+                                render_frame, render_sequence, sample_drive)
 from seg_training.synth_render import Look
 from seg_training.synth_scene import (BUILDING, CAR, Drive, EGO_VEHICLE, ROAD, SKY, TERRAIN,
                                       TRUCK, VEGETATION)
@@ -229,6 +230,8 @@ def test_generator_seeds_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match='WxH'):
         parse_size('256-128')
     assert parse_size('320x160') == (320, 160)
+    with pytest.raises(ValueError, match='at least 32'):
+        generate(tmp_path / 'y', 'cityscapes', 'cityscapes', n_train=1, n_val=1, size=(64, 16))
 
 
 def test_cli(tmp_path, capsys):
