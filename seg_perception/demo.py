@@ -31,6 +31,7 @@ import signal
 import struct
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -674,43 +675,50 @@ def resolve_model(model: Optional[Path]) -> Path:
     return model.resolve()
 
 
-def _ms_text(values: Dict[str, Optional[float]], keys: Sequence[str]) -> str:
-    return ' / '.join('-' if values[k] is None else f'{values[k]:.0f}' for k in keys)
+def _short(path: str) -> str:
+    """Return ``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _ms_text(values: Dict[str, Optional[float]], keys: Sequence[str], sep: str) -> str:
+    return sep.join('-' if values[k] is None else f'{values[k]:.0f}' for k in keys)
 
 
 def report(summary: Dict[str, Any]) -> str:
     """Return the printed report of a summary."""
     drive, pipe = summary['drive'], summary['node']
-    lines = [f'seg_perception demo: {drive["frames_per_camera"]} frames per camera '
-             f'({drive["size"][0]}x{drive["size"][1]} at {drive["fps"]:g} Hz, replay '
-             f'{summary["replay_rate"]:g}x) through {NODE_NAME} on {pipe.get("device", "?")}, '
-             f'model {summary["model"]}',
-             f'  {"camera":8}{"sent":>6}{"node in":>9}{"segmented":>11}{"dropped":>9}'
-             f'{"fps":>7}   latency p50 / p90 / p99 ms   in the node p50 / p99 ms']
+    lines = [f'seg_perception demo: {drive["frames_per_camera"]} frames per camera, '
+             f'{drive["size"][0]}x{drive["size"][1]} at {drive["fps"]:g} Hz, replay '
+             f'{summary["replay_rate"]:g}x, {NODE_NAME} on {pipe.get("device", "?")}',
+             f'  model {_short(summary["model"])} (network input {pipe.get("input_size", "-")})',
+             f'  {"camera":8}{"sent":>5}{"node in":>9}{"segmented":>11}{"dropped":>9}'
+             f'{"fps":>6}   latency p50/p90/p99 ms   in node p50/p99']
     for cam, c in summary['cameras'].items():
-        lines.append(f'  {cam:8}{c["frames_sent"]:>6}{c["node_frames_received"]:>9}'
+        lines.append(f'  {cam:8}{c["frames_sent"]:>5}{c["node_frames_received"]:>9}'
                      f'{c["node_frames_processed"]:>11}'
-                     f'{c["dropped_overwritten"] + c["dropped_malformed"]:>9}{c["fps"]:>7.1f}   '
-                     f'{_ms_text(c["latency_ms"], ("p50", "p90", "p99")):<29}'
-                     f'{_ms_text(c["node_publish_latency_ms"], ("p50", "p99"))}')
-    lines += [f'  node: network input {pipe.get("input_size", "-")}, forward pass p50 '
-              f'{pipe.get("inference_p50_ms", "-")} ms, {pipe.get("batches", "-")} batches of up '
-              f'to {pipe.get("batch_size_max", "-")} frames',
-              '  fps = frames segmented per second of drive; dropped = replaced by a newer frame '
-              'while the node was busy (the newest frame wins)',
-              '  latency = replay publishing a frame -> all its outputs received here; in the '
-              'node = -> the node publishing them (wall clock)']
+                     f'{c["dropped_overwritten"] + c["dropped_malformed"]:>9}{c["fps"]:>6.1f}   '
+                     f'{_ms_text(c["latency_ms"], ("p50", "p90", "p99"), "/"):<25}'
+                     f'{_ms_text(c["node_publish_latency_ms"], ("p50", "p99"), "/")}')
+    lines += [f'  node: forward pass p50 {pipe.get("inference_p50_ms", "-")} ms, '
+              f'{pipe.get("batches", "-")} batches of up to {pipe.get("batch_size_max", "-")} '
+              'frames',
+              '  fps: frames segmented per second of drive; dropped: replaced by a newer frame',
+              '  latency: replay publishing a frame -> all its outputs here; in node: -> the node',
+              '  publishing them (wall clock)']
     lost = [f'{cam} {name} {n}' for cam, c in summary['cameras'].items()
             for name, n in c['outputs_lost'].items() if n > 0]
     if lost:
-        lines.append('  warning: outputs the node published that never arrived here: '
-                     + ', '.join(lost))
+        lines.append('  warning: published by the node, never received here: ' + ', '.join(lost))
     if not summary['node_done']:
         lines.append('  warning: the node had not answered every frame when it was stopped')
     paths = [Path(p) for p in summary['outputs'].values()]
     folder = Path(os.path.commonpath(paths))
-    lines.append(f'wrote {folder}/: ' + ', '.join(
-        f'{p.relative_to(folder)}{"/" if p.is_dir() else ""}' for p in paths))
+    lines += textwrap.wrap(f'wrote {folder}/: ' + ', '.join(
+        f'{p.relative_to(folder)}{"/" if p.is_dir() else ""}' for p in paths), 99,
+        subsequent_indent='  ')
     lines.append(f'took {summary["seconds"]["total"]:.0f} s')
     return '\n'.join(lines)
 

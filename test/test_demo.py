@@ -70,7 +70,7 @@ def test_demo_report_and_summary(demo_run):
         assert 0 < in_node['p50'] <= lat['p50']
         assert c['fps'] == pytest.approx(processed / SECONDS)
         assert cam in stdout
-    assert 'latency p50 / p90 / p99 ms' in stdout
+    assert 'latency p50/p90/p99 ms' in stdout
     for path in summary['outputs'].values():
         assert Path(path).exists(), path
     with open(out / 'frames.csv', newline='') as f:
