@@ -26,3 +26,21 @@ def tiny_model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp('models') / 'tiny.pt'
     save_model(model, info, path)
     return path
+
+
+@pytest.fixture(scope='module')
+def probe(request):
+    """Give each graph-test module a probe node (publishers, subscriptions, parameter clients)."""
+    from ros_probe import Probe
+
+    p = Probe(request.module.__name__.rsplit('.', 1)[-1] + '_probe')
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope='session')
+def reference(tiny_model_file):
+    """Return the ROS-free pipeline on the tiny model: what the node's outputs must equal."""
+    from seg_perception.pipeline import SegmentationPipeline
+
+    return SegmentationPipeline.from_file(tiny_model_file, device='cpu', warmup=False)

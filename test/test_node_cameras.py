@@ -9,10 +9,10 @@ import json
 
 import numpy as np
 import pytest
-from ros_probe import image_array, LATCHED, make_image, Probe, start_node
+from ros_probe import image_array, LATCHED, make_image, start_node
 from std_msgs.msg import String
 
-from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+from seg_perception.pipeline import Frame, Outputs
 from seg_training.classes import ClassTable, CUSTOM8
 
 SIZES = {'front': (96, 48), 'rear': (40, 24)}  # (W, H); the network input is 64x32
@@ -24,13 +24,6 @@ def out(cam, name):
 
 
 @pytest.fixture(scope='module')
-def probe():
-    p = Probe('cameras_probe')
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope='module')
 def node(tiny_model_file, tmp_path_factory, probe):
     proc = start_node([f'model:={tiny_model_file}', 'device:=cpu', 'cameras:=[front, rear]',
                        'confidence_encoding:=32FC1', 'reliability:=reliable', 'depth:=2',
@@ -39,12 +32,6 @@ def node(tiny_model_file, tmp_path_factory, probe):
                       ready_topic=out('rear', 'class_table'))
     yield proc
     assert proc.stop() == 0, proc.log()
-
-
-@pytest.fixture(scope='module')
-def reference(tiny_model_file):
-    """Run the ROS-free pipeline on the same model file, in the test process."""
-    return SegmentationPipeline.from_file(tiny_model_file, device='cpu', warmup=False)
 
 
 def both_cameras(probe, node, outputs, seed):

@@ -9,12 +9,12 @@ import time
 import cv2
 import numpy as np
 import pytest
-from ros_probe import image_array, make_image, Probe, start_node
+from ros_probe import image_array, make_image, start_node
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header
 
 from seg_perception.image_codec import decode_compressed
-from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+from seg_perception.pipeline import Frame, Outputs
 
 W, H = 72, 40
 INPUT = '/image/compressed'
@@ -24,25 +24,12 @@ CAMERA_STATUS = f'camera {INPUT}'
 
 
 @pytest.fixture(scope='module')
-def probe():
-    p = Probe('compressed_probe')
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope='module')
 def node(tiny_model_file, tmp_path_factory, probe):
     proc = start_node([f'model:={tiny_model_file}', 'device:=cpu', 'input_transport:=compressed',
                        'diagnostics_period:=0.3', 'log_period:=0.5'],
                       tmp_path_factory.mktemp('node') / 'segmentation_node.log', probe)
     yield proc
     assert proc.stop() == 0, proc.log()
-
-
-@pytest.fixture(scope='module')
-def reference(tiny_model_file):
-    """Run the ROS-free pipeline on the same model file, in the test process."""
-    return SegmentationPipeline.from_file(tiny_model_file, device='cpu', warmup=False)
 
 
 def compressed(probe, fmt, ext, mono=False, seed=0):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
-from ros_probe import image_array, LATCHED, make_image, NODE_NAME, Probe, start_node
+from ros_probe import image_array, LATCHED, make_image, NODE_NAME, start_node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from seg_perception.image_codec import overlay_encoding
-from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+from seg_perception.pipeline import Frame, Outputs
 from seg_training.classes import ClassTable, CUSTOM8
 
 W, H = 80, 48  # camera size; the tiny model's network input is 64x32
@@ -30,24 +30,11 @@ CAMERA_STATUS = f'camera {INPUT}'
 
 
 @pytest.fixture(scope='module')
-def probe():
-    p = Probe('graph_probe')
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope='module')
 def node(tiny_model_file, tmp_path_factory, probe):
     proc = start_node([f'model:={tiny_model_file}', 'device:=cpu', 'diagnostics_period:=0.3'],
                       tmp_path_factory.mktemp('node') / 'segmentation_node.log', probe)
     yield proc
     assert proc.stop() == 0, proc.log()
-
-
-@pytest.fixture(scope='module')
-def reference(tiny_model_file):
-    """Run the ROS-free pipeline on the same model file, in the test process."""
-    return SegmentationPipeline.from_file(tiny_model_file, device='cpu', warmup=False)
 
 
 def segment(probe, node, msg, topics):
