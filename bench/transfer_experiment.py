@@ -60,6 +60,7 @@ from seg_training import train as seg_train
 from seg_training.classes import CUSTOM8, IGNORE_INDEX
 from seg_training.cli import parse_size
 from seg_training.evaluate import evaluate_model_file, write_json
+from seg_training.files import atomic_path
 from seg_training.synth import generate, label_lut
 
 _logger = logging.getLogger('transfer_experiment')
@@ -376,10 +377,8 @@ def plot_results(results: Dict[str, Any], out_png: Path) -> Path:
                  f'({s["size"][0]}x{s["size"][1]}, {results["environment"]["device"]})')
     ax.legend(loc='upper left')
     ax.grid(axis='y', alpha=0.3)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f'.{out_png.name}.tmp.png')
-    fig.savefig(tmp, format='png', bbox_inches='tight')
-    os.replace(tmp, out_png)
+    with atomic_path(out_png, suffix='.png') as tmp:
+        fig.savefig(tmp, format='png', bbox_inches='tight')
     return out_png
 
 

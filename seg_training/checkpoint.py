@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 import logging
 import os
 from pathlib import Path
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
 from seg_training.classes import ClassTable, cityscapes_table
+from seg_training.files import atomic_path
 from seg_training.model import ERFNet, ERFNetConfig, check_input_size
 
 _logger = logging.getLogger(__name__)
@@ -112,27 +112,9 @@ def model_file_dict(model: ERFNet, info: ModelInfo, extra: Optional[Dict] = None
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
-    """
-    ``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A reader never sees a half-written file, even if the writer is killed mid-way.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is for others to read too
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """``torch.save`` through :func:`seg_training.files.atomic_path`: whole or not at all."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_model(model: ERFNet, info: ModelInfo, path: PathLike, extra: Optional[Dict] = None,

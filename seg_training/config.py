@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import yaml
 
+from seg_training.files import atomic_path
+
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -297,9 +299,5 @@ def stage_epochs(cfg: TrainConfig) -> Dict[str, int]:
 
 def save_config(cfg: TrainConfig, path: PathLike) -> None:
     """Write the merged config as YAML (what ``--config`` reads back)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    with open(tmp, 'w', encoding='utf-8') as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding='utf-8')

@@ -19,7 +19,6 @@ import math
 import os
 from pathlib import Path
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -30,6 +29,7 @@ from seg_training.checkpoint import load_model, ModelFileError
 from seg_training.cli import network_size_arg, resolve_device
 from seg_training.classes import ClassTable
 from seg_training.data import build_dataset, DATASET_KINDS, DatasetError
+from seg_training.files import atomic_path
 from seg_training.metrics import evaluate
 from seg_training.model import check_input_size
 from seg_training.transforms import val_transform
@@ -150,21 +150,10 @@ def write_plots(out_dir: PathLike, classes: ClassTable, metrics: Dict[str, Any],
 
 
 def write_json(obj: Any, path: PathLike) -> Path:
-    """Write ``obj`` as indented JSON through a temporary file renamed over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=2)
-            f.write('\n')
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + '\n')
+    return Path(path)
 
 
 def build_parser() -> argparse.ArgumentParser:

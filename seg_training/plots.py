@@ -10,7 +10,6 @@ import logging
 import math
 import os
 from pathlib import Path
-import tempfile
 from typing import Dict, List, Sequence, Union
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,6 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
+
+from seg_training.files import atomic_path
 
 _logger = logging.getLogger(__name__)
 
@@ -37,17 +38,8 @@ def _new_figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, out_png: PathLike) -> Path:
     """Write ``fig`` as PNG to a temporary file in the target folder, then rename it."""
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{out.stem}.', suffix='.png', dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix='.png') as tmp:
         fig.savefig(tmp, format='png', bbox_inches='tight')
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; plots are for everyone to read
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     _logger.debug('wrote %s', out)
     return out
 
