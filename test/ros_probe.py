@@ -165,6 +165,27 @@ class Probe:
                         process)
         return found
 
+    def send_until_dropped(self, topic: str, msg: Any, camera_status: str, what: str,
+                           process: NodeProcess) -> None:
+        """
+        Publish the malformed ``msg`` until the camera's ``dropped_malformed`` count rises.
+
+        The count before is read from /diagnostics first; the frame goes out again every RESEND_S
+        while the node has not counted it (a first frame may precede discovery).
+        """
+        pub = self.publisher(type(msg), topic)
+        before = int(self.wait_status(camera_status, lambda v: True, 'diagnostics',
+                                      process)['dropped_malformed'])
+        last = [0.0]
+
+        def dropped() -> bool:
+            if time.monotonic() - last[0] > RESEND_S:
+                pub.publish(msg)
+                last[0] = time.monotonic()
+            return int(self.status(camera_status)['dropped_malformed']) > before
+
+        self.spin_until(dropped, what, process=process)
+
     def status(self, suffix: str) -> Optional[Dict[str, str]]:
         """Key/values of the newest /diagnostics status whose name ends with ``suffix``."""
         for arr in reversed(self.diagnostics):

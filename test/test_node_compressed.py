@@ -4,7 +4,6 @@ segmentation_node reading sensor_msgs/CompressedImage (jpeg, png) on image/compr
 One node process (``input_transport:=compressed``, tiny custom8 model) serves the module.
 """
 
-import time
 
 import cv2
 import numpy as np
@@ -66,19 +65,9 @@ def test_compressed_frames_are_segmented(probe, node, reference, fmt, ext, mono)
 ])
 def test_undecodable_frame_is_dropped_and_the_next_one_answered(probe, node, fmt, data, problem):
     bad = CompressedImage(header=Header(stamp=probe.stamp()), format=fmt, data=data)
-    pub = probe.publisher(CompressedImage, INPUT)
     with probe.listening([LABELS]):
-        before = int(probe.wait_status(CAMERA_STATUS, lambda v: True, 'diagnostics',
-                                       node)['dropped_malformed'])
-        last = [0.0]
-
-        def dropped():
-            if time.monotonic() - last[0] > 1.0:
-                pub.publish(bad)
-                last[0] = time.monotonic()
-            return int(probe.status(CAMERA_STATUS)['dropped_malformed']) > before
-
-        probe.spin_until(dropped, f'the {fmt} frame counted as malformed', process=node)
+        probe.send_until_dropped(INPUT, bad, CAMERA_STATUS,
+                                 f'the {fmt} frame counted as malformed', node)
         good = compressed(probe, 'png', '.png', seed=3)
         answer = probe.request([(INPUT, good)], {LABELS: good.header.stamp}, node)[LABELS]
     assert (answer.width, answer.height) == (W, H)

@@ -6,14 +6,12 @@ talks to it through the module's probe node.
 """
 
 import json
-import time
 
 import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from ros_probe import image_array, LATCHED, make_image, NODE_NAME, start_node
-from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from seg_perception.image_codec import overlay_encoding
@@ -117,21 +115,9 @@ def _malformed(kind, stamp):
                                   'zero size', 'zero width'])
 def test_malformed_frame_is_dropped_with_a_warning_and_the_next_one_answered(probe, node, kind):
     bad, problem = _malformed(kind, probe.stamp())
-    pub = probe.publisher(Image, INPUT)
     with probe.listening([LABELS]):
-        before = int(probe.wait_status(CAMERA_STATUS, lambda v: True, 'diagnostics',
-                                       node)['dropped_malformed'])
-        last = [0.0]
-
-        def dropped():
-            if time.monotonic() - last[0] > 1.0:
-                pub.publish(bad)
-                last[0] = time.monotonic()
-            values = probe.status(CAMERA_STATUS)
-            return int(values['dropped_malformed']) > before
-
-        probe.spin_until(dropped, f'the node to count the {kind} frame as malformed',
-                         process=node)
+        probe.send_until_dropped(INPUT, bad, CAMERA_STATUS,
+                                 f'the node to count the {kind} frame as malformed', node)
         good, _ = make_image('bgr8', W, H, probe.stamp(), seed=12)
         answer = segment(probe, node, good, [LABELS])[LABELS]
     assert (answer.width, answer.height) == (W, H)
