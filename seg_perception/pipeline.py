@@ -1,8 +1,10 @@
 """
 The segmentation pipeline, free of ROS: uint8 frames in; labels, colours, overlay out.
 
-Every tensor operation after the upload runs on the model's device: channel reordering,
-resize, normalisation, ERFNet, softmax/argmax, label resize, palette lookup and alpha blend.
+On CUDA every operation after the upload runs on the device (channel reordering, resize,
+normalisation, ERFNet, logits upsampling and argmax, palette gather, alpha blend) and the outputs
+come back in one copy. On the CPU the camera-size work is OpenCV/numpy in uint8 around the
+network (seg_perception.postprocess).
 """
 
 from dataclasses import dataclass
@@ -15,7 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seg_perception.image_codec import ENCODINGS, channels, overlay_encoding
+from seg_perception.image_codec import channels, ENCODINGS, overlay_encoding
+from seg_perception.postprocess import (cpu_camera_labels, cpu_confidence, cpu_labels,
+                                        cpu_network_image, CpuPainter, CudaPainter,
+                                        CudaUploader, label_grid, resolve_label_upsampling,
+                                        scaled_size)
+from seg_perception.timing import NO_TIMER, NoTimer
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
 from seg_training.cli import resolve_device
@@ -78,7 +85,7 @@ class SegmentationPipeline:
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str = 'auto',
                  precision: str = 'fp32', input_size: Optional[Tuple[int, int]] = None,
-                 warmup: bool = True) -> None:
+                 warmup: bool = True, label_upsampling: str = 'auto') -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision {precision!r} not in {sorted(PRECISIONS)}')
         if info.encoder_only:
@@ -101,7 +108,13 @@ class SegmentationPipeline:
         self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
                                * 255.0)
-        self._palette = torch.from_numpy(info.classes.palette()).to(self.device)  # (256, 3)
+        self.label_upsampling = resolve_label_upsampling(label_upsampling, self.device)
+        palette = info.classes.palette()  # (256, 3) uint8 RGB
+        if self.device.type == 'cuda':
+            self._painter = CudaPainter(palette, self.device)
+            self._uploader = CudaUploader(self.device)
+        else:
+            self._painter = CpuPainter(palette)
         self._orders = {enc: torch.tensor(order, device=self.device)
                         for enc, (_, order, _) in ENCODINGS.items()}
         if warmup:
@@ -130,21 +143,39 @@ class SegmentationPipeline:
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
 
-    def _to_rgb(self, frame: Frame) -> torch.Tensor:
-        """(1, 3, H, W) float32 RGB in 0..255 on the device."""
+    def _check(self, frame: Frame) -> np.ndarray:
+        """The frame's (H, W, C) uint8 array; ValueError when it does not fit its encoding."""
         img = frame.image
         c = channels(frame.encoding)
         if img.dtype != np.uint8 or img.ndim not in (2, 3) or (
                 img.ndim == 3 and img.shape[2] != c) or (img.ndim == 2 and c != 1):
             raise ValueError(f'frame of shape {img.shape} dtype {img.dtype} does not match '
                              f'encoding {frame.encoding}')
-        src = np.ascontiguousarray(img)
-        if not src.flags.writeable:  # e.g. a view on a bag's bytes; torch wants writable memory
-            src = src.copy()
-        t = torch.from_numpy(src).to(self.device, non_blocking=True)
-        t = t.view(img.shape[0], img.shape[1], c)  # (H, W, C) uint8
-        t = t.index_select(2, self._orders[frame.encoding])  # (H, W, 3) RGB
-        return t.permute(2, 0, 1).unsqueeze(0).float()  # (1, 3, H, W)
+        return img if img.ndim == 3 else img[:, :, None]
+
+    def _inputs(self, frames: Sequence[Frame],
+                timer: NoTimer = NO_TIMER) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """
+        Return (network images (1, 3, h, w) float RGB 0..255, uploaded frames or []).
+
+        CPU: the frame is shrunk in uint8 by OpenCV first; CUDA: every frame of the batch goes
+        up in one copy from pinned memory and is converted there.
+        """
+        w, h = self.input_size
+        with timer('upload'):
+            images = [self._check(f) for f in frames]
+            if self.device.type != 'cuda':
+                rgbs = []
+                for img, frame in zip(images, frames):
+                    small = cpu_network_image(img, frame.encoding, (h, w))  # (h, w, 3)
+                    if not small.flags.writeable or not small.flags.c_contiguous:
+                        small = small.copy()
+                    rgbs.append(torch.from_numpy(small).permute(2, 0, 1)[None].float())
+                return rgbs, []
+            uploaded = self._uploader.upload(images)  # (H, W, C) uint8 each, on the device
+            rgbs = [t.index_select(2, self._orders[f.encoding]).permute(2, 0, 1)[None].float()
+                    for t, f in zip(uploaded, frames)]  # (1, 3, H, W) each
+            return rgbs, uploaded
 
     def _network_input(self, rgb: torch.Tensor) -> torch.Tensor:
         w, h = self.input_size
@@ -156,64 +187,92 @@ class SegmentationPipeline:
     @torch.inference_mode()
     def logits(self, frames: Sequence[Frame]) -> torch.Tensor:
         """(B, num_classes, h, w) float32 network output for a batch of frames."""
-        return self._forward([self._to_rgb(f) for f in frames])
+        return self._forward(self._inputs(frames)[0])
 
-    def _forward(self, rgbs: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = torch.cat([self._network_input(r) for r in rgbs])  # (B, 3, h, w)
-        return self.model(self._layout(x.to(self.dtype))).float()  # (B, K, h, w)
+    def _forward(self, rgbs: Sequence[torch.Tensor], timer: NoTimer = NO_TIMER) -> torch.Tensor:
+        with timer('resize'):
+            x = torch.cat([self._network_input(r) for r in rgbs])  # (B, 3, h, w)
+        with timer('forward'):
+            return self.model(self._layout(x.to(self.dtype))).float()  # (B, K, h, w)
 
     @torch.inference_mode()
     def __call__(self, frames: Sequence[Frame], outputs: Outputs = Outputs(),
-                 alpha: float = 0.5) -> List[Result]:
-        """Segment ``frames`` in one forward pass; results are at each frame's own size."""
+                 alpha: float = 0.5, output_scale: float = 1.0,
+                 timer: NoTimer = NO_TIMER) -> List[Result]:
+        """
+        Segment ``frames`` in one forward pass; results are at each frame's own size.
+
+        ``output_scale`` (0 < s <= 1) makes colour and overlay smaller than the frame (labels and
+        confidence stay at its size); ``timer`` (a StageTimer) records the time of each stage.
+        """
         if not frames:
             return []
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f'overlay alpha {alpha} outside [0, 1]')
-        rgbs = [self._to_rgb(f) for f in frames]
-        logits = self._forward(rgbs)  # (B, K, h, w)
-        if outputs.confidence:
-            conf, labels = torch.softmax(logits, dim=1).max(dim=1)  # (B, h, w) each
-        else:
-            labels, conf = logits.argmax(dim=1), None  # (B, h, w)
-        labels = labels.to(torch.uint8)
-        results = []
-        for i, (frame, rgb) in enumerate(zip(frames, rgbs)):
-            results.append(self._finish(frame, rgb, labels[i], None if conf is None else conf[i],
-                                        outputs, alpha))
-        return results
+        if not 0.0 < output_scale <= 1.0:
+            raise ValueError(f'output scale {output_scale} outside (0, 1]')
+        rgbs, uploaded = self._inputs(frames, timer)
+        logits = self._forward(rgbs, timer)  # (B, K, h, w)
+        if self.device.type == 'cuda':
+            return self._finish_cuda(frames, uploaded, logits, outputs, alpha, output_scale,
+                                     timer)
+        with timer('labels'):
+            hwc = logits.permute(0, 2, 3, 1).contiguous().numpy()  # (B, h, w, K)
+        return [self._finish_cpu(f, hwc[i], outputs, alpha, output_scale, timer)
+                for i, f in enumerate(frames)]
 
-    def _finish(self, frame: Frame, rgb: torch.Tensor, labels: torch.Tensor,
-                conf: Optional[torch.Tensor], outputs: Outputs, alpha: float) -> Result:
-        h, w = frame.image.shape[:2]
-        if labels.shape != (h, w):
-            labels = F.interpolate(labels[None, None].float(), size=(h, w),
-                                   mode='nearest')[0, 0].to(torch.uint8)  # (H, W)
-            if conf is not None:
-                conf = F.interpolate(conf[None, None], size=(h, w), mode='bilinear',
-                                     align_corners=False)[0, 0]
+    def _finish_cpu(self, frame: Frame, logits: np.ndarray, outputs: Outputs, alpha: float,
+                    scale: float, timer: NoTimer) -> Result:
+        """(h, w, K) logits of one frame -> its Result, with OpenCV/numpy in uint8."""
+        cam = frame.image.shape[:2]
         res = Result(overlay_encoding=overlay_encoding(frame.encoding))
-        if outputs.labels:
-            res.labels = labels.cpu().numpy()
-        if outputs.confidence and conf is not None:
-            res.confidence = conf.clamp(0, 1).cpu().numpy()
-        if outputs.color or outputs.overlay:
-            color = self._palette[labels.long()]  # (H, W, 3) uint8 RGB
-            if outputs.color:
-                res.color = color.cpu().numpy()
-            if outputs.overlay:
-                res.overlay = self._blend(frame, rgb, color, alpha).cpu().numpy()
+        with timer('labels'):
+            grid = label_grid(self.label_upsampling, logits.shape[:2], cam)
+            grid_labels = cpu_labels(logits, grid)  # (gh, gw) uint8
+            if outputs.labels:
+                res.labels = cpu_camera_labels(grid_labels, cam)  # (H, W) uint8
+        if outputs.confidence:
+            with timer('confidence'):
+                res.confidence = cpu_confidence(logits, cam)  # (H, W) float32
+        out_hw = scaled_size(cam, scale)
+        if outputs.color:
+            with timer('color'):
+                res.color = self._painter.color(grid_labels, out_hw)  # (h', w', 3) rgb8
+        if outputs.overlay:
+            with timer('overlay'):
+                res.overlay = self._painter.overlay(self._check(frame), frame.encoding,
+                                                    grid_labels, out_hw, alpha, res.color)
         return res
 
-    def _blend(self, frame: Frame, rgb: torch.Tensor, color: torch.Tensor,
-               alpha: float) -> torch.Tensor:
-        """Alpha overlay in the overlay encoding's channel order, (H, W, C) uint8."""
-        base = rgb[0].permute(1, 2, 0)  # (H, W, 3) RGB float
-        mixed = (base * (1.0 - alpha) + color.float() * alpha).round_().to(torch.uint8)
-        enc = overlay_encoding(frame.encoding)
-        if enc in ('bgr8', 'bgra8'):
-            mixed = mixed.flip(-1)  # RGB -> BGR
-        if ENCODINGS[enc][2]:  # keep the input's alpha channel
-            a = torch.from_numpy(np.ascontiguousarray(frame.image[..., 3:4])).to(self.device)
-            mixed = torch.cat([mixed, a], dim=-1)  # (H, W, 4)
-        return mixed
+    def _finish_cuda(self, frames: Sequence[Frame], uploaded: Sequence[torch.Tensor],
+                     logits: torch.Tensor, outputs: Outputs, alpha: float, scale: float,
+                     timer: NoTimer) -> List[Result]:
+        """Labels, colours and overlay on the device; one download for the whole batch."""
+        painter = self._painter
+        tensors: List[Optional[torch.Tensor]] = []
+        for i, (frame, image) in enumerate(zip(frames, uploaded)):
+            cam = tuple(frame.image.shape[:2])
+            out_hw = scaled_size(cam, scale)
+            with timer('labels'):
+                grid = label_grid(self.label_upsampling, tuple(logits.shape[-2:]), cam)
+                labels = painter.labels(logits[i], grid, cam)  # (H, W) uint8
+            conf = color = overlay = None
+            if outputs.confidence:
+                with timer('confidence'):
+                    conf = painter.confidence(logits[i], cam)  # (H, W) float32
+            if outputs.color:
+                with timer('color'):
+                    color = painter.color(labels, out_hw)  # (h', w', 3) uint8 RGB
+            if outputs.overlay:
+                with timer('overlay'):
+                    overlay = painter.overlay(image, frame.encoding, labels, out_hw, alpha)
+            tensors += [labels if outputs.labels else None, conf, color, overlay]
+        with timer('download'):
+            arrays = painter.download(tensors)  # one copy, one synchronisation
+        results = []
+        for i, frame in enumerate(frames):
+            labels, conf, color, overlay = arrays[4 * i:4 * i + 4]
+            results.append(Result(labels=labels, color=color, overlay=overlay,
+                                  overlay_encoding=overlay_encoding(frame.encoding),
+                                  confidence=conf))
+        return results

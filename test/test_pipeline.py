@@ -64,6 +64,8 @@ def colour_pipeline(**kwargs) -> SegmentationPipeline:
     info = ModelInfo(classes=TABLE, input_size=(NET_W, NET_H))
     kwargs.setdefault('device', 'cpu')
     kwargs.setdefault('warmup', False)
+    # Nearest label upsampling: camera-size labels are exact copies of the network's cells.
+    kwargs.setdefault('label_upsampling', 'nearest')
     return SegmentationPipeline(colour_net(), info, **kwargs)
 
 
