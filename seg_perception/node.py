@@ -33,6 +33,7 @@ from seg_perception.diagnostics import NodeStats, OUTPUT_NAMES, Throttle
 from seg_perception.image_codec import compressed_codec, ImageFormatError
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path, ResourceNotFoundError
+from seg_perception.timing import NO_TIMER, StageTimer
 from seg_training.checkpoint import load_model, ModelFileError
 
 NODE_NAME = 'segmentation_node'
@@ -121,6 +122,7 @@ class _Job:
     header: Header
     frame: Frame
     wanted: Outputs
+    compressed_overlay: bool = False  # segmentation/overlay/compressed has subscribers
 
 
 class SegmentationNode(Node):
@@ -143,6 +145,7 @@ class SegmentationNode(Node):
         self.stats = NodeStats(topics, time.monotonic())
         self._throttle = Throttle(WARN_PERIOD_S)
         self._frames = LatestFrames()
+        self._timer = StageTimer(max_records=1000) if self.params.stage_timing else NO_TIMER
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -160,7 +163,8 @@ class SegmentationNode(Node):
             f'segmenting {", ".join(c.topic for c in self._cameras)} '
             f'({self.params.input_transport}) with {self.model_path} on {self.pipeline.device} '
             f'({self.pipeline.precision}, network input {self.pipeline.input_size[0]}x'
-            f'{self.pipeline.input_size[1]}, {self.pipeline.info.num_classes} classes)')
+            f'{self.pipeline.input_size[1]}, {self.pipeline.info.num_classes} classes, '
+            f'label upsampling {self._label_upsampling_text()})')
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -178,7 +182,8 @@ class SegmentationNode(Node):
             w = self.params.input_width or info.input_size[0]
             h = self.params.input_height or info.input_size[1]
             return SegmentationPipeline(model, info, device=self.params.device,
-                                        precision=self.params.precision, input_size=(w, h))
+                                        precision=self.params.precision, input_size=(w, h),
+                                        label_upsampling=self.params.label_upsampling)
         except (ModelFileError, OSError, RuntimeError, ValueError) as e:
             raise NodeConfigError(f'cannot run model {self.model_path}: {e}') from None
 
@@ -195,6 +200,8 @@ class SegmentationNode(Node):
             'color': self.create_publisher(Image, out + 'color', OUTPUT_QOS),
             'overlay': self.create_publisher(Image, out + 'overlay', OUTPUT_QOS),
             'confidence': self.create_publisher(Image, out + 'confidence', OUTPUT_QOS),
+            'overlay_compressed': self.create_publisher(CompressedImage,
+                                                        out + 'overlay/compressed', OUTPUT_QOS),
         }
         table = self.create_publisher(String, out + 'class_table', LATCHED_QOS)
         qos = input_qos(self.params)
@@ -292,38 +299,72 @@ class SegmentationNode(Node):
                     continue
             subscribers = {name: pub.get_subscription_count()
                            for name, pub in cam.publishers.items()}
+            compressed = subscribers['overlay_compressed'] > 0
             wanted = Outputs(**{name: subscribers[name] > 0 for name in OUTPUT_NAMES})
-            if not wanted.any():
+            if not wanted.any() and not compressed:
                 self.stats.skipped(cam.topic)
                 continue
-            jobs.append(_Job(cam, pending.header, frame, wanted))
+            jobs.append(_Job(cam, pending.header, frame, wanted, compressed))
         if not jobs:
             return
         union = Outputs(**{name: any(getattr(j.wanted, name) for j in jobs)
                            for name in OUTPUT_NAMES})
+        if any(j.compressed_overlay for j in jobs):
+            union = replace(union, overlay=True)
         alpha = self.params.overlay_alpha
+        timer = self._timer
+        if timer.enabled:
+            self._time_input(jobs)
         t0 = time.perf_counter()
-        results = self.pipeline([j.frame for j in jobs], union, alpha)
+        results = self.pipeline([j.frame for j in jobs], union, alpha,
+                                output_scale=self.params.output_scale, timer=timer)
         seconds = time.perf_counter() - t0
         computed = {name: sum(getattr(r, name) is not None for r in results)
                     for name in OUTPUT_NAMES}
         self.stats.forward(time.monotonic(), seconds, len(jobs), computed)
         for job, result in zip(jobs, results):
             self._publish(job, result)
+        timer.next()
+
+    def _time_input(self, jobs: Sequence[_Job]) -> None:
+        """Record the time from each frame's stamp to the worker taking it (stage 'input')."""
+        now = self.get_clock().now()
+        for job in jobs:
+            if not ros_image.is_zero_stamp(job.header):
+                self._timer.add('input', (now - Time.from_msg(job.header.stamp)).nanoseconds
+                                * 1e-9 / len(jobs))
 
     def _publish(self, job: _Job, result: Any) -> None:
-        pubs, header = job.camera.publishers, job.header
-        if job.wanted.labels:
-            pubs['labels'].publish(ros_image.image_msg(header, result.labels, 'mono8'))
-        if job.wanted.color:
-            pubs['color'].publish(ros_image.image_msg(header, result.color, 'rgb8'))
-        if job.wanted.overlay:
-            pubs['overlay'].publish(
-                ros_image.image_msg(header, result.overlay, result.overlay_encoding))
-        if job.wanted.confidence:
-            enc = self.params.confidence_encoding
-            pubs['confidence'].publish(ros_image.image_msg(
-                header, ros_image.confidence_image(result.confidence, enc), enc))
+        # Each message is serialized once, straight from the pipeline's array (one copy).
+        pubs, header, timer = job.camera.publishers, job.header, self._timer
+        out = []
+        with timer('message'):
+            if job.wanted.labels:
+                out.append(('labels', ros_image.serialized_image(header, result.labels,
+                                                                 'mono8')))
+        with timer('publish'):
+            for name, data in out:  # labels first: the latency users see
+                pubs[name].publish(data)
+        out = []
+        with timer('message'):
+            if job.wanted.color:
+                out.append(('color', ros_image.serialized_image(header, result.color, 'rgb8')))
+            if job.wanted.overlay:
+                out.append(('overlay', ros_image.serialized_image(
+                    header, result.overlay, result.overlay_encoding)))
+            if job.wanted.confidence:
+                enc = self.params.confidence_encoding
+                out.append(('confidence', ros_image.serialized_image(
+                    header, ros_image.confidence_image(result.confidence, enc), enc)))
+        if job.compressed_overlay:
+            with timer('jpeg'):
+                fmt, data = ros_image.jpeg_overlay(result.overlay, result.overlay_encoding,
+                                                   self.params.jpeg_quality)
+                out.append(('overlay_compressed',
+                            ros_image.serialized_compressed(header, fmt, data)))
+        with timer('publish'):
+            for name, data in out:
+                pubs[name].publish(data)
         latency = None
         if not ros_image.is_zero_stamp(header):
             latency = (self.get_clock().now() - Time.from_msg(header.stamp)).nanoseconds * 1e-9
@@ -337,7 +378,13 @@ class SegmentationNode(Node):
         totals.update({'device': str(self.pipeline.device), 'precision': self.params.precision,
                        'model': self.model_path,
                        'input_size': '%dx%d' % self.pipeline.input_size,
-                       'overlay_alpha': f'{self.params.overlay_alpha:g}'})
+                       'overlay_alpha': f'{self.params.overlay_alpha:g}',
+                       'label_upsampling': self._label_upsampling_text(),
+                       'output_scale': f'{self.params.output_scale:g}'})
+        if self._timer.enabled:
+            for stage, v in self._timer.summary().items():
+                totals[f'stage_{stage}_p50_ms'] = f'{v["p50_ms"]:.2f}'
+                totals[f'stage_{stage}_p99_ms'] = f'{v["p99_ms"]:.2f}'
         status = [_status(f'{self.get_name()}: pipeline', totals['device'], DiagnosticStatus.OK,
                           f'{totals["fps"]} fps, latency p50 {totals["latency_p50_ms"]} ms',
                           totals)]
@@ -353,6 +400,10 @@ class SegmentationNode(Node):
         msg = DiagnosticArray(status=status)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics.publish(msg)
+
+    def _label_upsampling_text(self) -> str:
+        mode = self.pipeline.label_upsampling
+        return f'{mode} (auto)' if self.params.label_upsampling == 'auto' else mode
 
     def _log_statistics(self) -> None:
         now = time.monotonic()

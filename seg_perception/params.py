@@ -15,6 +15,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from seg_perception.postprocess import LABEL_UPSAMPLING
+
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 CAMERA_PATTERN = re.compile(r'^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$')
 MAX_INPUT_SIDE = 4096
@@ -55,6 +57,18 @@ class NodeParams:
     confidence_encoding: str = _param('mono8', 'segmentation/confidence encoding: mono8 = max '
                                       'softmax probability x 255, 32FC1 = the probability',
                                       choices=('mono8', '32FC1'))
+    label_upsampling: str = _param(
+        'auto', 'labels at camera size: nearest = copy the network-size argmax; bilinear = '
+        'logits enlarged to camera size, then argmax; bilinear_x2/_x4 = argmax at 2x/4x the '
+        'network size, then nearest; auto = bilinear on CUDA, bilinear_x2 on the CPU',
+        choices=LABEL_UPSAMPLING)
+    output_scale: float = _param(1.0, 'size of segmentation/color and overlay (and '
+                                 'overlay/compressed) relative to the camera image; labels and '
+                                 'confidence stay at camera size', float_range=(0.05, 1.0))
+    jpeg_quality: int = _param(80, 'JPEG quality of segmentation/overlay/compressed',
+                               int_range=(1, 100, 1))
+    stage_timing: bool = _param(False, 'time each stage of the worker and report p50/p99 in '
+                                '/diagnostics (stage_<name>_p50_ms); adds CUDA synchronisations')
     diagnostics_period: float = _param(1.0, 'seconds between /diagnostics messages',
                                        float_range=(0.1, 60.0))
     log_period: float = _param(10.0, 'seconds between statistics log lines; 0 = none',

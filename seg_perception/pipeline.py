@@ -144,7 +144,7 @@ class SegmentationPipeline:
         return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
 
     def _check(self, frame: Frame) -> np.ndarray:
-        """The frame's (H, W, C) uint8 array; ValueError when it does not fit its encoding."""
+        """Return the frame as (H, W, C) uint8; ValueError if it mismatches its encoding."""
         img = frame.image
         c = channels(frame.encoding)
         if img.dtype != np.uint8 or img.ndim not in (2, 3) or (

@@ -19,8 +19,8 @@ the network's size, at most the camera's, then nearest) and ``auto`` (``bilinear
 ``bilinear_x2`` on the CPU, where a camera-size argmax costs more than the network).
 """
 
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
+import weakref
 
 import cv2
 import numpy as np
@@ -151,25 +151,31 @@ class PinnedPool:
     """
     Page-locked host buffers for the one device-to-host copy per batch.
 
-    A buffer is reused only once no result array views it any more (its reference count tells),
-    so results handed out stay valid however long the caller keeps them.
+    Each buffer is handed out with a fresh numpy array over it; the result arrays are views of
+    that array and keep it alive. A buffer is reused only once that array is gone (a weak
+    reference tells), so results stay valid however long the caller keeps them.
     """
 
     def __init__(self, keep: int = 4) -> None:
         self.keep = keep
         self._buffers: List[torch.Tensor] = []
+        self._users: List[Optional[weakref.ref]] = []
 
-    def get(self, nbytes: int) -> torch.Tensor:
-        """Return a free pinned uint8 buffer of at least ``nbytes``."""
-        for i, buf in enumerate(self._buffers):
-            # Referenced by the list, the loop variable and getrefcount's argument only.
-            if buf.numel() >= nbytes and sys.getrefcount(buf) <= 3:
-                return buf
-        buf = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True)
-        self._buffers.append(buf)
-        if len(self._buffers) > self.keep:  # forget the oldest; its views keep it alive
-            self._buffers.pop(0)
-        return buf
+    def get(self, nbytes: int) -> Tuple[torch.Tensor, np.ndarray]:
+        """Return a free pinned uint8 buffer of at least ``nbytes`` and a numpy array over it."""
+        index = next((i for i, (buf, users) in enumerate(zip(self._buffers, self._users))
+                      if buf.numel() >= nbytes and (users is None or users() is None)), None)
+        if index is None:
+            self._buffers.append(torch.empty(max(nbytes, 1), dtype=torch.uint8,
+                                             pin_memory=True))
+            self._users.append(None)
+            if len(self._buffers) > self.keep:  # forget the oldest; its arrays keep it alive
+                del self._buffers[0], self._users[0]
+            index = len(self._buffers) - 1
+        buf = self._buffers[index]
+        flat = buf.numpy()
+        self._users[index] = weakref.ref(flat)
+        return buf, flat
 
 
 class CudaUploader:
@@ -269,10 +275,9 @@ class CudaPainter:
         for t, (offset, n) in zip(tensors, layout):
             if t is not None and n:
                 packed[offset:offset + n].copy_(t.contiguous().view(-1).view(torch.uint8))
-        host = self.pool.get(total)
+        host, flat = self.pool.get(total)
         host[:total].copy_(packed[:total], non_blocking=True)
         torch.cuda.current_stream(self.device).synchronize()
-        flat = host.numpy()
         out: List[Optional[np.ndarray]] = []
         for t, (offset, n) in zip(tensors, layout):
             if t is None:
@@ -291,7 +296,7 @@ def _nearest(labels: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
 
 
 def stage_names() -> Dict[str, str]:
-    """The pipeline stages a timer sees, with what each covers."""
+    """Name the pipeline stages a timer sees, with what each covers."""
     return {
         'upload': 'frame to the device (CUDA) or shrink to the network size in uint8 (CPU)',
         'resize': 'network input: resize on the device and normalise',
