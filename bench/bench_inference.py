@@ -1,25 +1,29 @@
 #!/usr/bin/env python3
 """
-Benchmark ERFNet inference: the network, the pipeline, and segmentation_node end to end.
+Benchmark ERFNet inference: the network, the pipeline stage by stage, and the node end to end.
 
     python bench/bench_inference.py --output bench/results [--quick] [--device auto|cpu|cuda]
 
-Three parts, each timed after warm-up iterations that are not counted:
+Every part runs the same model (default: the bundled ``models/erfnet_synth.pt`` at its own
+256x128 input; ``--model`` for another) on 2048x1024 rgb8 frames, timed after uncounted warm-up:
 
-* ``forward``: the network alone (random weights, 20 classes, batch 1) at 512x256 and 1024x512,
-  fp32, and fp16/bf16 on CUDA;
-* ``pipeline``: :class:`SegmentationPipeline` on 2048x1024 rgb8 frames (upload, resize,
-  normalise, network, argmax, labels back at 2048x1024, colours, overlay, results to the host);
-* ``node``: a camera process publishes 2048x1024 rgb8 ``image`` messages at ``--rate`` Hz to a
-  ``segmentation_node`` process (network input 1024x512), and this process subscribes to its
-  labels, colour and overlay outputs: output rate, and latency from the header stamp to the
-  receipt of the labels. The node keeps only the newest frame, so frames it cannot keep up with
-  are dropped, as on a car. Its input runs reliable here (``--node-reliability``): over Fast DDS
-  on these machines a best-effort subscription received almost none of the multi-megabyte
-  frames (about 1 in 100 at 2048x1024; small frames arrive), so best effort measures nothing.
+* ``forward``: the bare torch-eager forward of that model at its input size (the reference the
+  ratios divide by), and a random-weight 20-class ERFNet at 512x256 and 1024x512;
+* ``pipeline``: :class:`SegmentationPipeline`, all three outputs and labels only, end to end and
+  per stage (decode of an Image message, upload, resize, forward, labels = logits upsampling and
+  argmax, color, overlay, download, message = serialized Image bytes of every output);
+* ``label_upsampling`` (CPU): the pipeline with each label upsampling mode;
+* ``node``: a camera process publishes ``image`` at ``--rate`` Hz to a ``segmentation_node``
+  process (``stage_timing:=true``), this process subscribes to labels, colour and overlay: latency
+  from the header stamp to the receipt of the labels, and the node's own stage times from
+  /diagnostics (input = stamp to the worker taking the frame: camera serialization, transport,
+  deserialization, queue; message, publish; transport out = end to end minus stamp to labels
+  sent). Input QoS reliable (``--node-reliability``): over Fast DDS on these machines a
+  best-effort subscription received almost none of the multi-megabyte frames;
+* ``ratios``: pipeline and node p50 over the forward p50 (acceptance: <= 1.3 and <= 2.0 on CPU).
 
-Medians and percentiles are printed and saved with the device, library versions, CPU model and
-ROS middleware as ``<output>/<device>-<date>.json``.
+Medians and percentiles are printed and saved with the device, library versions, CPU model, load
+and ROS middleware as ``<output>/<device>-<date>.json``.
 """
 
 # First, as in the node: the package sets OpenMP's wait policy before torch loads (spinning
@@ -47,15 +51,19 @@ import torch
 from tqdm import tqdm
 
 from seg_perception.pipeline import Frame, Outputs, PRECISIONS, SegmentationPipeline
-from seg_training.checkpoint import build_model, ModelInfo, save_model
+from seg_perception.postprocess import LABEL_UPSAMPLING
+from seg_perception.resources import default_model_path
+from seg_perception.timing import StageTimer
+from seg_training.checkpoint import build_model, load_model, ModelInfo
 from seg_training.classes import cityscapes_table
 from seg_training.cli import resolve_device
 
 CAMERA_SIZE = (2048, 1024)  # (W, H) of the frames sent through the pipeline and the node
-NODE_INPUT_SIZE = (1024, 512)
 FORWARD_SIZES = ((512, 256), (1024, 512))
 NODE_STARTUP_S = 180.0  # a loaded 2-core machine imports torch and rclpy slowly
 OUTPUTS = ('labels', 'color', 'overlay')
+# Acceptance on the CPU: p50 over the bare eager forward of the same model at the same size.
+TARGET_RATIOS = {'pipeline': 1.3, 'node': 2.0}
 
 
 def summarize(seconds: Sequence[float]) -> Dict[str, float]:
@@ -97,14 +105,38 @@ def camera_image(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
-def model_info(input_size=NODE_INPUT_SIZE) -> ModelInfo:
-    """Describe the benchmarked model: the official layout (19 classes + void)."""
+def model_info(input_size=(1024, 512)) -> ModelInfo:
+    """Describe the random-weight network of the size sweep: the official layout (20 classes)."""
     return ModelInfo(classes=cityscapes_table(with_void=True), input_size=input_size)
+
+
+def percentiles(seconds: Sequence[float]) -> Dict[str, float]:
+    """Return p50 and p99 in ms (the stage tables' columns)."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {'p50_ms': round(float(np.median(ms)), 3),
+            'p99_ms': round(float(np.percentile(ms, 99)), 3)}
 
 
 def precisions_for(device: torch.device) -> List[str]:
     """fp32 everywhere; the half types where they are fast (CUDA)."""
     return ['fp32', 'fp16', 'bf16'] if device.type == 'cuda' else ['fp32']
+
+
+def bench_reference(model_path: Path, device: torch.device, warmup: int,
+                    iterations: int) -> Dict:
+    """Time the bare torch-eager fp32 forward of the benchmarked model at its input size."""
+    model, info = load_model(model_path)
+    model = model.eval().to(device)
+    w, h = info.input_size
+    x = torch.rand(1, 3, h, w, device=device)
+
+    def forward() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    stats = time_calls(forward, device, warmup, iterations, f'reference forward {w}x{h}')
+    return {'model': str(model_path), 'input': f'{w}x{h}', 'precision': 'fp32',
+            'engine': 'torch eager', **stats}
 
 
 def bench_forward(device: torch.device, warmup: int, iterations: int) -> List[Dict]:
@@ -132,21 +164,87 @@ def bench_forward(device: torch.device, warmup: int, iterations: int) -> List[Di
     return results
 
 
-def bench_pipeline(device: torch.device, warmup: int, iterations: int) -> List[Dict]:
+def time_pipeline(pipe: SegmentationPipeline, msg: object, outputs: Outputs,
+                  warmup: int, iterations: int, desc: str) -> Dict:
+    """End to end and per stage: decode the message, run the pipeline, serialize the outputs."""
+    from std_msgs.msg import Header
+
+    from seg_perception.ros_image import frame_from_image, serialized_image
+
+    timer = StageTimer(pipe.device)
+    header = Header(frame_id='bench')
+    total = []
+    for i in tqdm(range(warmup + iterations), desc=desc, unit='it', leave=False):
+        t0 = time.perf_counter()
+        with timer('decode'):
+            frame = frame_from_image(msg)
+        (res,) = pipe([frame], outputs, timer=timer)
+        with timer('message'):
+            if res.labels is not None:
+                serialized_image(header, res.labels, 'mono8')
+            if res.color is not None:
+                serialized_image(header, res.color, 'rgb8')
+            if res.overlay is not None:
+                serialized_image(header, res.overlay, res.overlay_encoding)
+        if pipe.device.type == 'cuda':
+            torch.cuda.synchronize(pipe.device)
+        total.append(time.perf_counter() - t0)
+        if i < warmup:
+            timer.current.clear()
+        else:
+            timer.next()
+    stages = {name: {k: v[k] for k in ('p50_ms', 'p99_ms')}
+              for name, v in timer.summary().items()}
+    return {'end_to_end': summarize(total[warmup:]), 'stages': stages}
+
+
+def bench_pipeline(model_path: Path, device: torch.device, warmup: int,
+                   iterations: int) -> List[Dict]:
     """Time the pipeline on camera-size rgb8 frames, with all outputs and labels only."""
-    frame = Frame(camera_image(*CAMERA_SIZE), 'rgb8')
+    from std_msgs.msg import Header
+
+    from seg_perception.ros_image import image_msg
+
+    msg = image_msg(Header(frame_id='bench'), camera_image(*CAMERA_SIZE), 'rgb8')
     results = []
     for precision in precisions_for(device):
-        torch.manual_seed(0)
-        pipe = SegmentationPipeline(build_model(model_info()), model_info(), device=str(device),
-                                    precision=precision, warmup=True)
+        model, info = load_model(model_path)
+        pipe = SegmentationPipeline(model, info, device=str(device), precision=precision,
+                                    warmup=True)
         for name, outputs in (('labels+color+overlay', Outputs()),
                               ('labels', Outputs(color=False, overlay=False))):
-            stats = time_calls(lambda: pipe([frame], outputs), device, warmup, iterations,
-                               f'pipeline {name} {precision}')
+            timed = time_pipeline(pipe, msg, outputs, warmup, iterations,
+                                  f'pipeline {name} {precision}')
             results.append({'frame': '{}x{} rgb8'.format(*CAMERA_SIZE),
                             'network_input': '{}x{}'.format(*pipe.input_size),
-                            'precision': precision, 'outputs': name, **stats})
+                            'precision': precision, 'outputs': name,
+                            'label_upsampling': pipe.label_upsampling,
+                            **timed['end_to_end'], 'stages': timed['stages']})
+    return results
+
+
+def bench_label_upsampling(model_path: Path, device: torch.device, warmup: int,
+                           iterations: int) -> List[Dict]:
+    """Time the pipeline (all outputs) with each label upsampling mode."""
+    frame = Frame(camera_image(*CAMERA_SIZE), 'rgb8')
+    results = []
+    for mode in LABEL_UPSAMPLING[1:]:  # every mode but auto
+        model, info = load_model(model_path)
+        pipe = SegmentationPipeline(model, info, device=str(device), warmup=False,
+                                    label_upsampling=mode)
+        timer = StageTimer(pipe.device)
+
+        def run() -> None:
+            pipe([frame], timer=timer)
+            timer.next()
+
+        # The camera-size argmax on the CPU is slow: fewer iterations there.
+        n = max(3, iterations // 4) if mode == 'bilinear' and device.type != 'cuda' else \
+            iterations
+        stats = time_calls(run, device, min(warmup, 2), n, f'labels {mode}')
+        labels = [r['labels'] * 1e3 for r in timer.records[-n:]]
+        results.append({'label_upsampling': mode, **stats,
+                        'labels_stage_p50_ms': round(float(np.median(labels)), 2)})
     return results
 
 
@@ -212,27 +310,26 @@ def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> Optional[int]:
         return None
 
 
-def bench_node(device: torch.device, precision: str, rate: float, duration: float,
-               reliability: str, warmup_frames: int, workdir: Path) -> Dict:
+def bench_node(model_path: Path, device: torch.device, precision: str, rate: float,
+               duration: float, reliability: str, warmup_frames: int, workdir: Path) -> Dict:
     """Camera process -> segmentation_node process -> this process, on a real DDS graph."""
     env = ros_environment()
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
                                            'FASTDDS_BUILTIN_TRANSPORTS')})
+    from diagnostic_msgs.msg import DiagnosticArray
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    torch.manual_seed(0)
-    model_path = workdir / 'bench_model.pt'
-    save_model(build_model(model_info()), model_info(), model_path)
     node_exe = Path(sys.executable).with_name('segmentation_node')
     if node_exe.exists():
         node_cmd = [str(node_exe)]
     else:
         node_cmd = [sys.executable, '-m', 'seg_perception.node']
     node_cmd += ['--ros-args', '-p', f'model:={model_path}', '-p', f'device:={device}',
-                 '-p', f'precision:={precision}', '-p', f'reliability:={reliability}']
+                 '-p', f'precision:={precision}', '-p', f'reliability:={reliability}',
+                 '-p', 'stage_timing:=true', '-p', 'diagnostics_period:=0.5']
     node_log_path = workdir / 'node.log'
     received: Dict[str, List[tuple]] = {name: [] for name in OUTPUTS}
 
@@ -247,6 +344,15 @@ def bench_node(device: torch.device, precision: str, rate: float, duration: floa
             received[name].append((time.time_ns(), stamp_ns))
 
         probe.create_subscription(Image, f'segmentation/{name}', on_output, qos)
+    diagnostics: Dict[str, str] = {}
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.endswith(': pipeline'):
+                diagnostics.clear()
+                diagnostics.update({kv.key: kv.value for kv in status.values})
+
+    probe.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, qos)
     node_log = open(node_log_path, 'wb')
     node = subprocess.Popen(node_cmd, stdout=node_log, stderr=subprocess.STDOUT,
                             env=dict(env, PYTHONUNBUFFERED='1', RCUTILS_COLORIZED_OUTPUT='0'))
@@ -275,8 +381,9 @@ def bench_node(device: torch.device, precision: str, rate: float, duration: floa
         camera_out, camera_err = camera.communicate(timeout=30)
         if camera.returncode != 0:
             raise RuntimeError(f'camera process failed ({camera.returncode}): {camera_err}')
-        # Frames still in flight when the camera stopped: wait until the outputs go quiet.
-        quiet_until = time.monotonic() + 5.0
+        # Frames still in flight when the camera stopped: wait until the outputs go quiet
+        # (and the node's statistics have counted them).
+        quiet_until = time.monotonic() + 3.0
         last = len(received['labels'])
         while time.monotonic() < quiet_until:
             executor.spin_once(timeout_sec=0.1)
@@ -302,14 +409,27 @@ def bench_node(device: torch.device, precision: str, rate: float, duration: floa
     span = (labels[-1][0] - labels[0][0]) / 1e9
     stats = summarize(latencies)
     stats.pop('fps')  # the rate is measured from arrivals, not from the latency
-    return {'frame': '{}x{} rgb8'.format(*CAMERA_SIZE),
-            'network_input': '{}x{}'.format(*NODE_INPUT_SIZE), 'precision': precision,
+    # The node's stage times (its last /diagnostics: the frames of the last 5 s... up to 1000).
+    stages: Dict[str, Dict[str, float]] = {}
+    for key, value in diagnostics.items():
+        m = re.fullmatch(r'stage_(\w+)_(p50|p99)_ms', key)
+        if m:
+            stages.setdefault(m.group(1), {})[f'{m.group(2)}_ms'] = float(value)
+    sent_labels = stages.pop('stamp_to_labels_sent', None)
+    if sent_labels:
+        stages['transport_out'] = {
+            'p50_ms': round(max(0.0, stats['median_ms'] - sent_labels['p50_ms']), 2),
+            'note': 'end to end p50 minus the node\'s stamp-to-labels-sent p50'}
+    return {'frame': '{}x{} rgb8'.format(*CAMERA_SIZE), 'model': str(model_path),
+            'network_input': diagnostics.get('input_size'),
+            'label_upsampling': diagnostics.get('label_upsampling'), 'precision': precision,
             'node_input_reliability': reliability, 'camera_rate_hz': rate,
             'duration_s': duration, 'frames_sent': sent,
             'outputs_received': {n: len(v) for n, v in received.items()},
             'warmup_outputs_excluded': warmup_frames,
             'output_fps': round((len(labels) - 1) / span, 3) if span > 0 else None,
-            'latency_stamp_to_labels': stats,
+            'latency_stamp_to_labels': stats, 'stages': stages,
+            'stamp_to_labels_sent': sent_labels,
             'node_exit_code': node_rc,
             'node_log_tail': node_log_path.read_text(errors='replace').splitlines()[-5:]}
 
@@ -366,23 +486,54 @@ def result_path(output: Path, env: Dict, quick: bool) -> Path:
     return output / f'{slug}-{date}{"-quick" if quick else ""}.json'
 
 
+def ratios(report: Dict) -> Dict:
+    """Pipeline (all outputs) and node p50 over the reference forward p50, fp32."""
+    ref = report['reference_forward']['median_ms']
+    out: Dict[str, object] = {'reference_forward_p50_ms': ref}
+    pipe = next((r for r in report['pipeline'] if r['precision'] == 'fp32'
+                 and r['outputs'] == 'labels+color+overlay'), None)
+    if pipe:
+        out['pipeline'] = round(pipe['median_ms'] / ref, 2)
+    node = next((r for r in report.get('node', []) if r['precision'] == 'fp32'), None)
+    if node:
+        out['node'] = round(node['latency_stamp_to_labels']['median_ms'] / ref, 2)
+    out['targets_cpu'] = TARGET_RATIOS
+    return out
+
+
+def print_stages(stages: Dict[str, Dict[str, float]]) -> None:
+    for name, v in stages.items():
+        p99 = f'  p99 {v["p99_ms"]:7.2f}' if 'p99_ms' in v else ''
+        print(f'           {name:<20} p50 {v["p50_ms"]:7.2f} ms{p99}')
+
+
 def print_summary(report: Dict) -> None:
     env = report['environment']
     print(f'device {env["device_name"]} ({env["device"]}), torch {env["torch"]}, '
-          f'python {env["python"]}')
+          f'python {env["python"]}, load {env["load_average_1m_at_start"]} -> '
+          f'{env.get("load_average_1m_at_end")}')
+    r = report['reference_forward']
+    print(f'reference forward {r["input"]} (eager fp32): median {r["median_ms"]:.1f} ms  '
+          f'p99 {r["p99_ms"]:.1f}')
     for r in report['forward']:
         print(f'forward  {r["input"]:>9} {r["precision"]}: median {r["median_ms"]:8.1f} ms  '
               f'p90 {r["p90_ms"]:8.1f}  p99 {r["p99_ms"]:8.1f}  ({r["fps"]:.1f} fps)')
     for r in report['pipeline']:
         print(f'pipeline {r["frame"]} -> {r["network_input"]} {r["precision"]} '
-              f'[{r["outputs"]}]: median {r["median_ms"]:.1f} ms  p90 {r["p90_ms"]:.1f}  '
-              f'p99 {r["p99_ms"]:.1f}  ({r["fps"]:.1f} fps)')
+              f'[{r["outputs"]}, labels {r["label_upsampling"]}]: median {r["median_ms"]:.1f} '
+              f'ms  p90 {r["p90_ms"]:.1f}  p99 {r["p99_ms"]:.1f}  ({r["fps"]:.1f} fps)')
+        print_stages(r['stages'])
+    for r in report.get('label_upsampling', []):
+        print(f'labels   {r["label_upsampling"]:<12} pipeline median {r["median_ms"]:.1f} ms, '
+              f'labels stage {r["labels_stage_p50_ms"]:.1f} ms')
     for r in report.get('node', []):
         lat = r['latency_stamp_to_labels']
         print(f'node     {r["frame"]} @ {r["camera_rate_hz"]} Hz {r["precision"]}: '
               f'{r["output_fps"]} fps out, latency p50 {lat["median_ms"]:.1f} ms  '
               f'p90 {lat["p90_ms"]:.1f}  p99 {lat["p99_ms"]:.1f}  '
               f'({r["outputs_received"]["labels"]} labels from {r["frames_sent"]} frames)')
+        print_stages(r['stages'])
+    print(f'ratios (p50 / reference forward p50): {report["ratios"]}')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,7 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--quick', action='store_true', help='few iterations: a smoke run')
     parser.add_argument('--iterations', type=int, help='timed iterations per measurement')
     parser.add_argument('--warmup', type=int, help='uncounted iterations before timing')
-    parser.add_argument('--rate', type=float, default=10.0, help='camera rate in Hz (node)')
+    parser.add_argument('--model', type=Path, default=None,
+                        help='model file (default: the bundled models/erfnet_synth.pt)')
+    parser.add_argument('--rate', type=float, default=2.0,
+                        help='camera rate in Hz (node; default 2: no frame waits for another)')
     parser.add_argument('--duration', type=float, help='seconds the camera publishes (node)')
     parser.add_argument('--node-reliability', default='reliable',
                         choices=('reliable', 'best_effort'),
@@ -414,19 +568,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cuda = device.type == 'cuda'
     iterations = args.iterations or (5 if args.quick else (100 if cuda else 20))
     warmup = args.warmup if args.warmup is not None else (2 if args.quick else 5)
-    duration = args.duration or (15.0 if args.quick else 60.0)
+    duration = args.duration or (10.0 if args.quick else 40.0)
+    model_path = args.model or default_model_path()
     env = environment(device)
     report = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
               'quick': args.quick, 'iterations': iterations, 'warmup_iterations': warmup,
               'environment': env}
+    report['reference_forward'] = bench_reference(model_path, device, warmup, iterations)
     report['forward'] = bench_forward(device, warmup, iterations)
-    report['pipeline'] = bench_pipeline(device, warmup, iterations)
+    report['pipeline'] = bench_pipeline(model_path, device, warmup, iterations)
+    report['label_upsampling'] = bench_label_upsampling(model_path, device, warmup, iterations)
     if not args.skip_node:
         with tempfile.TemporaryDirectory(prefix='seg_bench_') as tmp:
-            report['node'] = [bench_node(device, p, args.rate, duration, args.node_reliability,
+            report['node'] = [bench_node(model_path, device, p, args.rate, duration,
+                                         args.node_reliability,
                                          warmup_frames=1 if args.quick else 2,
                                          workdir=Path(tmp))
                               for p in (['fp32', 'fp16'] if cuda else ['fp32'])]
+    report['ratios'] = ratios(report)
     # Other work on the machine slows everything down: say how busy it was.
     env['load_average_1m_at_end'] = round(os.getloadavg()[0], 2)
     path = result_path(args.output, env, args.quick)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from seg_perception import ros_types
 from seg_perception.image_codec import ImageFormatError
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
+from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_perception.ros_types import BagError, format_time
 from seg_training.cli import network_size_arg
 
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--input-size', type=network_size_arg, default=None, metavar='WxH',
                    help="network input size (default: the model's own)")
     p.add_argument('--alpha', type=float, default=0.5, help='overlay opacity of the class colours')
+    p.add_argument('--label-upsampling', default='auto', choices=LABEL_UPSAMPLING,
+                   help='labels at camera size, as the node (default auto: bilinear on CUDA, '
+                   'bilinear_x2 on the CPU)')
     p.add_argument('--outputs', type=parse_outputs, default=parse_outputs('color,overlay'),
                    help='comma list of labels,color,overlay,confidence (labels always written; '
                    'default labels,color,overlay)')
@@ -310,7 +314,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ros_types.select_connections(reader, args.topics)
         pipeline = SegmentationPipeline.from_file(
             str(args.model), device=args.device, precision=args.precision,
-            input_size=args.input_size)
+            input_size=args.input_size, label_upsampling=args.label_upsampling)
         segmenter = BagSegmenter(pipeline, args.outputs, args.batch_size, args.alpha,
                                  args.confidence_encoding, args.include_inputs, str(args.model))
         stats = segmenter.run(args.input, args.output, args.topics, args.storage,

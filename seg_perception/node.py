@@ -345,6 +345,9 @@ class SegmentationNode(Node):
         with timer('publish'):
             for name, data in out:  # labels first: the latency users see
                 pubs[name].publish(data)
+        if timer.enabled and out and not ros_image.is_zero_stamp(header):
+            sent = self.get_clock().now() - Time.from_msg(header.stamp)
+            timer.add('stamp_to_labels_sent', sent.nanoseconds * 1e-9)
         out = []
         with timer('message'):
             if job.wanted.color:

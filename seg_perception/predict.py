@@ -26,6 +26,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
+from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import network_size_arg, resolve_device
 
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f'where the PNG files go (default: {DEFAULT_OUTPUT_DIR})')
     parser.add_argument('--alpha', type=float, default=0.5,
                         help='opacity of the class colours in the overlay, 0..1 (default 0.5)')
+    parser.add_argument('--label-upsampling', default='auto', choices=LABEL_UPSAMPLING,
+                        help='labels at image size, as the node (default auto: bilinear on '
+                        'CUDA, bilinear_x2 on the CPU)')
     parser.add_argument('--log-level', default='INFO',
                         choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'))
     return parser
@@ -157,7 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, info = load_model(args.model)
         pipeline = SegmentationPipeline(model, info, device=str(device),
                                         precision=args.precision, input_size=args.input_size,
-                                        warmup=device.type == 'cuda')
+                                        warmup=device.type == 'cuda',
+                                        label_upsampling=args.label_upsampling)
     except (ModelFileError, RuntimeError, ValueError) as e:
         _logger.error('%s', e)
         return 2
