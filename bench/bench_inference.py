@@ -122,19 +122,28 @@ def precisions_for(device: torch.device) -> List[str]:
     return ['fp32', 'fp16', 'bf16'] if device.type == 'cuda' else ['fp32']
 
 
-def bench_reference(model_path: Path, device: torch.device, warmup: int,
-                    iterations: int) -> Dict:
-    """Time the bare torch-eager fp32 forward of the benchmarked model at its input size."""
+def reference_forward(model_path: Path, device: torch.device) -> Callable[[], None]:
+    """Return the bare torch-eager fp32 forward of the benchmarked model at its input size."""
     model, info = load_model(model_path)
     model = model.eval().to(device)
     w, h = info.input_size
     x = torch.rand(1, 3, h, w, device=device)
 
-    def forward() -> torch.Tensor:
+    def forward() -> None:
         with torch.inference_mode():
-            return model(x)
+            model(x)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
 
-    stats = time_calls(forward, device, warmup, iterations, f'reference forward {w}x{h}')
+    return forward
+
+
+def bench_reference(model_path: Path, device: torch.device, warmup: int,
+                    iterations: int) -> Dict:
+    """Time the bare torch-eager fp32 forward of the benchmarked model at its input size."""
+    w, h = load_model(model_path)[1].input_size
+    stats = time_calls(reference_forward(model_path, device), device, warmup, iterations,
+                       f'reference forward {w}x{h}')
     return {'model': str(model_path), 'input': f'{w}x{h}', 'precision': 'fp32',
             'engine': 'torch eager', **stats}
 
@@ -165,20 +174,38 @@ def bench_forward(device: torch.device, warmup: int, iterations: int) -> List[Di
 
 
 def time_pipeline(pipe: SegmentationPipeline, msg: object, outputs: Outputs,
-                  warmup: int, iterations: int, desc: str) -> Dict:
-    """End to end and per stage: decode the message, run the pipeline, serialize the outputs."""
+                  warmup: int, iterations: int, desc: str,
+                  reference: Optional[Callable[[], None]] = None) -> Dict:
+    """
+    Time the pipeline call end to end and per stage, plus two node stages around it.
+
+    The node stages are the message decode before the call and the serialization of its
+    outputs after it; they are not part of the end-to-end figure.
+
+    With ``reference`` (the bare forward), each iteration also times it, so the ratio of the
+    two medians is taken under the same load.
+    """
     from std_msgs.msg import Header
 
     from seg_perception.ros_image import frame_from_image, serialized_image
 
     timer = StageTimer(pipe.device)
+    cuda = pipe.device.type == 'cuda'
     header = Header(frame_id='bench')
-    total = []
+    total, ref = [], []
     for i in tqdm(range(warmup + iterations), desc=desc, unit='it', leave=False):
-        t0 = time.perf_counter()
+        if reference is not None:
+            t0 = time.perf_counter()
+            reference()
+            ref.append(time.perf_counter() - t0)
         with timer('decode'):
             frame = frame_from_image(msg)
+        t0 = time.perf_counter()
         (res,) = pipe([frame], outputs, timer=timer)
+        if cuda:  # the stage timer synchronises at each stage: time the total without it
+            t0 = time.perf_counter()
+            (res,) = pipe([frame], outputs)  # ends with the one synchronised download
+        total.append(time.perf_counter() - t0)
         with timer('message'):
             if res.labels is not None:
                 serialized_image(header, res.labels, 'mono8')
@@ -186,16 +213,19 @@ def time_pipeline(pipe: SegmentationPipeline, msg: object, outputs: Outputs,
                 serialized_image(header, res.color, 'rgb8')
             if res.overlay is not None:
                 serialized_image(header, res.overlay, res.overlay_encoding)
-        if pipe.device.type == 'cuda':
-            torch.cuda.synchronize(pipe.device)
-        total.append(time.perf_counter() - t0)
         if i < warmup:
             timer.current.clear()
         else:
             timer.next()
     stages = {name: {k: v[k] for k in ('p50_ms', 'p99_ms')}
               for name, v in timer.summary().items()}
-    return {'end_to_end': summarize(total[warmup:]), 'stages': stages}
+    out = {'end_to_end': summarize(total[warmup:]), 'stages': stages}
+    if ref:
+        forward = summarize(ref[warmup:])
+        out['interleaved_reference_forward'] = forward
+        out['ratio_to_interleaved_forward'] = round(
+            out['end_to_end']['median_ms'] / forward['median_ms'], 2)
+    return out
 
 
 def bench_pipeline(model_path: Path, device: torch.device, warmup: int,
@@ -213,13 +243,16 @@ def bench_pipeline(model_path: Path, device: torch.device, warmup: int,
                                     warmup=True)
         for name, outputs in (('labels+color+overlay', Outputs()),
                               ('labels', Outputs(color=False, overlay=False))):
+            ref = reference_forward(model_path, device) if precision == 'fp32' else None
             timed = time_pipeline(pipe, msg, outputs, warmup, iterations,
-                                  f'pipeline {name} {precision}')
+                                  f'pipeline {name} {precision}', ref)
+            extra = {k: timed[k] for k in ('interleaved_reference_forward',
+                                           'ratio_to_interleaved_forward') if k in timed}
             results.append({'frame': '{}x{} rgb8'.format(*CAMERA_SIZE),
                             'network_input': '{}x{}'.format(*pipe.input_size),
                             'precision': precision, 'outputs': name,
                             'label_upsampling': pipe.label_upsampling,
-                            **timed['end_to_end'], 'stages': timed['stages']})
+                            **timed['end_to_end'], 'stages': timed['stages'], **extra})
     return results
 
 
@@ -494,9 +527,15 @@ def ratios(report: Dict) -> Dict:
                  and r['outputs'] == 'labels+color+overlay'), None)
     if pipe:
         out['pipeline'] = round(pipe['median_ms'] / ref, 2)
+        # Both timed in the same iterations: the figure least moved by other load.
+        out['pipeline_vs_interleaved_forward'] = pipe.get('ratio_to_interleaved_forward')
     node = next((r for r in report.get('node', []) if r['precision'] == 'fp32'), None)
     if node:
         out['node'] = round(node['latency_stamp_to_labels']['median_ms'] / ref, 2)
+        forward = node['stages'].get('forward', {}).get('p50_ms')
+        if forward:  # the node's own forward stage, on the same frames
+            out['node_vs_its_forward_stage'] = round(
+                node['latency_stamp_to_labels']['median_ms'] / forward, 2)
     out['targets_cpu'] = TARGET_RATIOS
     return out
 
@@ -521,7 +560,9 @@ def print_summary(report: Dict) -> None:
     for r in report['pipeline']:
         print(f'pipeline {r["frame"]} -> {r["network_input"]} {r["precision"]} '
               f'[{r["outputs"]}, labels {r["label_upsampling"]}]: median {r["median_ms"]:.1f} '
-              f'ms  p90 {r["p90_ms"]:.1f}  p99 {r["p99_ms"]:.1f}  ({r["fps"]:.1f} fps)')
+              f'ms  p90 {r["p90_ms"]:.1f}  p99 {r["p99_ms"]:.1f}  ({r["fps"]:.1f} fps)'
+              + (f', {r["ratio_to_interleaved_forward"]}x the forward timed alongside'
+                 if 'ratio_to_interleaved_forward' in r else ''))
         print_stages(r['stages'])
     for r in report.get('label_upsampling', []):
         print(f'labels   {r["label_upsampling"]:<12} pipeline median {r["median_ms"]:.1f} ms, '

@@ -92,7 +92,8 @@ def cpu_network_image(image: np.ndarray, encoding: str, hw: Tuple[int, int]) -> 
 def cpu_labels(logits: np.ndarray, grid_hw: Tuple[int, int]) -> np.ndarray:
     """Argmax of (h, w, K) float32 logits enlarged bilinearly to ``grid_hw``: (gh, gw) uint8."""
     up = _resize(logits, grid_hw, cv2.INTER_LINEAR)  # (gh, gw, K)
-    return up.argmax(axis=-1).astype(np.uint8)  # (gh, gw)
+    k = logits.shape[-1]
+    return up.reshape(-1, k).argmax(axis=1).astype(np.uint8).reshape(grid_hw)  # (gh, gw)
 
 
 def cpu_camera_labels(grid_labels: np.ndarray, camera_hw: Tuple[int, int]) -> np.ndarray:
