@@ -211,21 +211,22 @@ class SegmentationNode(Node):
             cam.subscription = self.create_subscription(
                 CompressedImage, topic, lambda msg: self._on_compressed(cam, msg), qos)
         else:
+            # Raw: the callback gets the serialized bytes and views the pixels in them.
             cam = _Camera(name, topic, 'sensor_msgs/Image', publishers, table)
             cam.subscription = self.create_subscription(
-                Image, topic, lambda msg: self._on_image(cam, msg), qos)
+                Image, topic, lambda data: self._on_serialized_image(cam, data), qos, raw=True)
         return cam
 
     # --- callbacks (never block) --------------------------------------------------------------
 
-    def _on_image(self, cam: _Camera, msg: Image) -> None:
+    def _on_serialized_image(self, cam: _Camera, data: bytes) -> None:
         self.stats.received(cam.topic)
         try:
-            frame = ros_image.frame_from_image(msg)  # checks every field; a view, no copy
+            header, frame = ros_image.frame_from_serialized(data)  # checks every field; a view
         except ImageFormatError as e:
             self._malformed(cam, e)
             return
-        self._offer(cam, _Pending(msg.header, frame=frame))
+        self._offer(cam, _Pending(header, frame=frame))
 
     def _on_compressed(self, cam: _Camera, msg: CompressedImage) -> None:
         self.stats.received(cam.topic)

@@ -1,7 +1,10 @@
 """
 Convert sensor_msgs images <-> numpy frames for the node (checks in image_codec, no copies in).
 
-Incoming ``Image`` data is viewed, not copied. Outgoing messages are built two ways:
+Incoming ``Image`` data is viewed, not copied: :func:`frame_from_serialized` reads the fields of
+a serialized message (a raw subscription) and views its pixels in the received bytes, skipping
+rclpy's conversion to a Python message (~10 ms per 6 MB on these machines, ~35 ms under load).
+Outgoing messages are built two ways:
 
 * :func:`image_msg`: an ``Image`` object, data assigned as ``bytes`` (assigning a numpy array
   to ``Image.data`` converts it element by element, ~350 ms per 6 MB);
@@ -15,6 +18,8 @@ Incoming ``Image`` data is viewed, not copied. Outgoing messages are built two w
 import struct
 import sys
 from typing import Tuple
+
+from builtin_interfaces.msg import Time
 
 import cv2
 import numpy as np
@@ -37,6 +42,62 @@ def frame_from_image(msg: Image) -> Frame:
     raw = RawImage(encoding=msg.encoding, height=msg.height, width=msg.width, step=msg.step,
                    data=msg.data)
     return Frame(decode(raw), msg.encoding)  # (H, W, C) view
+
+
+class _CdrReader:
+    """Reads the fields of a serialized message (CDR, either byte order) in order."""
+
+    def __init__(self, data: object) -> None:
+        self.data = memoryview(data).cast('B')
+        if self.data.nbytes < 4 or self.data[0] != 0 or self.data[1] not in (0, 1):
+            raise ImageFormatError('serialized message does not start with a CDR header')
+        self.order = '<' if self.data[1] == 1 else '>'
+        self.pos = 0  # from the end of the 4-byte encapsulation header
+
+    def _take(self, n: int, align: int) -> int:
+        self.pos += -self.pos % align
+        start = 4 + self.pos
+        if start + n > self.data.nbytes:
+            raise ImageFormatError(f'serialized message is truncated ({self.data.nbytes} bytes)')
+        self.pos += n
+        return start
+
+    def u32(self) -> int:
+        return struct.unpack_from(self.order + 'I', self.data, self._take(4, 4))[0]
+
+    def i32(self) -> int:
+        return struct.unpack_from(self.order + 'i', self.data, self._take(4, 4))[0]
+
+    def u8(self) -> int:
+        return self.data[self._take(1, 1)]
+
+    def string(self) -> str:
+        n = self.u32()
+        start = self._take(n, 1)
+        return bytes(self.data[start:start + max(n - 1, 0)]).decode(errors='replace')
+
+    def octets(self) -> memoryview:
+        n = self.u32()
+        start = self._take(n, 1)
+        return self.data[start:start + n]  # a view: no copy
+
+
+def frame_from_serialized(data: object) -> Tuple[Header, Frame]:
+    """
+    Read a serialized sensor_msgs/Image: its header and a Frame viewing its pixels (no copy).
+
+    ImageFormatError names the bad field, as :func:`frame_from_image` does.
+    """
+    cdr = _CdrReader(data)
+    sec, nanosec = cdr.i32(), cdr.u32()
+    header = Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=cdr.string())
+    height, width = cdr.u32(), cdr.u32()
+    encoding = cdr.string()
+    cdr.u8()  # is_bigendian: 8-bit encodings only
+    step = cdr.u32()
+    pixels = cdr.octets()
+    raw = RawImage(encoding=encoding, height=height, width=width, step=step, data=pixels)
+    return header, Frame(decode(raw), encoding)  # (H, W, C) view
 
 
 def frame_from_compressed(msg: CompressedImage) -> Frame:

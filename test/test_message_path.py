@@ -8,8 +8,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from seg_perception.image_codec import decode_compressed, ImageFormatError
-from seg_perception.ros_image import (image_msg, jpeg_overlay, serialized_compressed,
-                                      serialized_image)
+from seg_perception.ros_image import (frame_from_serialized, image_msg, jpeg_overlay,
+                                      serialized_compressed, serialized_image)
 
 
 def header(frame_id: str) -> Header:
@@ -32,6 +32,41 @@ def test_serialized_image_is_the_image_message(frame_id, encoding, shape):
     assert deserialize_message(data, Image) == expected
     # Same length as rclpy's serialization (they differ only in the padding bytes' values).
     assert len(data) == len(serialize_message(expected))
+
+
+@pytest.mark.parametrize('frame_id', ['', 'ab', 'front_camera'])
+@pytest.mark.parametrize('encoding,pad', [('rgb8', 0), ('bgra8', 3), ('mono8', 5)])
+def test_received_bytes_are_read_as_rclpy_reads_them(frame_id, encoding, pad):
+    c = {'rgb8': 3, 'bgra8': 4, 'mono8': 1}[encoding]
+    rng = np.random.default_rng(pad)
+    pixels = rng.integers(0, 256, (3, 5, c), dtype=np.uint8)
+    rows = np.zeros((3, 5 * c + pad), np.uint8)
+    rows[:, :5 * c] = pixels.reshape(3, -1)
+    msg = Image(header=header(frame_id), height=3, width=5, encoding=encoding,
+                step=5 * c + pad, data=rows.tobytes())
+    got_header, frame = frame_from_serialized(serialize_message(msg))
+    assert got_header == msg.header and frame.encoding == encoding
+    np.testing.assert_array_equal(frame.image, pixels)
+
+
+def test_received_big_endian_bytes_and_bad_ones():
+    # The same 1x1 mono8 image in big-endian CDR, written by hand.
+    be = (b'\x00\x00\x00\x00' + (7).to_bytes(4, 'big') + (9).to_bytes(4, 'big')
+          + (2).to_bytes(4, 'big') + b'a\x00' + b'\x00\x00' + (1).to_bytes(4, 'big') * 2
+          + (6).to_bytes(4, 'big') + b'mono8\x00' + b'\x00' + b'\x00' + (1).to_bytes(4, 'big')
+          + (1).to_bytes(4, 'big') + b'\x2a')
+    h, frame = frame_from_serialized(be)
+    assert (h.stamp.sec, h.stamp.nanosec, h.frame_id) == (7, 9, 'a')
+    assert frame.image.shape == (1, 1, 1) and frame.image[0, 0, 0] == 42
+    good = serialize_message(image_msg(header('x'), np.zeros((2, 2), np.uint8), 'mono8'))
+    with pytest.raises(ImageFormatError, match='truncated'):
+        frame_from_serialized(good[:-3])
+    with pytest.raises(ImageFormatError, match='CDR'):
+        frame_from_serialized(b'\x07\x07' + good[2:])
+    bad = image_msg(header('x'), np.zeros((2, 2), np.uint8), 'mono8')
+    bad.step = 3
+    with pytest.raises(ImageFormatError, match='data has 4 bytes, step x height = 3 x 2'):
+        frame_from_serialized(serialize_message(bad))
 
 
 def test_serialized_image_packs_a_strided_array():
