@@ -10,17 +10,24 @@ Every part runs the same model (default: the bundled ``models/erfnet_synth.pt`` 
 * ``forward``: the bare torch-eager forward of that model at its input size (the reference the
   ratios divide by), and a random-weight 20-class ERFNet at 512x256 and 1024x512;
 * ``pipeline``: :class:`SegmentationPipeline`, all three outputs and labels only, end to end and
-  per stage (decode of an Image message, upload, resize, forward, labels = logits upsampling and
-  argmax, color, overlay, download, message = serialized Image bytes of every output);
+  per stage (upload, resize, forward, labels = logits upsampling and argmax, color, overlay,
+  download; and the node's decode of the received bytes before and message = serialized Image
+  bytes of every output after, which the end-to-end figure leaves out);
 * ``label_upsampling`` (CPU): the pipeline with each label upsampling mode;
-* ``node``: a camera process publishes ``image`` at ``--rate`` Hz to a ``segmentation_node``
-  process (``stage_timing:=true``), this process subscribes to labels, colour and overlay: latency
-  from the header stamp to the receipt of the labels, and the node's own stage times from
-  /diagnostics (input = stamp to the worker taking the frame: camera serialization, transport,
-  deserialization, queue; message, publish; transport out = end to end minus stamp to labels
-  sent). Input QoS reliable (``--node-reliability``): over Fast DDS on these machines a
-  best-effort subscription received almost none of the multi-megabyte frames;
-* ``ratios``: pipeline and node p50 over the forward p50 (acceptance: <= 1.3 and <= 2.0 on CPU).
+* ``node``: a camera process publishes ``image`` at ``--rate`` Hz (serialized once per frame
+  after stamping, as a C++ driver would, without rclpy's Python conversion) to a
+  ``segmentation_node``
+  process (``stage_timing:=true``), this process subscribes to labels, colour and overlay (raw:
+  timed on receipt of the bytes, before rclpy would convert them to Python): latency from the
+  header stamp to the receipt of the labels, the node's own stage times from /diagnostics
+  (input = stamp to the worker taking the frame: camera serialization, transport, reading,
+  queue; message, publish; transport out = end to end minus stamp to labels sent), and the
+  ratio to the node's own forward stage (same frames, same load). Input QoS reliable
+  (``--node-reliability``): over Fast DDS on these machines a best-effort subscription received
+  almost none of the multi-megabyte frames;
+* ``ratios``: pipeline and node p50 over the forward p50 (acceptance: <= 1.3 and <= 2.0 on CPU);
+  the pipeline also against the forward timed in the same iterations, the figure least moved by
+  other work on the machine.
 
 Medians and percentiles are printed and saved with the device, library versions, CPU model, load
 and ROS middleware as ``<output>/<device>-<date>.json``.
@@ -39,6 +46,7 @@ from pathlib import Path
 import platform
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -173,7 +181,7 @@ def bench_forward(device: torch.device, warmup: int, iterations: int) -> List[Di
     return results
 
 
-def time_pipeline(pipe: SegmentationPipeline, msg: object, outputs: Outputs,
+def time_pipeline(pipe: SegmentationPipeline, msg: bytes, outputs: Outputs,
                   warmup: int, iterations: int, desc: str,
                   reference: Optional[Callable[[], None]] = None) -> Dict:
     """
@@ -187,7 +195,7 @@ def time_pipeline(pipe: SegmentationPipeline, msg: object, outputs: Outputs,
     """
     from std_msgs.msg import Header
 
-    from seg_perception.ros_image import frame_from_image, serialized_image
+    from seg_perception.ros_image import frame_from_serialized, serialized_image
 
     timer = StageTimer(pipe.device)
     cuda = pipe.device.type == 'cuda'
@@ -199,7 +207,7 @@ def time_pipeline(pipe: SegmentationPipeline, msg: object, outputs: Outputs,
             reference()
             ref.append(time.perf_counter() - t0)
         with timer('decode'):
-            frame = frame_from_image(msg)
+            frame = frame_from_serialized(msg)[1]
         t0 = time.perf_counter()
         (res,) = pipe([frame], outputs, timer=timer)
         if cuda:  # the stage timer synchronises at each stage: time the total without it
@@ -233,9 +241,10 @@ def bench_pipeline(model_path: Path, device: torch.device, warmup: int,
     """Time the pipeline on camera-size rgb8 frames, with all outputs and labels only."""
     from std_msgs.msg import Header
 
-    from seg_perception.ros_image import image_msg
+    from seg_perception.ros_image import serialized_image
 
-    msg = image_msg(Header(frame_id='bench'), camera_image(*CAMERA_SIZE), 'rgb8')
+    # What the node's raw subscription receives.
+    msg = serialized_image(Header(frame_id='bench'), camera_image(*CAMERA_SIZE), 'rgb8')
     results = []
     for precision in precisions_for(device):
         model, info = load_model(model_path)
@@ -297,15 +306,17 @@ def run_camera(args: argparse.Namespace) -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from seg_perception.ros_image import image_msg
+    from seg_perception.ros_image import serialized_image
 
     rclpy.init()
     node = rclpy.create_node('bench_camera')
     try:
         pub = node.create_publisher(Image, 'image',
                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
-        msg = image_msg(Header(frame_id='bench_camera'), camera_image(args.width, args.height),
-                        'rgb8')
+        # Serialized per frame after stamping (one copy), as a C++ driver publishes without
+        # rclpy's conversion of a Python message (~10-20 ms per 6 MB here).
+        header = Header(frame_id='bench_camera')
+        pixels = camera_image(args.width, args.height)
         deadline = time.monotonic() + 60.0
         while pub.get_subscription_count() == 0:
             if time.monotonic() > deadline:
@@ -315,8 +326,8 @@ def run_camera(args: argparse.Namespace) -> int:
         sent, period = 0, 1.0 / args.rate
         start = next_time = time.monotonic()
         while time.monotonic() - start < args.duration:
-            msg.header.stamp = node.get_clock().now().to_msg()
-            pub.publish(msg)
+            header.stamp = node.get_clock().now().to_msg()
+            pub.publish(serialized_image(header, pixels, 'rgb8'))
             sent += 1
             next_time += period
             delay = next_time - time.monotonic()
@@ -372,11 +383,15 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
     executor.add_node(probe)
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     for name in OUTPUTS:
-        def on_output(msg: Image, name: str = name) -> None:
-            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            received[name].append((time.time_ns(), stamp_ns))
+        # Raw: the receipt is timed before any conversion to a Python message (which costs this
+        # process ~10 ms per 6 MB, a cost of Python subscribers, not of the node).
+        def on_output(data: bytes, name: str = name) -> None:
+            now = time.time_ns()
+            order = '<' if data[1] == 1 else '>'  # CDR encapsulation: byte order
+            sec, nanosec = struct.unpack_from(order + 'iI', data, 4)  # header.stamp
+            received[name].append((now, sec * 1_000_000_000 + nanosec))
 
-        probe.create_subscription(Image, f'segmentation/{name}', on_output, qos)
+        probe.create_subscription(Image, f'segmentation/{name}', on_output, qos, raw=True)
     diagnostics: Dict[str, str] = {}
 
     def on_diagnostics(msg: DiagnosticArray) -> None:

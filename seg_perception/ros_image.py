@@ -3,7 +3,7 @@ Convert sensor_msgs images <-> numpy frames for the node (checks in image_codec,
 
 Incoming ``Image`` data is viewed, not copied: :func:`frame_from_serialized` reads the fields of
 a serialized message (a raw subscription) and views its pixels in the received bytes, skipping
-rclpy's conversion to a Python message (~10 ms per 6 MB on these machines, ~35 ms under load).
+rclpy's conversion to a Python message (~20 ms per 6 MB on these machines, under load).
 Outgoing messages are built two ways:
 
 * :func:`image_msg`: an ``Image`` object, data assigned as ``bytes`` (assigning a numpy array
