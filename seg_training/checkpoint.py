@@ -44,6 +44,9 @@ FORMAT_VERSION = 1
 OFFICIAL_INPUT_SIZE = (1024, 512)  # (W, H) of the official Cityscapes model
 IMAGENET_ENCODER_PREFIX = 'module.features.encoder.'
 PathLike = Union[str, os.PathLike]
+MAX_INPUT_SIDE = 8192               # network input width or height a model file may ask for
+MAX_INPUT_PIXELS = 32 * 2 ** 20     # and width x height (8192x4096)
+MAX_NAMED_TENSORS = 10              # non-finite tensors named in one error
 
 
 class ModelFileError(ValueError):
@@ -126,12 +129,48 @@ def save_model(model: ERFNet, info: ModelInfo, path: PathLike, extra: Optional[D
 def read_file(path: PathLike) -> Any:
     """``torch.load(weights_only=True)`` with errors that name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f'{path}: model file not found')
+    check_readable_file(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
         raise ModelFileError(f'{path}: cannot be loaded as a weights-only torch file: {e}') from e
+
+
+def check_readable_file(path: Path) -> None:
+    """Raise ModelFileError saying why ``path`` is no model file: missing, a folder, empty."""
+    if path.is_dir():
+        raise ModelFileError(f'{path}: is a directory, not a model file')
+    if not path.exists():
+        raise ModelFileError(f'{path}: model file not found')
+    if not path.is_file():
+        raise ModelFileError(f'{path}: is not a regular file (a device, pipe or socket)')
+    if path.stat().st_size == 0:
+        raise ModelFileError(f'{path}: is empty (0 bytes); an interrupted copy or download?')
+
+
+def check_finite(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ModelFileError naming every floating-point tensor of ``sd`` with a NaN or Inf."""
+    bad = []
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            nan = int(torch.isnan(v).sum())
+            inf = int(torch.isinf(v).sum())
+            if nan or inf:
+                bad.append(f'{k} ({nan} NaN, {inf} Inf of {v.numel()})')
+    if bad:
+        shown = ', '.join(bad[:MAX_NAMED_TENSORS])
+        more = f' and {len(bad) - MAX_NAMED_TENSORS} more' if len(bad) > MAX_NAMED_TENSORS else ''
+        raise ModelFileError(f'{source}: weights are not finite in {len(bad)} tensors: '
+                             f'{shown}{more}; the model would output garbage (diverged '
+                             'training or a damaged file)')
+
+
+def check_input_bound(width: int, height: int, source: str = 'input size') -> None:
+    """Raise ValueError for a network input beyond MAX_INPUT_SIDE per side or MAX_INPUT_PIXELS."""
+    if width > MAX_INPUT_SIDE or height > MAX_INPUT_SIDE or width * height > MAX_INPUT_PIXELS:
+        raise ValueError(f'{source}: network input {width}x{height} exceeds the bound of '
+                         f'{MAX_INPUT_SIDE} pixels per side and {MAX_INPUT_PIXELS // 2 ** 20} '
+                         'MP in all')
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -158,6 +197,7 @@ def check_state_dict(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
     Raise ModelFileError naming every unknown, missing or mis-shaped key of ``sd``.
 
     Only ``num_batches_tracked`` buffers (absent from files saved by PyTorch < 0.4) may be missing.
+    A state_dict that fits must also be finite (:func:`check_finite`).
     """
     unknown = sorted(k for k in sd if k not in own)
     missing = sorted(k for k in own if k not in sd and not k.endswith('num_batches_tracked'))
@@ -172,6 +212,7 @@ def check_state_dict(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
         problems.append(f'mis-shaped keys {shapes}')
     if problems:
         raise ModelFileError(f'{source}: state_dict does not fit ERFNet: ' + '; '.join(problems))
+    check_finite(sd, source)
 
 
 def load_state_dict_checked(module: torch.nn.Module, sd: Mapping[str, torch.Tensor],
@@ -241,6 +282,7 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
                                  f'{classes.num_classes} classes in the class table')
         w, h = (int(v) for v in d['input_size'])
         check_input_size(h, w)
+        check_input_bound(w, h, 'input_size')
         return ModelInfo(classes=classes, input_size=(w, h),
                          normalization=Normalization.from_dict(d['normalization']),
                          encoder_only=bool(arch.get('encoder_only', False)),
