@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import logging
 import os
 from pathlib import Path
+import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import cv2
@@ -444,3 +445,92 @@ def worker_seed_transform(worker_id: int) -> None:
     transform = getattr(dataset, 'transform', None)
     if transform is not None and hasattr(transform, 'set_seed'):
         transform.set_seed(torch.initial_seed() % 2 ** 32)
+
+
+# ----------------------------------------------------------------------------- up-front check
+
+def check_image_file(path: Path) -> Tuple[int, int]:
+    """
+    Decode the image at ``path`` once as training will; return its (W, H).
+
+    DatasetError names the path. JPEGs are decoded strictly (PIL): OpenCV silently fills a
+    truncated JPEG with grey, which would train on a broken picture.
+    """
+    if path.suffix.lower() in ('.jpg', '.jpeg') and path.is_file():
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return im.size
+        except Exception as e:  # PIL raises several types for broken files
+            raise DatasetError(f'{path}: cannot be read as an image: {e}') from e
+    image = read_image(path)  # (H, W, 3)
+    return image.shape[1], image.shape[0]
+
+
+def check_sample(ds: SegmentationDataset, index: int) -> Tuple[List[str], np.ndarray]:
+    """
+    Check sample ``index`` of ``ds``: image decodable, mask decodable with known labels, sizes.
+
+    Returns (problems, each naming its path; (K,) int64 labelled pixels per class of the mask).
+    """
+    image_path, mask_path = ds.samples[index]
+    problems: List[str] = []
+    counts = np.zeros(ds.classes.num_classes, dtype=np.int64)
+    size = mask = None
+    try:
+        size = check_image_file(image_path)
+    except DatasetError as e:
+        problems.append(str(e))
+    try:
+        mask = ds._checked_mask(mask_path)  # (H, W) uint8
+        counts = np.bincount(mask.ravel(), minlength=256)[:ds.classes.num_classes]
+    except DatasetError as e:
+        problems.append(str(e))
+    if size is not None and mask is not None and (mask.shape[1], mask.shape[0]) != size:
+        problems.append(f'{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from '
+                        f'image {image_path} size {size[0]}x{size[1]}')
+    return problems, counts
+
+
+def _parts(ds: Union[SegmentationDataset, JointDataset]
+           ) -> List[Tuple[SegmentationDataset, int]]:
+    """(dataset, index) of every sample of ``ds`` (through the parts of a JointDataset)."""
+    if isinstance(ds, JointDataset):
+        return [(ds.parts[i], j) for i, j in ds.index]
+    return [(ds, i) for i in range(len(ds))]
+
+
+def check_datasets(datasets: Sequence[Union[SegmentationDataset, JointDataset]],
+                   workers: int = 4, progress: bool = False) -> List[np.ndarray]:
+    """
+    Check every sample of ``datasets`` before any training or evaluation step.
+
+    Each image and mask is decoded once, in ``workers`` threads (decoding releases the GIL),
+    with a tqdm bar if ``progress``. Raises one DatasetError listing every bad file; otherwise
+    returns, per dataset, the (K,) int64 labelled pixels per class of its masks (what
+    ``label_histogram`` counts).
+    """
+    from tqdm import tqdm
+
+    jobs = [(k, part, i) for k, ds in enumerate(datasets) for part, i in _parts(ds)]
+    hists = [np.zeros(ds.classes.num_classes, dtype=np.int64) for ds in datasets]
+    problems: List[str] = []
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(jobs), desc='checking data', unit='sample', leave=False,
+                 disable=not progress, dynamic_ncols=True) as bar:
+        for (k, _, _), (found, counts) in zip(
+                jobs, pool.map(lambda job: check_sample(job[1], job[2]), jobs)):
+            problems.extend(found)
+            hists[k] += counts
+            bar.update(1)
+    if problems:
+        splits: dict = {}
+        for ds in datasets:
+            splits.setdefault(str(ds.root), []).append(ds.split)
+        roots = '; '.join(f'{r} ({", ".join(s)})' for r, s in splits.items())
+        raise DatasetError(f'{len(problems)} problems in {len(jobs)} samples of {roots}; fix or '
+                           'remove these files:\n  ' + '\n  '.join(problems))
+    _logger.info('checked %d samples (images and masks) in %.1f s', len(jobs),
+                 time.perf_counter() - t0)
+    return hists

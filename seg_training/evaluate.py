@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from seg_training.checkpoint import load_model, ModelFileError
 from seg_training.cli import network_size_arg, resolve_device
 from seg_training.classes import ClassTable
-from seg_training.data import build_dataset, DATASET_KINDS, DatasetError
+from seg_training.data import build_dataset, check_datasets, DATASET_KINDS, DatasetError
 from seg_training.files import atomic_path
 from seg_training.metrics import evaluate
 from seg_training.model import check_input_size
@@ -99,6 +99,7 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
     check_classes(info.classes, ds.classes, str(model_path), f'{dataset}:{data_root}')
     if len(ds) == 0:
         raise EvalError(f'{data_root}: split {split!r} has no samples')
+    check_datasets([ds], workers=max(2, workers), progress=progress)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=dev.type == 'cuda')
     void = info.classes.void_index

@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
@@ -41,8 +42,8 @@ from seg_training.cli import network_size_arg
 from seg_training.config import (apply_overrides, config_from_dict, ConfigError, IMAGENET_MEAN,
                                  IMAGENET_STD, load_config, read_yaml, save_config, stage_epochs,
                                  TrainConfig)
-from seg_training.data import (build_dataset, DatasetError, JointDataset, SegmentationDataset,
-                               worker_seed_transform)
+from seg_training.data import (build_dataset, check_datasets, DatasetError, JointDataset,
+                               SegmentationDataset, worker_seed_transform)
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.model import ERFNet, ERFNetConfig
 from seg_training.transfer import init_from_file
@@ -232,14 +233,15 @@ def _loader(ds: SegmentationDataset, cfg: TrainConfig, sampler, generator: torch
                       generator=generator, persistent_workers=False)
 
 
-def _class_weights(cfg: TrainConfig, ds: SegmentationDataset,
-                   state: Optional[Dict]) -> Optional[torch.Tensor]:
+def _class_weights(cfg: TrainConfig, ds: SegmentationDataset, state: Optional[Dict],
+                   hist: Optional[np.ndarray] = None) -> Optional[torch.Tensor]:
     if state is not None:
         return state.get('class_weights')
     if cfg.class_weighting == 'none':
         return None
     t0 = time.time()
-    hist = ds.label_histogram(workers=max(1, cfg.workers))
+    if hist is None:
+        hist = ds.label_histogram(workers=max(1, cfg.workers))
     w = enet_class_weights(hist, cfg.class_weight_c)
     _logger.info('class weights from %d labelled pixels (%.1f s): %s', int(hist.sum()),
                  time.time() - t0, describe_weights(ds.classes.names, w))
@@ -312,6 +314,9 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     if val_ds.classes != classes:
         raise DatasetError(f'{cfg.data_root}: {cfg.train_split} and {cfg.val_split} splits have '
                            f'different class tables')
+    # Every file of both splits, before the first step; the masks' counts give class weights.
+    train_hist, _ = check_datasets([train_ds, val_ds], workers=max(2, cfg.workers),
+                                   progress=main)
 
     net = ERFNet(ERFNetConfig(num_classes=classes.num_classes))
     if state is not None:
@@ -330,7 +335,7 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     size = (cfg.size[0], cfg.size[1])
     train_ds.transform = train_transform(size, cfg.mean, cfg.std, cfg.augment, cfg.seed)
     val_ds.transform = val_transform(size, cfg.mean, cfg.std)
-    weights = _class_weights(cfg, train_ds, state)
+    weights = _class_weights(cfg, train_ds, state, train_hist)
     criterion = build_loss(cfg.loss, weights.to(device) if weights is not None else None,
                            cfg.focal_gamma)
 
