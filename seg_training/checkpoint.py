@@ -115,9 +115,14 @@ def model_file_dict(model: ERFNet, info: ModelInfo, extra: Optional[Dict] = None
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` through :func:`seg_training.files.atomic_path`: whole or not at all."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """
+    ``torch.save`` through :func:`seg_training.files.atomic_path`: whole or not at all.
+
+    The bytes go through a Python file, so a full disk is an OSError with its errno (torch's own
+    file writer reports only 'unexpected pos'), which atomic_path turns into a NoSpaceError.
+    """
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        torch.save(obj, f)
 
 
 def save_model(model: ERFNet, info: ModelInfo, path: PathLike, extra: Optional[Dict] = None,

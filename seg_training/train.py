@@ -44,6 +44,7 @@ from seg_training.config import (apply_overrides, config_from_dict, ConfigError,
                                  TrainConfig)
 from seg_training.data import (build_dataset, check_datasets, DatasetError, JointDataset,
                                SegmentationDataset, worker_seed_transform)
+from seg_training.files import atomic_path, NoSpaceError
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.model import ERFNet, ERFNetConfig
 from seg_training.transfer import init_from_file
@@ -453,8 +454,8 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
         return None
     summary = _summary(cfg, progress, val, classes, len(train_ds), len(val_ds), device,
                        dinfo, len(schedule))
-    with open(out / 'summary.json', 'w', encoding='utf-8') as f:
-        json.dump(_json_safe(summary), f, indent=2)
+    with atomic_path(out / 'summary.json') as tmp:
+        tmp.write_text(json.dumps(_json_safe(summary), indent=2), encoding='utf-8')
     if cfg.plots:
         _final_plots(out, cfg, progress, classes, val_ds, device)
     return summary
@@ -547,6 +548,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, DatasetError, ModelFileError) as e:
         print(f'seg-train: error: {e}', file=sys.stderr)
         return 2
+    except NoSpaceError as e:
+        hint = ('; free space, then continue with --resume'
+                if (Path(cfg.output_dir) / 'last.pt').is_file() else '')
+        print(f'seg-train: error: {e}{hint}', file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print('seg-train: interrupted', file=sys.stderr)
         return 130
