@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
+import re
 import shutil
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from seg_perception.image_codec import ImageFormatError
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.ros_types import BagError, format_time
 from seg_training.cli import network_size_arg
+from seg_training.files import remove_leftovers
 
 _logger = logging.getLogger(__name__)
 
@@ -91,6 +93,27 @@ def output_namespaces(connections: Sequence[Connection]) -> Dict[str, str]:
     return result
 
 
+def check_topics_have_messages(reader: Any, topics: Sequence[str],
+                               frames: Optional[Dict[str, int]] = None) -> None:
+    """
+    Raise BagError naming each of ``topics`` without messages and the topics that have some.
+
+    Counts come from the bag's index (``frames``, if given: the frames actually read).
+    """
+    counts: Dict[str, int] = {}
+    types: Dict[str, str] = {}
+    for c in reader.connections:
+        counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+        types[c.topic] = c.msgtype.rsplit('/', 1)[-1]
+    found = frames if frames is not None else counts
+    empty = [t for t in topics if not found.get(t)]
+    if not empty:
+        return
+    listed = ', '.join(f'{t} ({types[t]}, {n})' for t, n in sorted(counts.items()) if n)
+    raise BagError(f'{reader.path}: no messages on {", ".join(empty)}; topics with messages: '
+                   f'{listed or "none"}')
+
+
 def parse_outputs(text: str) -> Outputs:
     """'labels,color' -> Outputs(labels=True, color=True, ...); labels are always written."""
     names = {n.strip() for n in text.split(',') if n.strip()}
@@ -102,12 +125,18 @@ def parse_outputs(text: str) -> Outputs:
                    confidence='confidence' in names)
 
 
+def incomplete_pattern(path: Path) -> 're.Pattern[str]':
+    """Names of the temporary folders :class:`AtomicBagWriter` makes for ``path``."""
+    return re.compile(re.escape(f'.{path.name}.incomplete-') + r'[a-z0-9_]{8}')
+
+
 class AtomicBagWriter:
     """
     A rosbags Writer on a hidden temporary path, renamed to ``path`` on success only.
 
     On an error (or Ctrl-C) the temporary bag is deleted; a killed process leaves only a folder
-    named ``.<name>.incomplete-*`` without metadata.yaml, which no tool takes for a finished bag.
+    named ``.<name>.incomplete-*`` without metadata.yaml, which no tool takes for a finished bag,
+    and the next successful run on ``path`` removes it.
     """
 
     def __init__(self, path: Path, storage: str, overwrite: bool = False) -> None:
@@ -115,12 +144,14 @@ class AtomicBagWriter:
         self.storage = storage
         self.overwrite = overwrite
         self._tmpdir: Optional[Path] = None
+        self._started = 0.0  # time.time() at __enter__
         self.writer: Optional[Writer] = None
 
     def __enter__(self) -> Writer:
         if self.path.exists() and not self.overwrite:
             raise BagError(f'{self.path}: output exists (use --overwrite to replace it)')
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._started = time.time()
         self._tmpdir = Path(tempfile.mkdtemp(prefix=f'.{self.path.name}.incomplete-',
                                              dir=self.path.parent))
         plugin = StoragePlugin.MCAP if self.storage == 'mcap' else StoragePlugin.SQLITE3
@@ -141,6 +172,8 @@ class AtomicBagWriter:
                 self.writer.abort()
         finally:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if exc_type is None:  # what killed runs on this output left
+            remove_leftovers(self.path.parent, incomplete_pattern(self.path), self._started)
         return False
 
 
@@ -198,6 +231,7 @@ class BagSegmenter:
                     bar.close()
                 stats.seconds = time.perf_counter() - t0
                 stats.bag_seconds = (last - first) / 1e9 if first is not None else 0.0
+                check_topics_have_messages(reader, topics, stats.frames)  # before the rename
         return stats
 
     def _add_connections(self, writer: Writer, connections: Sequence[Connection],
@@ -308,6 +342,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise BagError(f'{args.output}: output exists (use --overwrite to replace it)')
         with ros_types.open_reader(args.input) as reader:  # fail fast, before loading the model
             ros_types.select_connections(reader, args.topics)
+            check_topics_have_messages(reader, args.topics)
         pipeline = SegmentationPipeline.from_file(
             str(args.model), device=args.device, precision=args.precision,
             input_size=args.input_size)
