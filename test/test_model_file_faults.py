@@ -9,7 +9,7 @@ from ros_probe import NodeProcess
 import torch
 
 from seg_perception import bag, predict
-from seg_training import evaluate, export
+from seg_training import evaluate, export, train
 from seg_training.checkpoint import load_model, ModelFileError, read_file
 from seg_training.model import ERFNet, ERFNetConfig
 from test_bag import write_bag
@@ -118,6 +118,21 @@ def test_every_tool_refuses_at_load(bad_models, tmp_path, capsys, caplog, tool, 
         assert words in said, said
     assert not list(tmp_path.glob('pred/*')) and not (tmp_path / 'out').exists()
     assert not (tmp_path / 'm.torchscript').exists()
+
+
+def test_seg_train_refuses_a_nan_init_model(bad_models, tmp_path, capsys):
+    data = write_folder(tmp_path / 'data', n_train=2, n_val=1, size=(64, 32))
+    # Other class names than the source's: the head rows are matched by name, not checked
+    # by shape alone.
+    (data / 'classes.yaml').write_text((data / 'classes.yaml').read_text().replace(
+        'name: road', 'name: street'))
+    rc = train.main(['--dataset', 'folder', '--data-root', str(data), '--output-dir',
+                     str(tmp_path / 'run'), '--init', str(bad_models['nan']), '--epochs', '1',
+                     '--size', '64x32', '--workers', '0', '--no-plots'])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert NAN_TENSOR in err and INF_TENSOR in err, err
+    assert not (tmp_path / 'run' / 'last.pt').exists()
 
 
 def test_node_refuses_to_start(bad_models, tmp_path):
