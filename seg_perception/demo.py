@@ -59,7 +59,7 @@ from seg_perception.resources import default_model_path, ResourceNotFoundError
 from seg_training.classes import ClassTable
 from seg_training.cli import size_arg
 from seg_training.synth import render_sequence
-from seg_training.synth_style import DOMAINS
+from seg_training.synth.style import DOMAINS
 
 _logger = logging.getLogger(__name__)
 
