@@ -21,7 +21,8 @@ from seg_training.files import atomic_path
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-DATASETS = ('cityscapes', 'folder')
+# Dataset layouts: this project's two (data.py) and other tools' (formats.py).
+DATASETS = ('cityscapes', 'folder', 'bdd100k', 'mmseg', 'camvid', 'cvat')
 LOSSES = ('ce', 'focal', 'dice')
 SCHEDULES = ('single', 'two-stage')
 CLASS_WEIGHTINGS = ('enet', 'none')

@@ -38,9 +38,9 @@ from seg_training.checkpoint import (atomic_save, load_imagenet_encoder,
                                      ModelInfo, Normalization, read_file)
 from seg_training.classes import ClassTable
 from seg_training.cli import network_size_arg
-from seg_training.config import (apply_overrides, config_from_dict, ConfigError, IMAGENET_MEAN,
-                                 IMAGENET_STD, load_config, read_yaml, save_config, stage_epochs,
-                                 TrainConfig)
+from seg_training.config import (apply_overrides, config_from_dict, ConfigError, DATASETS,
+                                 IMAGENET_MEAN, IMAGENET_STD, load_config, read_yaml, save_config,
+                                 stage_epochs, TrainConfig)
 from seg_training.data import (build_dataset, DatasetError, JointDataset, SegmentationDataset,
                                worker_seed_transform)
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog='seg-train', description='Train ERFNet (Cityscapes or a folder dataset).',
         argument_default=argparse.SUPPRESS)
     p.add_argument('--config', help='YAML with any of the keys of config/train.yaml')
-    p.add_argument('--dataset', choices=('cityscapes', 'folder'))
+    p.add_argument('--dataset', choices=DATASETS)
     p.add_argument('--data-root', dest='data_root')
     p.add_argument('--output-dir', dest='output_dir')
     p.add_argument('--train-split', dest='train_split')
