@@ -6,8 +6,8 @@ Two paths give the same picture:
 - CPU: OpenCV's ``cvtColor`` (``COLOR_YUV2RGB_UYVY``/``_YUY2``, bilinear ``COLOR_Bayer*2RGB``);
 - any torch device (meant for CUDA, so the raw bytes, 1-2 per pixel, are uploaded and converted
   there): BT.601 video-range YUV->RGB with OpenCV's fixed-point coefficients, and bilinear
-  demosaicing as a normalised depthwise ``conv2d`` (each missing sample is the mean of its
-  nearest same-colour neighbours), the one-pixel border copied from its neighbour as OpenCV does.
+  demosaicing as a depthwise ``conv2d`` (each missing sample is the mean of its 2 or 4 nearest
+  same-colour neighbours), the one-pixel border copied from its neighbour as OpenCV does.
 
 On 8-bit frames the two paths agree to at most 1 grey level (test/test_color_convert.py; on the
 test images they are equal).
@@ -105,9 +105,9 @@ def _bayer_torch(raw: torch.Tensor, encoding: str) -> torch.Tensor:
     mask = tile.repeat(1, h // 2, w // 2)[None]  # (1, 3, H, W)
     planes = raw.reshape(1, 1, h, w).float() * mask  # (1, 3, H, W), zero where not sampled
     kernel = torch.tensor((_KERNEL_RB, _KERNEL_G, _KERNEL_RB), device=raw.device)[:, None]
+    # Inside the image each output's kernel weights over sampled sites sum to 4.
     total = F.conv2d(planes, kernel, padding=1, groups=3)  # (1, 3, H, W)
-    weight = F.conv2d(mask, kernel, padding=1, groups=3)  # (1, 3, H, W), > 0 everywhere
-    rgb = total.div_(weight).add_(0.5).floor_()[0]  # (3, H, W)
+    rgb = total.mul_(0.25).add_(0.5).floor_()[0]  # (3, H, W)
     # OpenCV repeats the second row/column into the border ones; so do we, for equal outputs.
     rgb[:, 0], rgb[:, -1] = rgb[:, 1], rgb[:, -2]
     rgb[:, :, 0], rgb[:, :, -1] = rgb[:, :, 1], rgb[:, :, -2]

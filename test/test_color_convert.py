@@ -145,3 +145,15 @@ def test_labels_of_each_encoding_match_the_rgb8_frame(encoding, synth_pipeline, 
     assert got.overlay_encoding == 'rgb8' and got.overlay.shape == drive_rgb.shape
     # the overlay's base picture is the converted frame, not the raw bytes
     assert np.abs(got.overlay.astype(np.int64) - want.overlay).mean() < 5.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('encoding', list(CONVERTED))
+def test_cuda_conversion_and_labels(encoding, drive_rgb):
+    raw = from_rgb(drive_rgb, encoding)
+    got = as_hwc(to_rgb_tensor(raw, encoding, torch.device('cuda')))  # auto: torch on the GPU
+    assert np.abs(got - to_rgb_numpy(raw, encoding)).max() <= MAX_DIFF
+    pipeline = SegmentationPipeline.from_file(MODEL, device='cuda', warmup=False)
+    want = pipeline([Frame(drive_rgb, 'rgb8')], Outputs(color=False, overlay=False))[0]
+    labels = pipeline([Frame(raw, encoding)], Outputs(color=False, overlay=False))[0].labels
+    assert float((labels == want.labels).mean()) >= 0.95
