@@ -27,7 +27,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from tqdm import tqdm
 
-from seg_perception import ros_types
+from seg_perception import image_codec, ros_types
 from seg_perception.ros_types import BagError
 
 _logger = logging.getLogger(__name__)
@@ -80,16 +80,19 @@ class FrameSource:
     Stamps start at the wall-clock time of the first ``messages()`` call and keep counting across
     loops, so time never runs backwards. ``fmt`` 'jpeg'/'png' publishes sensor_msgs/CompressedImage
     on ``<topic>/compressed`` as image_transport does; image files already in that format go out
-    as they are, without re-encoding.
+    as they are, without re-encoding. A png or jpeg file over ``max_pixels`` (width x height, read
+    from its header) is refused before it is decoded or sent.
     """
 
     def __init__(self, path: Path, topic: str, fps: Optional[float], frame_id: str,
-                 start_offset: float = 0.0, fmt: str = 'raw') -> None:
+                 start_offset: float = 0.0, fmt: str = 'raw',
+                 max_pixels: int = image_codec.MAX_INPUT_PIXELS) -> None:
         if fmt not in FORMATS:
             raise ValueError(f'format {fmt!r} not in {FORMATS}')
         self.path = Path(path)
         self.fmt = fmt
         self.frame_id = frame_id
+        self.max_pixels = max_pixels
         self.topic = topic if fmt == 'raw' else topic.rstrip('/') + '/compressed'
         self.msgtype = ros_types.IMAGE if fmt == 'raw' else ros_types.COMPRESSED_IMAGE
         self.topics = {self.topic: self.msgtype}
@@ -120,6 +123,7 @@ class FrameSource:
         if self.files is not None:
             for path in self.files[self.skip:]:
                 data = path.read_bytes()
+                self._check_size(path, data)
                 ext = path.suffix.lower()
                 if (self.fmt == 'jpeg' and ext in ('.jpg', '.jpeg')) or (
                         self.fmt == 'png' and ext == '.png'):
@@ -144,6 +148,16 @@ class FrameSource:
                 index += 1
         finally:
             cap.release()
+
+    def _check_size(self, path: Path, data: bytes) -> None:
+        codec = image_codec.sniff_format(data)
+        if codec not in ('png', 'jpeg'):
+            return  # OpenCV reads other formats' sizes itself
+        try:
+            width, height = image_codec.compressed_size(codec, data)
+            image_codec.check_pixels(width, height, self.max_pixels, codec)
+        except image_codec.ImageFormatError as e:
+            raise ValueError(f'{path}: {e}') from None
 
     def messages(self) -> Iterator[ReplayMessage]:
         if self._t0 is None:
@@ -185,7 +199,8 @@ def open_source(args: argparse.Namespace):
     if len(args.topics or ()) > 1:
         raise ValueError('a folder or video is one camera: give at most one --topic')
     topic = (args.topics or ['/camera/image_raw'])[0]
-    return FrameSource(path, topic, args.fps, args.frame_id, args.start_offset, args.format)
+    return FrameSource(path, topic, args.fps, args.frame_id, args.start_offset, args.format,
+                       args.max_input_pixels)
 
 
 def parse_topic_map(items: Sequence[str]) -> Dict[str, str]:
@@ -333,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--delay', type=float, default=0.0, metavar='SEC',
                    help='sleep SEC s before playing, after --wait-for-subscribers (as ros2 bag '
                    'play --delay): other subscribers match meanwhile')
+    p.add_argument('--max-input-pixels', type=int, default=image_codec.MAX_INPUT_PIXELS,
+                   metavar='N', help='image folders: refuse png/jpeg files over N pixels '
+                   '(width x height, from their header)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--log-level', default='INFO', help='logging level')
     return p
