@@ -103,3 +103,22 @@ def test_class_table_json_reads_back_as_the_model_table():
     assert ClassTable.from_dict(d) == CUSTOM8
     assert d['ids'] == list(range(8)) and d['model'] == '/models/m.pt'
     assert d['colors'][0] == [128, 64, 128] and d['names'][0] == 'road'
+
+
+def test_label_info_class_map_is_the_class_table():
+    from seg_perception import label_info
+
+    assert label_info.class_map(CUSTOM8) == list(enumerate(CUSTOM8.names))
+    try:
+        import vision_msgs.msg  # noqa: F401
+        importable = True
+    except ImportError:
+        importable = False
+    assert label_info.available() == importable
+    if not importable:
+        with pytest.raises(RuntimeError, match='vision_msgs is not installed'):
+            label_info.label_info_msg(CUSTOM8, Header())
+    else:
+        msg = label_info.label_info_msg(CUSTOM8, Header(frame_id='cam'))
+        assert [c.class_name for c in msg.class_map] == list(CUSTOM8.names)
+        assert msg.header.frame_id == 'cam' and msg.threshold == 0.0
