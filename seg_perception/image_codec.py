@@ -1,11 +1,13 @@
 """
 Raw image buffers as sensor_msgs/Image carries them, checked and viewed as numpy (no ROS).
 
-Decoding is zero-copy: the array returned is a view on the message's bytes. Compressed images
-(sensor_msgs/CompressedImage, jpeg or png as image_transport publishes them) are decoded with
-OpenCV, after their bytes are checked to be that format and their size is read from the header
-(PNG IHDR, JPEG SOFn), so a frame declaring more than ``max_pixels`` is refused before anything
-is allocated for it.
+Decoding is zero-copy: the array returned is a view on the message's bytes. Camera encodings
+that are not RGB channels (yuv422, Bayer) are viewed as they are, (H, W, 2) and (H, W, 1), and
+converted to RGB later, on the model's device (:mod:`seg_perception.color_convert`). Compressed
+images (sensor_msgs/CompressedImage, jpeg or png as image_transport publishes them) are decoded
+with OpenCV, after their bytes are checked to be that format and their size is read from the
+header (PNG IHDR, JPEG SOFn), so a frame declaring more than ``max_pixels`` is refused before
+anything is allocated for it.
 """
 
 from dataclasses import dataclass
@@ -23,6 +25,17 @@ ENCODINGS: Dict[str, Tuple[int, Tuple[int, int, int], bool]] = {
     'bgra8': (4, (2, 1, 0), True),
     'mono8': (1, (0, 0, 0), False),
 }
+# Raw camera encodings converted to RGB (seg_perception.color_convert) before the network:
+# encoding -> (bytes per pixel in the decoded view, width multiple, height multiple)
+CONVERTED: Dict[str, Tuple[int, int, int]] = {
+    'yuv422': (2, 2, 1),       # UYVY: U Y0 V Y1, one chroma pair per two pixels
+    'yuv422_yuy2': (2, 2, 1),  # YUYV: Y0 U Y1 V
+    'bayer_rggb8': (1, 2, 2),  # 2x2 colour-filter tile, row by row
+    'bayer_bggr8': (1, 2, 2),
+    'bayer_gbrg8': (1, 2, 2),
+    'bayer_grbg8': (1, 2, 2),
+}
+SUPPORTED = (*ENCODINGS, *CONVERTED)
 
 
 # Largest frame taken by default (width x height): 16.8 MP, more than automotive cameras send.
@@ -70,19 +83,19 @@ class RawImage:
 
 
 def channels(encoding: str) -> int:
-    """Channel count of a supported encoding; ImageFormatError otherwise."""
-    try:
+    """Bytes per pixel of an encoding (C of its decoded view); ImageFormatError if unsupported."""
+    if encoding in ENCODINGS:
         return ENCODINGS[encoding][0]
-    except KeyError:
-        raise ImageFormatError(
-            f'unsupported encoding {field_repr(encoding)} (supported: {", ".join(ENCODINGS)})'
-        ) from None
+    if encoding in CONVERTED:
+        return CONVERTED[encoding][0]
+    raise ImageFormatError(
+        f'unsupported encoding {field_repr(encoding)} (supported: {", ".join(SUPPORTED)})')
 
 
 def overlay_encoding(encoding: str) -> str:
-    """Return the overlay image's encoding: the input's own, except mono8 which becomes rgb8."""
+    """Return the overlay image's encoding: the input's own; rgb8 for mono8, yuv422 and Bayer."""
     channels(encoding)
-    return 'rgb8' if encoding == 'mono8' else encoding
+    return encoding if encoding in ENCODINGS and encoding != 'mono8' else 'rgb8'
 
 
 def decode(raw: RawImage) -> np.ndarray:
@@ -92,6 +105,13 @@ def decode(raw: RawImage) -> np.ndarray:
         zero = [n for n, v in (('height', raw.height), ('width', raw.width)) if v <= 0]
         raise ImageFormatError(f'zero-size image: height={raw.height} width={raw.width}',
                                kind='zero ' + ' and '.join(zero))
+    if raw.encoding in CONVERTED:
+        _, w_mult, h_mult = CONVERTED[raw.encoding]
+        if raw.width % w_mult:
+            raise ImageFormatError(f'width {raw.width} is odd; {raw.encoding} needs an even width')
+        if raw.height % h_mult:
+            raise ImageFormatError(
+                f'height {raw.height} is odd; {raw.encoding} needs an even height')
     row = raw.width * c
     if raw.step < row:
         raise ImageFormatError(

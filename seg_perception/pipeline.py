@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seg_perception.image_codec import ENCODINGS, channels, overlay_encoding
+from seg_perception import color_convert
+from seg_perception.image_codec import channels, CONVERTED, ENCODINGS, overlay_encoding
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
 from seg_training.cli import resolve_device
@@ -138,6 +139,8 @@ class SegmentationPipeline:
                 img.ndim == 3 and img.shape[2] != c) or (img.ndim == 2 and c != 1):
             raise ValueError(f'frame of shape {img.shape} dtype {img.dtype} does not match '
                              f'encoding {frame.encoding}')
+        if frame.encoding in CONVERTED:  # yuv422 / Bayer: converted on the device
+            return color_convert.to_rgb_tensor(img, frame.encoding, self.device)
         src = np.ascontiguousarray(img)
         if not src.flags.writeable:  # e.g. a view on a bag's bytes; torch wants writable memory
             src = src.copy()

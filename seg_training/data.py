@@ -27,8 +27,10 @@ Folder dataset::
                           # (PIL mode 'P'); rgb: values are [r, g, b] colours
     ignore_value: 255     # optional; any value no class claims is ignored (255) anyway
 
-``values`` defaults to ``[i]`` (index, palette) or ``[color]`` (rgb) for class ``i``. Every bad
-file is an error that names its path.
+``values`` defaults to ``[i]`` (index, palette) or ``[color]`` (rgb) for class ``i``. Instead of
+``classes``, ``preset: cityscapes19`` takes Cityscapes' 19 classes (mask value = train id). Every
+bad file is an error that names its path. BDD100K, mmsegmentation, CamVid and CVAT layouts are
+read by seg_training/formats.py.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +49,7 @@ import yaml
 
 from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
                                   IGNORE_INDEX)
+from seg_training.config import DATASETS
 
 _logger = logging.getLogger(__name__)
 
@@ -54,7 +57,10 @@ PathLike = Union[str, os.PathLike]
 Transform = Callable[[np.ndarray, np.ndarray], Any]
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 MASK_FORMATS = ('index', 'palette', 'rgb')
-DATASET_KINDS = ('cityscapes', 'folder')
+# ``preset: NAME`` in classes.yaml instead of a class list (cityscapes19: the 19 Cityscapes
+# classes, mask value i = train id i, 255 = ignore; palette and rgb masks use Cityscapes' colours).
+CLASS_PRESETS = {'cityscapes19': cityscapes_table}
+DATASET_KINDS = DATASETS  # this module's two layouts, then formats.py's
 
 
 class DatasetError(ValueError):
@@ -273,6 +279,19 @@ def _rgb_value(v: Any, where: str) -> Tuple[int, int, int]:
     return int(v[0]), int(v[1]), int(v[2])
 
 
+def _expand_preset(doc: dict, path: Path) -> dict:
+    """``preset: NAME`` -> the preset's classes, each class ``i`` coded as its format's default."""
+    name = doc['preset']
+    if name not in CLASS_PRESETS:
+        raise DatasetError(f'{path}: unknown preset {str(name)[:40]!r}; choose one of '
+                           f'{list(CLASS_PRESETS)}')
+    if 'classes' in doc:
+        raise DatasetError(f'{path}: give either "preset" or "classes", not both')
+    table = CLASS_PRESETS[name]()
+    classes = [{'name': n, 'color': list(c)} for n, c in zip(table.names, table.colors)]
+    return dict(doc, classes=classes)
+
+
 def read_classes_yaml(path: PathLike) -> MaskSpec:
     """Parse a folder dataset's ``classes.yaml``; DatasetError names the file and the field."""
     path = Path(path)
@@ -283,9 +302,12 @@ def read_classes_yaml(path: PathLike) -> MaskSpec:
             doc = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise DatasetError(f'{path}: not valid YAML: {e}') from None
+    if isinstance(doc, dict) and 'preset' in doc:
+        doc = _expand_preset(doc, path)
     if not isinstance(doc, dict) or not isinstance(doc.get('classes'), list) \
             or not doc['classes']:
-        raise DatasetError(f'{path}: expected a mapping with a non-empty list "classes"')
+        raise DatasetError(f'{path}: expected a mapping with a non-empty list "classes" '
+                           f'or a "preset" ({", ".join(CLASS_PRESETS)})')
     fmt = doc.get('mask_format', 'index')
     if fmt not in MASK_FORMATS:
         raise DatasetError(f'{path}: mask_format must be one of {list(MASK_FORMATS)}, '
@@ -422,11 +444,14 @@ class JointDataset(Dataset):
 
 def build_dataset(kind: str, root: PathLike, split: str, transform: Optional[Transform] = None,
                   max_samples: Optional[int] = None) -> SegmentationDataset:
-    """Open the dataset of ``kind`` 'cityscapes' or 'folder' at ``root``, split ``split``."""
+    """Open the dataset of ``kind`` (one of DATASET_KINDS) at ``root``, split ``split``."""
     if kind == 'cityscapes':
         return CityscapesDataset(root, split, transform, max_samples)
     if kind == 'folder':
         return FolderDataset(root, split, transform, max_samples)
+    from seg_training.formats import FORMATS  # imports this module
+    if kind in FORMATS:
+        return FORMATS[kind](root, split, transform, max_samples)
     raise ValueError(f'unknown dataset kind {kind!r}; choose one of {list(DATASET_KINDS)}')
 
 

@@ -10,23 +10,25 @@ import numpy as np
 import pytest
 
 from seg_perception.image_codec import (channels, check_compressed, check_pixels,
-                                        compressed_codec, compressed_size, decode,
+                                        compressed_codec, compressed_size, CONVERTED, decode,
                                         decode_compressed, encode, ENCODINGS, field_repr,
                                         ImageFormatError, MAX_INPUT_PIXELS, overlay_encoding,
                                         RawImage)
 
 
 def raw(encoding='rgb8', height=2, width=3, step=None, data=None) -> RawImage:
-    c = ENCODINGS.get(encoding, (3,))[0]
+    c = {**ENCODINGS, **CONVERTED}.get(encoding, (3,))[0]
     step = width * c if step is None else step
     data = bytes(range(step * height)) if data is None else data
     return RawImage(encoding, height, width, step, data)
 
 
 @pytest.mark.parametrize('encoding, c', [('rgb8', 3), ('bgr8', 3), ('rgba8', 4), ('bgra8', 4),
-                                         ('mono8', 1)])
+                                         ('mono8', 1), ('yuv422', 2), ('yuv422_yuy2', 2),
+                                         ('bayer_rggb8', 1), ('bayer_bggr8', 1),
+                                         ('bayer_gbrg8', 1), ('bayer_grbg8', 1)])
 def test_decode_shapes_and_values(encoding, c):
-    h, w = 3, 5
+    h, w = (4, 6) if encoding in CONVERTED else (3, 5)  # yuv422 and Bayer: even sizes
     pixels = np.random.default_rng(0).integers(0, 256, (h, w, c), dtype=np.uint8)
     img = decode(RawImage(encoding, h, w, w * c, pixels.tobytes()))
     assert img.shape == (h, w, c) and img.dtype == np.uint8
@@ -60,8 +62,15 @@ def test_padded_rows_are_cropped_without_copy():
 
 
 @pytest.mark.parametrize('image, field', [
-    (raw(encoding='yuv422'), 'encoding'),
+    (raw(encoding='yuv420'), 'encoding'),
+    (raw(encoding='bayer_rggb16'), 'encoding'),
     (raw(encoding='16UC1'), 'encoding'),
+    (raw(encoding='yuv422', width=3), 'width 3 is odd; yuv422'),
+    (raw(encoding='yuv422_yuy2', width=5), 'width 5 is odd; yuv422_yuy2'),
+    (raw(encoding='bayer_grbg8', width=3), 'width 3 is odd; bayer_grbg8'),
+    (raw(encoding='bayer_rggb8', height=3, width=4), 'height 3 is odd; bayer_rggb8'),
+    (raw(encoding='yuv422', width=4, step=6), r'step 6 is smaller than one row \(4 px x 2'),
+    (raw(encoding='bayer_bggr8', width=4, data=bytes(7)), 'data has 7 bytes'),
     (raw(height=0, data=b''), 'height=0'),
     (raw(width=0, step=0, data=b''), 'width=0'),
     (raw(step=8), 'step 8'),
@@ -75,13 +84,15 @@ def test_malformed_images_name_the_field(image, field):
 
 
 def test_unknown_encoding_lists_the_supported_ones():
-    with pytest.raises(ImageFormatError, match="'bayer_rggb8'.*rgb8, bgr8, rgba8, bgra8, mono8"):
-        channels('bayer_rggb8')
+    with pytest.raises(ImageFormatError, match="'bayer_rggb16'.*rgb8, bgr8, rgba8, bgra8, mono8, "
+                       "yuv422, yuv422_yuy2, bayer_rggb8, bayer_bggr8, bayer_gbrg8, bayer_grbg8"):
+        channels('bayer_rggb16')
 
 
 def test_overlay_encoding():
     assert [overlay_encoding(e) for e in ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')] == [
         'rgb8', 'bgr8', 'rgba8', 'bgra8', 'rgb8']
+    assert [overlay_encoding(e) for e in CONVERTED] == ['rgb8'] * 6
     with pytest.raises(ImageFormatError, match='encoding'):
         overlay_encoding('jpeg')
 
@@ -219,7 +230,7 @@ def test_long_field_values_are_shortened_in_messages():
     with pytest.raises(ImageFormatError) as info:
         channels(encoding)
     message = str(info.value)
-    assert len(message) < 200 and '(100000 characters)' in message
+    assert len(message) < 300 and '(100000 characters)' in message
     with pytest.raises(ImageFormatError) as info:
         compressed_codec('f' * 50_000, b'')
     assert len(str(info.value)) < 200 and '(50000 characters)' in str(info.value)
