@@ -4,8 +4,9 @@ segmentation_node as a user meets it.
 --help, integer parameters, the statistics line, stamps from another clock, a flood of malformed
 frames, vision_msgs/LabelInfo.
 
-One node process (raw input, reliable, tiny custom8 model) serves the module; it is started
-with integers for its floating-point parameters, as `-p log_period:=1` gives them.
+One node process (raw input, reliable with depth 100 so a burst arrives whole, tiny custom8
+model) serves the module; it is started with integers for its floating-point parameters, as
+`-p log_period:=1` gives them.
 """
 
 from pathlib import Path
@@ -35,7 +36,7 @@ CAMERA_STATUS = f'camera {INPUT}'
 @pytest.fixture(scope='module')
 def node(tiny_model_file, tmp_path_factory, probe):
     proc = start_node([f'model:={tiny_model_file}', 'device:=cpu', 'reliability:=reliable',
-                       'log_period:=1', 'diagnostics_period:=1', 'overlay_alpha:=1'],
+                       'depth:=100', 'log_period:=1', 'diagnostics_period:=1', 'overlay_alpha:=1'],
                       tmp_path_factory.mktemp('node') / 'segmentation_node.log', probe)
     yield proc
     assert proc.stop() == 0, proc.log()
@@ -110,21 +111,19 @@ def test_statistics_line_counts_received_processed_skipped_and_dropped(probe, no
         return values is not None and int(values['skipped_no_subscribers']) >= before + 3
 
     probe.spin_until(skipped_three, 'three frames skipped for lack of subscribers', process=node)
-    values = probe.status(CAMERA_STATUS)
-    want = f'skipped {values["skipped_no_subscribers"]} (no subscribers)'
+    pattern = re.compile(rf'\[{NODE_NAME}\]: {INPUT}: .* fps, latency p50 .* received (\d+), '
+                         r'processed (\d+), skipped (\d+) \(no subscribers\), dropped (\d+) '
+                         r'overwritten / (\d+) malformed / (\d+) failed$')
 
     def logged():
-        return [ln for ln in node.log().splitlines() if f'[{NODE_NAME}]: {INPUT}: ' in ln
-                and 'received' in ln and want in ln]
+        found = [pattern.search(ln) for ln in node.log().splitlines()]
+        return [m for m in found if m and int(m.group(3)) >= before + 3]
 
-    probe.spin_until(logged, f'a statistics line with {want!r}', process=node)
-    line = logged()[-1]
-    assert line.startswith('[INFO]')
-    for words in ('fps, latency p50', 'received ', 'processed ', 'dropped ', ' overwritten / ',
-                  ' malformed / ', ' failed'):
-        assert words in line, (words, line)
-    received = int(line.split('received ')[1].split(',')[0])
-    assert received >= int(values['skipped_no_subscribers'])
+    probe.spin_until(logged, f'a statistics line with at least {before + 3} skipped',
+                     process=node)
+    received, processed, skipped, overwritten, malformed, failed = map(int, logged()[-1].groups())
+    assert received >= processed + skipped + overwritten + malformed + failed  # + in flight
+    assert received >= skipped >= before + 3
 
 
 def test_stamps_from_another_clock_warn_once_naming_use_sim_time(probe, node):
@@ -139,7 +138,8 @@ def test_stamps_from_another_clock_warn_once_naming_use_sim_time(probe, node):
     warnings = [ln for ln in node.log().splitlines() if 'use_sim_time' in ln]
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith('[WARN]')
-    assert f'{INPUT}: header stamps are 1000.' in warnings[0] and 's behind' in warnings[0]
+    # 1000 s, plus the time the frame took
+    assert re.search(rf'{INPUT}: header stamps are 10\d\d\.\d s behind', warnings[0])
     assert 'use_sim_time is false' in warnings[0]
     values = probe.status('pipeline')
     assert values['latency_p99_ms'] == 'n/a' or float(values['latency_p99_ms']) < 10_000
