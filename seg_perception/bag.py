@@ -31,7 +31,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from tqdm import tqdm
 
 from seg_perception import ros_types
-from seg_perception.image_codec import ImageFormatError
+from seg_perception.image_codec import ImageFormatError, MAX_INPUT_PIXELS
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.ros_types import BagError, format_time
 from seg_training.cli import network_size_arg
@@ -182,7 +182,8 @@ class BagSegmenter:
 
     def __init__(self, pipeline: SegmentationPipeline, outputs: Outputs, batch_size: int = 4,
                  alpha: float = 0.5, confidence_encoding: str = 'mono8',
-                 include_inputs: bool = False, model_name: str = '') -> None:
+                 include_inputs: bool = False, model_name: str = '',
+                 max_input_pixels: int = MAX_INPUT_PIXELS) -> None:
         if batch_size < 1:
             raise ValueError(f'batch size {batch_size} < 1')
         if confidence_encoding not in CONFIDENCE_ENCODINGS:
@@ -194,6 +195,7 @@ class BagSegmenter:
         self.alpha = alpha
         self.confidence_encoding = confidence_encoding
         self.include_inputs = include_inputs
+        self.max_input_pixels = max_input_pixels
         self.class_table = class_table_json(pipeline.info.classes, model_name)
 
     def run(self, input_path: Path, output_path: Path, topics: Sequence[str],
@@ -255,10 +257,9 @@ class BagSegmenter:
                 typestore=ts, offered_qos_profiles=[LATCHED_QOS])
         return out
 
-    @staticmethod
-    def _decode(conn: Connection, t: int, data: bytes) -> ros_types.BagImage:
+    def _decode(self, conn: Connection, t: int, data: bytes) -> ros_types.BagImage:
         try:
-            return ros_types.decode_image(data, conn.msgtype)
+            return ros_types.decode_image(data, conn.msgtype, self.max_input_pixels)
         except ImageFormatError as e:
             raise BagError(f'{conn.topic} at {format_time(t)}: image cannot be segmented: '
                            f'{e}') from e
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--storage', choices=ros_types.STORAGE_FORMATS, default=None,
                    help="output storage (default: the input's)")
     p.add_argument('--overwrite', action='store_true', help='replace an existing output bag')
+    p.add_argument('--max-input-pixels', type=int, default=MAX_INPUT_PIXELS, metavar='N',
+                   help='refuse frames over N pixels (width x height; compressed ones from '
+                   'their header, before decoding)')
     p.add_argument('--stats-json', type=Path, default=None,
                    help='also write the run statistics to this JSON file')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -347,7 +351,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             str(args.model), device=args.device, precision=args.precision,
             input_size=args.input_size)
         segmenter = BagSegmenter(pipeline, args.outputs, args.batch_size, args.alpha,
-                                 args.confidence_encoding, args.include_inputs, str(args.model))
+                                 args.confidence_encoding, args.include_inputs, str(args.model),
+                                 args.max_input_pixels)
         stats = segmenter.run(args.input, args.output, args.topics, args.storage,
                               args.overwrite, progress=not args.no_progress)
     except (BagError, ValueError, RuntimeError, OSError, WriterError) as e:

@@ -27,7 +27,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from tqdm import tqdm
 
-from seg_perception import ros_types
+from seg_perception import image_codec, ros_types
 from seg_perception.image_codec import CONVERTED
 from seg_perception.ros_types import BagError
 
@@ -84,11 +84,13 @@ class FrameSource:
     loops, so time never runs backwards. ``fmt`` 'jpeg'/'png' publishes sensor_msgs/CompressedImage
     on ``<topic>/compressed`` as image_transport does; image files already in that format go out
     as they are, without re-encoding. ``encoding`` other than 'auto' publishes raw frames as a
-    camera driver would: yuv422 (UYVY), yuv422_yuy2 or bayer_*8.
+    camera driver would: yuv422 (UYVY), yuv422_yuy2 or bayer_*8. A png or jpeg file over
+    ``max_pixels`` (width x height, read from its header) is refused before it is decoded or sent.
     """
 
     def __init__(self, path: Path, topic: str, fps: Optional[float], frame_id: str,
-                 start_offset: float = 0.0, fmt: str = 'raw', encoding: str = 'auto') -> None:
+                 start_offset: float = 0.0, fmt: str = 'raw', encoding: str = 'auto',
+                 max_pixels: int = image_codec.MAX_INPUT_PIXELS) -> None:
         if fmt not in FORMATS:
             raise ValueError(f'format {fmt!r} not in {FORMATS}')
         if encoding not in FRAME_ENCODINGS:
@@ -99,6 +101,7 @@ class FrameSource:
         self.fmt = fmt
         self.encoding = encoding
         self.frame_id = frame_id
+        self.max_pixels = max_pixels
         self.topic = topic if fmt == 'raw' else topic.rstrip('/') + '/compressed'
         self.msgtype = ros_types.IMAGE if fmt == 'raw' else ros_types.COMPRESSED_IMAGE
         self.topics = {self.topic: self.msgtype}
@@ -129,6 +132,7 @@ class FrameSource:
         if self.files is not None:
             for path in self.files[self.skip:]:
                 data = path.read_bytes()
+                self._check_size(path, data)
                 ext = path.suffix.lower()
                 if (self.fmt == 'jpeg' and ext in ('.jpg', '.jpeg')) or (
                         self.fmt == 'png' and ext == '.png'):
@@ -153,6 +157,16 @@ class FrameSource:
                 index += 1
         finally:
             cap.release()
+
+    def _check_size(self, path: Path, data: bytes) -> None:
+        codec = image_codec.sniff_format(data)
+        if codec not in ('png', 'jpeg'):
+            return  # OpenCV reads other formats' sizes itself
+        try:
+            width, height = image_codec.compressed_size(codec, data)
+            image_codec.check_pixels(width, height, self.max_pixels, codec)
+        except image_codec.ImageFormatError as e:
+            raise ValueError(f'{path}: {e}') from None
 
     def messages(self) -> Iterator[ReplayMessage]:
         if self._t0 is None:
@@ -212,7 +226,7 @@ def open_source(args: argparse.Namespace):
         raise ValueError('a folder or video is one camera: give at most one --topic')
     topic = (args.topics or ['/camera/image_raw'])[0]
     return FrameSource(path, topic, args.fps, args.frame_id, args.start_offset, args.format,
-                       args.encoding)
+                       args.encoding, args.max_input_pixels)
 
 
 def parse_topic_map(items: Sequence[str]) -> Dict[str, str]:
@@ -363,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--delay', type=float, default=0.0, metavar='SEC',
                    help='sleep SEC s before playing, after --wait-for-subscribers (as ros2 bag '
                    'play --delay): other subscribers match meanwhile')
+    p.add_argument('--max-input-pixels', type=int, default=image_codec.MAX_INPUT_PIXELS,
+                   metavar='N', help='image folders: refuse png/jpeg files over N pixels '
+                   '(width x height, from their header)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--log-level', default='INFO', help='logging level')
     return p

@@ -140,8 +140,9 @@ class Recorder(Node):
             if st is None:
                 return False
             received, processed = int(st['frames_received']), int(st['frames_processed'])
-            dropped = sum(int(st[k]) for k in (
-                'dropped_overwritten', 'dropped_malformed', 'skipped_no_subscribers'))
+            dropped = sum(int(st.get(k, 0)) for k in (
+                'dropped_overwritten', 'dropped_malformed', 'dropped_failed',
+                'skipped_no_subscribers'))
             if received < sent or processed + dropped < received:
                 return False
         return True
