@@ -134,7 +134,8 @@ def test_seg_eval_at_full_resolution_agrees_with_the_cityscapes_evaluator(tmp_pa
     cm = ConfusionMatrix(19)
     lut = cityscapes_label_to_train_id()
     for stem, labels in predicted.items():
-        gt = np.asarray(Image.open(root / 'gtFine' / 'val' / 'ulm' / f'{stem}_gtFine_labelIds.png'))
+        gt_file = root / 'gtFine' / 'val' / 'ulm' / f'{stem}_gtFine_labelIds.png'
+        gt = np.asarray(Image.open(gt_file))
         cm.update(torch.from_numpy(labels), torch.from_numpy(lut[gt]))
     assert report['miou'] == cm.compute()['miou']
 
