@@ -229,6 +229,9 @@ def _check_sidecar(path: Path, fmt: str, size, batch):
     assert side['classes']['names'] == list(CUSTOM8.names)
     assert side['normalization'] == {'mean': [0.5] * 3, 'std': [0.25] * 3}
     assert side['input_size'] == list(size)
+    assert side['resize'] == {'resize': 'area', 'antialias': False}  # the model file's own
+    assert side['preprocess']['input_size'] == list(size)
+    assert side['preprocess']['std'] == [0.25] * 3
     assert side['input']['name'] == 'image' and side['output']['name'] == 'logits'
     assert side['input']['shape'] == [batch, 3, size[1], size[0]]
     assert side['check']['max_abs_diff'] <= side['check']['tolerance']
