@@ -154,6 +154,8 @@ def log_model(provenance: Optional[Mapping], model: str, logger: Any) -> None:
     """
     Log what ``model`` was trained on; warn when it has never seen a real image.
 
+    A file that records nothing is logged as such (info): older project files predate the record.
+
     ``logger`` is a ``logging.Logger`` or an rclpy logger (both have info and warning).
     """
     logger.info(f'model {model}: {describe(provenance)}')
@@ -161,9 +163,6 @@ def log_model(provenance: Optional[Mapping], model: str, logger: Any) -> None:
         logger.warning(f'model {model} has never seen a real image (synthetic training data '
                        'only): expect poor results on camera frames; fine-tune it on real '
                        'frames or run the official Cityscapes model (README, "Model files")')
-    elif provenance is None:
-        logger.warning(f'model {model} does not record what it was trained on; check where it '
-                       'comes from before trusting its output')
 
 
 def set_provenance(path: PathLike, record: Mapping) -> None:
