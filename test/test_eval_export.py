@@ -295,3 +295,16 @@ def test_export_refuses_an_encoder_only_model(tmp_path):
     with pytest.raises(ModelFileError, match='encoder-only'):
         seg_export.export_model(path, 'torchscript', tmp_path / 'enc.torchscript')
     assert not (tmp_path / 'enc.torchscript').exists()
+
+
+def test_seg_eval_of_an_encoder_only_model_at_label_size_is_refused(tmp_path, tiny_model_file):
+    info = ModelInfo(classes=CUSTOM8, input_size=(W, H), normalization=Normalization(),
+                     encoder_only=True)
+    path = tmp_path / 'encoder.pt'
+    save_model(build_model(info), info, path)
+    _folder_dataset(tmp_path / 'data', tiny_model_file, CUSTOM8, n=1)
+    with pytest.raises(seg_eval.EvalError, match='encoder-only.*--eval-size network'):
+        seg_eval.evaluate_model_file(path, 'folder', tmp_path / 'data', device='cpu')
+    report = seg_eval.evaluate_model_file(path, 'folder', tmp_path / 'data', device='cpu',
+                                          eval_size='network')
+    assert report['eval_size'] == 'network' and report['num_pixels'] > 0
