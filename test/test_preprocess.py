@@ -95,6 +95,12 @@ def test_official_erfnet_gets_pil_bilinear(tmp_path):
                tmp_path / 'erfnet_pretrained.pth')
     info = load_model(tmp_path / 'erfnet_pretrained.pth')[1]
     assert info.resize == OFFICIAL_RESIZE == Resize('bilinear', True)
+    # and it says where it comes from: real Cityscapes frames
+    from seg_training.provenance import describe, never_saw_real_images
+
+    assert info.provenance['real_images'] is True and not never_saw_real_images(info.provenance)
+    assert 'cityscapes:train (real, 2975 images, 2048x1024)' in describe(info.provenance)
+    assert 'github.com/Eromera/erfnet_pytorch' in describe(info.provenance)
 
 
 @pytest.mark.parametrize('resize', [Resize('area'), Resize('bilinear', True)], ids=str)
