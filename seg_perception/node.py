@@ -38,6 +38,7 @@ from seg_perception.image_codec import (check_compressed, check_pixels, decode_c
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path, ResourceNotFoundError
 from seg_training.checkpoint import load_model, ModelFileError
+from seg_training.provenance import log_model
 
 NODE_NAME = 'segmentation_node'
 # Outputs are reliable so both RViz (reliable) and best-effort subscribers match.
@@ -145,6 +146,7 @@ class SegmentationNode(Node):
                                   f'({", ".join(topics)})')
         self.model_path = self._model_path()
         self.pipeline = self._load_pipeline()
+        log_model(self.pipeline.info.provenance, self.model_path, self.get_logger())
         self._cameras = [self._make_camera(name) for name in names]
         self.stats = NodeStats(topics, time.monotonic())
         self._throttle = Throttle(WARN_PERIOD_S)

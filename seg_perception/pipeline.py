@@ -98,10 +98,9 @@ class SegmentationPipeline:
         self._channels_last = self.device.type == 'cuda'
         if self._channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        norm = info.normalization
-        self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._inv_std = 1.0 / (torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
-                               * 255.0)
+        # The one network-input step (seg_training.preprocess), as stored in the model file.
+        self.preprocess = info.preprocessing(self.input_size)
+        self._norm = self.preprocess.constants(self.device)
         self._palette = torch.from_numpy(info.classes.palette()).to(self.device)  # (256, 3)
         self._orders = {enc: torch.tensor(order, device=self.device)
                         for enc, (_, order, _) in ENCODINGS.items()}
@@ -150,11 +149,7 @@ class SegmentationPipeline:
         return t.permute(2, 0, 1).unsqueeze(0).float()  # (1, 3, H, W)
 
     def _network_input(self, rgb: torch.Tensor) -> torch.Tensor:
-        w, h = self.input_size
-        if rgb.shape[-2:] != (h, w):
-            rgb = F.interpolate(rgb, size=(h, w), mode='bilinear', align_corners=False,
-                                antialias=rgb.shape[-1] > w or rgb.shape[-2] > h)
-        return (rgb - self._mean) * self._inv_std  # (1, 3, h, w)
+        return self.preprocess(rgb, self._norm)  # (1, 3, h, w)
 
     @torch.inference_mode()
     def logits(self, frames: Sequence[Frame]) -> torch.Tensor:

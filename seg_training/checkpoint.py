@@ -13,6 +13,9 @@ A project model file is a plain dict (loadable with ``torch.load(weights_only=Tr
     input_size      [width, height] the network runs at
     train_config    dict (may be empty)
     metrics         dict (may be empty)
+    preprocess      {'resize': 'area'|'bilinear', 'antialias': bool} (seg_training.preprocess;
+                    absent from older files, which get preprocess.legacy_resize)
+    provenance      what the model was trained on (seg_training.provenance; may be absent)
 
 Training checkpoints (``last.pt``) are model files with an extra ``training_state`` entry.
 
@@ -36,6 +39,8 @@ import torch
 from seg_training.classes import ClassTable, cityscapes_table
 from seg_training.files import atomic_path
 from seg_training.model import ERFNet, ERFNetConfig, check_input_size
+from seg_training.preprocess import (DEFAULT_RESIZE, legacy_resize, OFFICIAL_RESIZE,
+                                     Preprocessing, Resize)
 
 _logger = logging.getLogger(__name__)
 
@@ -79,10 +84,18 @@ class ModelInfo:
     source_format: str = FORMAT
     train_config: Dict = field(default_factory=dict)
     metrics: Dict = field(default_factory=dict)
+    resize: Resize = DEFAULT_RESIZE
+    provenance: Optional[Dict] = None  # None: not recorded
 
     @property
     def num_classes(self) -> int:
         return self.classes.num_classes
+
+    def preprocessing(self, size: Optional[Tuple[int, int]] = None) -> Preprocessing:
+        """Return the network-input step of this model at ``size`` (W, H) or its own size."""
+        w, h = size if size else self.input_size
+        norm = self.normalization
+        return Preprocessing((int(w), int(h)), tuple(norm.mean), tuple(norm.std), self.resize)
 
 
 def build_model(info: ModelInfo) -> ERFNet:
@@ -108,7 +121,10 @@ def model_file_dict(model: ERFNet, info: ModelInfo, extra: Optional[Dict] = None
         'input_size': list(info.input_size),
         'train_config': dict(info.train_config),
         'metrics': dict(info.metrics),
+        'preprocess': info.resize.to_dict(),
     }
+    if info.provenance is not None:
+        d['provenance'] = dict(info.provenance)
     if extra:
         d.update(extra)
     return d
@@ -288,12 +304,19 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
         w, h = (int(v) for v in d['input_size'])
         check_input_size(h, w)
         check_input_bound(w, h, 'input_size')
+        resize = (Resize.from_dict(d['preprocess']) if d.get('preprocess') is not None
+                  else legacy_resize(FORMAT))
+        provenance = d.get('provenance')
+        if provenance is not None and not isinstance(provenance, Mapping):
+            raise ModelFileError(f'{source}: provenance is {type(provenance).__name__}, '
+                                 'not a dict')
         return ModelInfo(classes=classes, input_size=(w, h),
                          normalization=Normalization.from_dict(d['normalization']),
                          encoder_only=bool(arch.get('encoder_only', False)),
                          source_format=FORMAT,
                          train_config=dict(d.get('train_config') or {}),
-                         metrics=dict(d.get('metrics') or {}))
+                         metrics=dict(d.get('metrics') or {}), resize=resize,
+                         provenance=dict(provenance) if provenance is not None else None)
     except KeyError as e:
         raise ModelFileError(f'{source}: model file lacks field {e.args[0]!r}') from None
     except ValueError as e:
@@ -311,8 +334,11 @@ def _from_project_dict(d: Mapping, source: str) -> Tuple[ERFNet, ModelInfo]:
 
 def official_info() -> ModelInfo:
     """Describe the official Cityscapes ERFNet: [0, 1] inputs, 1024x512, void at 19."""
+    from seg_training.provenance import official_provenance
+
     return ModelInfo(classes=cityscapes_table(with_void=True), input_size=OFFICIAL_INPUT_SIZE,
-                     normalization=Normalization(), source_format='erfnet_pretrained')
+                     normalization=Normalization(), source_format='erfnet_pretrained',
+                     resize=OFFICIAL_RESIZE, provenance=official_provenance())
 
 
 def _from_official_state_dict(obj: Mapping, source: str) -> Tuple[ERFNet, ModelInfo]:

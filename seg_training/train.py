@@ -35,7 +35,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from seg_training import engine
+from seg_training import engine, provenance
 from seg_training.checkpoint import (atomic_save, load_imagenet_encoder,
                                      load_state_dict_checked, model_file_dict, ModelFileError,
                                      ModelInfo, Normalization, read_file)
@@ -50,6 +50,7 @@ from seg_training.data import (build_dataset, check_datasets, DatasetError, Join
 from seg_training.files import atomic_path, NoSpaceError
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.model import ERFNet, ERFNetConfig
+from seg_training.preprocess import DEFAULT_RESIZE
 from seg_training.transfer import init_from_file
 from seg_training.transforms import denormalize, train_transform, val_transform
 
@@ -243,12 +244,39 @@ class RunLog:
             self.writer.close()
 
 
-def model_info(cfg: TrainConfig, classes: ClassTable, metrics: Optional[Dict] = None
-               ) -> ModelInfo:
-    """Describe, for the model file, the network this run trains."""
+def model_info(cfg: TrainConfig, classes: ClassTable, metrics: Optional[Dict] = None,
+               provenance: Optional[Dict] = None) -> ModelInfo:
+    """
+    Describe, for the model file, the network this run trains.
+
+    Its network-input step is preprocess.DEFAULT_RESIZE (area when shrinking), the resize the
+    training augmentation shrinks with, and validation runs the same step.
+    """
     return ModelInfo(classes=classes, input_size=(cfg.size[0], cfg.size[1]),
                      normalization=Normalization(tuple(cfg.mean), tuple(cfg.std)),
-                     train_config=cfg.to_dict(), metrics=dict(metrics or {}))
+                     train_config=cfg.to_dict(), metrics=dict(metrics or {}),
+                     resize=DEFAULT_RESIZE, provenance=provenance)
+
+
+def _data_records(cfg: TrainConfig, train_ds: Any, val_ds: SegmentationDataset
+                  ) -> List[Dict[str, Any]]:
+    """Provenance records of the training parts and the validation split."""
+    parts = train_ds.parts if isinstance(train_ds, JointDataset) else [train_ds]
+    return ([provenance.dataset_record(p, cfg.dataset, 'train') for p in parts]
+            + [provenance.dataset_record(val_ds, cfg.dataset, 'val')])
+
+
+def _init_record(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
+    """Provenance of the model or encoder the run started from (--init, --pretrained-encoder)."""
+    source = cfg.init or cfg.pretrained_encoder
+    if not source:
+        return None
+    try:
+        parent = provenance.file_provenance(source)
+    except (ModelFileError, OSError) as e:
+        _logger.warning('cannot read the provenance of %s: %s', source, e)
+        parent = None
+    return provenance.init_record(str(source), parent)
 
 
 def file_metrics(val: Dict[str, Any], epoch: int, classes: ClassTable) -> Dict[str, Any]:
@@ -396,7 +424,13 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     per_stage = stage_epochs(cfg)
     schedule = ['encoder'] * per_stage['encoder'] + ['full'] * per_stage['full']
     log = RunLog(out, main, progress.epoch)
-    info_last = model_info(cfg, classes)
+    records = _data_records(cfg, train_ds, val_ds) if main else []
+    init_prov = _init_record(cfg) if main else None
+
+    def prov(epochs: int) -> Dict[str, Any]:
+        best = progress.best_miou if progress.best_epoch else None
+        return provenance.training_provenance(records, init_prov, epochs, progress.best_epoch,
+                                              best)
     cfg_dict = cfg.to_dict()
     opt = sched = scaler = module = None
     opt_stage = None
@@ -409,6 +443,7 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     def save_last(interrupted: bool = False) -> None:
         clock()
         ts = engine.training_state(progress, opt, sched, scaler, cfg_dict, weights, interrupted)
+        info_last = model_info(cfg, classes, provenance=prov(progress.epoch))
         atomic_save(model_file_dict(net, info_last, {'training_state': ts}), out / 'last.pt')
 
     _logger.info('training %d epochs (%s) on %s: %d train / %d val samples, %d classes, %dx%d',
@@ -466,7 +501,8 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
                        'val_mean_dice': val['mean_dice'], 'time_s': round(progress.time_s, 3)}
                 log.epoch(row, by_name(classes.names, val['per_class_iou'], classes.void_index))
                 if improved:
-                    info = model_info(cfg, classes, file_metrics(val, e + 1, classes))
+                    info = model_info(cfg, classes, file_metrics(val, e + 1, classes),
+                                      prov(e + 1))
                     atomic_save(model_file_dict(net, info), out / 'best.pt')
                 save_last()
                 if cfg.plots and cfg.plots_every_epoch:
@@ -488,7 +524,8 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
         progress.best_miou, progress.best_epoch = val['miou'], progress.epoch
         progress.best_metrics = {**val, 'confusion': cm.matrix.cpu().tolist()}
         if main:
-            info = model_info(cfg, classes, file_metrics(val, progress.epoch, classes))
+            info = model_info(cfg, classes, file_metrics(val, progress.epoch, classes),
+                              prov(progress.epoch))
             atomic_save(model_file_dict(net, info), out / 'best.pt')
             save_last()
     log.close()
