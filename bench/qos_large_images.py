@@ -33,6 +33,7 @@ import os
 from pathlib import Path
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 SETTLE_S = 2.0      # after the first match, before the first counted frame
 MATCH_S = 60.0      # discovery deadline
 DRAIN_S = 3.0       # after the last frame, before the subscriber stops counting
+NODE_STARTUP_S = 180.0  # a loaded 2-core machine imports torch and rclpy slowly
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / 'config' / 'fastdds_large_images.xml'
 SEGMENT_RE = re.compile(r'<segment_size>\d+</segment_size>')
@@ -129,6 +131,82 @@ def run_subscriber(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_node_subscriber(args: argparse.Namespace) -> int:
+    """
+    Run segmentation_node (its default input QoS) on ``args.topic`` and report its counts.
+
+    This process subscribes to the node's labels, so the node segments as it would for RViz;
+    ``received`` is the node's own ``frames_received`` from /diagnostics once the stop file
+    exists (frames that reached its subscription callback, segmented or replaced by newer ones).
+    """
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    exe = Path(sys.executable).with_name('segmentation_node')
+    cmd = [str(exe)] if exe.exists() else [sys.executable, '-m', 'seg_perception.node']
+    cmd += ['--ros-args', '-r', f'image:={args.topic}', '-p', f'device:={args.node_device}',
+            '-p', 'log_period:=0.0']
+    log = tempfile.NamedTemporaryFile(prefix='qos_bench_node_', suffix='.log', delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    rclpy.init(args=[])
+    node = rclpy.create_node('qos_bench_probe')
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    tables: List[str] = []
+    labels: List[int] = []
+    status: Dict[str, str] = {}
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if st.name.endswith(f'camera {node.resolve_topic_name(args.topic)}'):
+                status.clear()
+                status.update({kv.key: kv.value for kv in st.values})
+
+    node.create_subscription(String, 'segmentation/class_table', tables.append, latched)
+    node.create_subscription(Image, 'segmentation/labels',
+                             lambda m: labels.append(int(m.header.frame_id)), reliable)
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, reliable)
+    result: Dict[str, object] = {'received': 0}
+    try:
+        deadline = time.monotonic() + NODE_STARTUP_S
+        while not tables:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError('segmentation_node did not start:\n'
+                                   + Path(log.name).read_text(errors='replace')[-3000:])
+            rclpy.spin_once(node, timeout_sec=0.1)
+        print('ready', flush=True)
+        while not os.path.exists(args.stop_file):
+            rclpy.spin_once(node, timeout_sec=0.1)
+        status.clear()
+        deadline = time.monotonic() + 10.0
+        while not status and time.monotonic() < deadline:  # a /diagnostics after the stop
+            rclpy.spin_once(node, timeout_sec=0.1)
+        if not status:
+            raise RuntimeError('no /diagnostics from segmentation_node after the last frame')
+        result.update(received=int(status.get('frames_received', 0)),
+                      processed=int(status.get('frames_processed', 0)),
+                      dropped_overwritten=int(status.get('dropped_overwritten', 0)),
+                      labels_received=len(set(labels)))
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        os.unlink(log.name)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def run_camera(args: argparse.Namespace) -> int:
     """Publish ``args.frames`` frames at ``args.rate`` Hz once a subscriber matched; print JSON."""
     import numpy as np
@@ -195,6 +273,10 @@ def _shown(value: str) -> str:
     return value
 
 
+def _text(output) -> str:
+    return output.decode(errors='replace') if isinstance(output, bytes) else (output or '')
+
+
 def _last_json(text: str) -> Optional[Dict]:
     for line in reversed(text.strip().splitlines()):
         if line.startswith('{'):
@@ -210,24 +292,39 @@ def measure(name: str, extra_env: Dict[str, str], args: argparse.Namespace) -> D
     with tempfile.TemporaryDirectory(prefix='qos_bench_') as tmp:
         stop = Path(tmp) / 'stop'
         sub = subprocess.Popen(me + ['--role', 'subscriber', '--stop-file', str(stop),
-                                     '--depth', str(args.depth)] + common,
+                                     '--depth', str(args.depth), '--subscriber', args.subscriber,
+                                     '--node-device', args.node_device] + common,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=sub_env,
-                               text=True)
+                               text=True, start_new_session=True)  # its group: it and its node
         load_start = round(os.getloadavg()[0], 2)
         try:
-            line = sub.stdout.readline()
-            if line.strip() != 'ready':
-                raise RuntimeError(f'{name}: subscriber did not start: {line}{sub.stdout.read()}')
-            cam = subprocess.run(me + ['--role', 'camera', '--frames', str(args.frames),
-                                       '--rate', str(args.rate)] + common,
-                                 capture_output=True, text=True, env=cam_env, timeout=600)
+            before = []
+            for line in sub.stdout:  # Fast DDS may print before the subscriber is ready
+                if line.strip() == 'ready':
+                    break
+                before.append(line)
+            else:
+                raise RuntimeError(f'{name}: subscriber did not start: {"".join(before)}')
+            limit = MATCH_S + SETTLE_S + args.frames / args.rate + 60.0
+            try:
+                cam = subprocess.run(me + ['--role', 'camera', '--frames', str(args.frames),
+                                           '--rate', str(args.rate)] + common,
+                                     capture_output=True, text=True, env=cam_env, timeout=limit)
+            except subprocess.TimeoutExpired as e:
+                cam = subprocess.CompletedProcess(e.cmd, -9, _text(e.stdout), _text(e.stderr)
+                                                  + f'\ncamera process killed after {limit:.0f} s')
             time.sleep(DRAIN_S)
             stop.touch()
             sub_out, _ = sub.communicate(timeout=60)
+            sub_out = ''.join(before) + sub_out
         finally:
             if sub.poll() is None:
-                sub.kill()
-                sub.wait()
+                stop.touch()
+                try:
+                    sub.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(sub.pid, signal.SIGKILL)
+                    sub.wait()
     sent = _last_json(cam.stdout) or {'sent': 0, 'error': cam.stdout + cam.stderr}
     got = _last_json(sub_out) or {'received': 0, 'error': sub_out}
     shown = {k: _shown(v) for k, v in extra_env.items()}
@@ -236,7 +333,8 @@ def measure(name: str, extra_env: Dict[str, str], args: argparse.Namespace) -> D
               'load_average_1m': [load_start, round(os.getloadavg()[0], 2)]}
     result['received_percent'] = (round(100.0 * result['received'] / result['sent'], 1)
                                   if result['sent'] else 0.0)
-    for key in ('latency_median_ms', 'duplicates'):
+    for key in ('latency_median_ms', 'duplicates', 'processed', 'dropped_overwritten',
+                'labels_received'):
         result[key] = got.get(key)
     for key in ('publish_median_ms', 'seconds', 'error'):
         if key in sent:
@@ -274,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--repeat', type=int, default=1, help='runs per configuration')
     p.add_argument('--tag', default='', help='suffix of the result file name')
     p.add_argument('--topic', default='qos_bench/image', help='topic of the frames')
+    p.add_argument('--subscriber', choices=('probe', 'node'), default='probe',
+                   help='probe: a plain rclpy subscription (default); node: segmentation_node '
+                        "with its default input QoS, counted by its frames_received")
+    p.add_argument('--node-device', default='cpu', help="segmentation_node's device")
     p.add_argument('--role', choices=('camera', 'subscriber'), help=argparse.SUPPRESS)
     p.add_argument('--stop-file', help=argparse.SUPPRESS)
     return p
@@ -285,7 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.role == 'camera':
         return run_camera(args)
     if args.role == 'subscriber':
-        return run_subscriber(args)
+        return run_node_subscriber(args) if args.subscriber == 'node' else run_subscriber(args)
     with tempfile.TemporaryDirectory(prefix='qos_profiles_') as tmp:
         return run_all(args, Path(tmp))
 
@@ -304,7 +406,7 @@ def run_all(args: argparse.Namespace, tmp: Path) -> int:
               'frames': args.frames, 'rate_hz': args.rate,
               'size': f'{args.size[0]}x{args.size[1]} rgb8',
               'bytes': args.size[0] * args.size[1] * 3,
-              'subscriber_depth': args.depth,
+              'subscriber': args.subscriber, 'subscriber_depth': args.depth,
               'rmem_max': Path('/proc/sys/net/core/rmem_max').read_text().strip(),
               'results': []}
     for discovery_range in args.range or RANGES:

@@ -20,7 +20,7 @@ counted, RSS growth < 5 %. The exit status is 0 when it passed.
 Only the node's public topics and parameters are used. Its input QoS is depth 5 (so a
 malformed frame is not replaced by the good one right behind it) and ``--reliability``
 (default reliable: the soak measures the node, not DDS; ``best_effort`` with large frames also
-needs the Fast DDS profile of README "Large frames").
+needs the Fast DDS profile of README "Large frames and best effort").
 """
 
 import argparse

@@ -4,7 +4,7 @@ config/fastdds_large_images.xml: a valid Fast DDS profile that delivers large be
 The delivery test runs bench/qos_large_images.py's camera and subscriber processes (rclpy, best
 effort, depth 1) with the profile under ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, where the ROS
 middleware adds a shared-memory transport of the default size (512 KiB) and no 2048x1024 rgb8
-frame arrives without the profile (README, "Large frames").
+frame arrives without the profile (README, "Large frames and best effort").
 """
 
 import importlib.util
