@@ -42,6 +42,8 @@ CAMERAS = ('front', 'rear')
 MALFORMED_EVERY = 20
 STARTUP_S = 180.0   # a loaded 2-core machine imports torch and rclpy slowly
 GROWTH_LIMIT = 0.05
+DDS_VARS = ('RMW_IMPLEMENTATION', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_BUILTIN_TRANSPORTS',
+            'FASTDDS_DEFAULT_PROFILES_FILE', 'RMW_FASTRTPS_USE_QOS_FROM_XML')
 # The node's input depth: a malformed frame and the good one published right after it both
 # reach the node (with depth 1 the good one may replace the malformed one in DDS's queue).
 INPUT_DEPTH = 5
@@ -310,6 +312,7 @@ def report(args: argparse.Namespace, soak: Soak, measured: Dict) -> Dict:
         'duration_s': args.duration, 'measured_s': measured['seconds'],
         'frame': f'{args.size[0]}x{args.size[1]} rgb8', 'reliability': args.reliability,
         'node_params': node_params(args),
+        'dds_environment': {k: os.environ[k] for k in DDS_VARS if k in os.environ},
         'malformed_every': MALFORMED_EVERY,
         'cameras': cameras,
         'rss_start_mb': round(start_rss / 2**20, 1), 'rss_end_mb': round(end_rss / 2**20, 1),
