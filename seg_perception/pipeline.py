@@ -15,13 +15,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from seg_perception.image_codec import channels, ENCODINGS, overlay_encoding
-from seg_perception.postprocess import (cpu_camera_labels, cpu_confidence, cpu_labels,
-                                        cpu_network_image, CpuPainter, CudaPainter,
-                                        CudaUploader, label_grid, resolve_label_upsampling,
-                                        scaled_size)
+from seg_perception import color_convert
+from seg_perception.image_codec import channels, CONVERTED, ENCODINGS, overlay_encoding
+from seg_perception.postprocess import (cpu_area_input, cpu_camera_labels, cpu_confidence,
+                                        cpu_labels, CpuPainter, CudaPainter, CudaUploader,
+                                        label_grid, resolve_label_upsampling, scaled_size)
 from seg_perception.timing import NO_TIMER, NoTimer
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
@@ -104,10 +103,9 @@ class SegmentationPipeline:
         self._channels_last = self.device.type == 'cuda'
         if self._channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        norm = info.normalization
-        self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._inv_std = 1.0 / (torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
-                               * 255.0)
+        # The one network-input step (seg_training.preprocess), as stored in the model file.
+        self.preprocess = info.preprocessing(self.input_size)
+        self._norm = self.preprocess.constants(self.device)
         self.label_upsampling = resolve_label_upsampling(label_upsampling, self.device)
         palette = info.classes.palette()  # (256, 3) uint8 RGB
         if self.device.type == 'cuda':
@@ -153,36 +151,56 @@ class SegmentationPipeline:
                              f'encoding {frame.encoding}')
         return img if img.ndim == 3 else img[:, :, None]
 
-    def _inputs(self, frames: Sequence[Frame],
-                timer: NoTimer = NO_TIMER) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """
-        Return (network images (1, 3, h, w) float RGB 0..255, uploaded frames or []).
+    def _host_frame(self, frame: Frame) -> Tuple[np.ndarray, str]:
+        """(H, W, C) uint8 image and its encoding; yuv422 and Bayer converted to rgb8 (OpenCV)."""
+        img = self._check(frame)
+        if frame.encoding in CONVERTED:
+            return color_convert.to_rgb_numpy(img, frame.encoding), 'rgb8'  # (H, W, 3)
+        return img, frame.encoding
 
-        CPU: the frame is shrunk in uint8 by OpenCV first; CUDA: every frame of the batch goes
-        up in one copy from pinned memory and is converted there.
+    def _inputs(self, frames: Sequence[Frame], timer: NoTimer = NO_TIMER
+                ) -> Tuple[List[torch.Tensor], List[Tuple[object, str]]]:
+        """
+        Return (RGB images for ``_network_input``, each frame's image and encoding as kept).
+
+        CPU: frames stay numpy; where the model's resize is area averaging by whole factors the
+        frame is shrunk in integers first (exactly ``preprocess``'s result), so no float image
+        exists at camera size. CUDA: every frame of the batch goes up in one copy from pinned
+        memory (yuv422 and Bayer are converted there) and stays on the device.
         """
         w, h = self.input_size
         with timer('upload'):
-            images = [self._check(f) for f in frames]
             if self.device.type != 'cuda':
+                hosts = [self._host_frame(f) for f in frames]
                 rgbs = []
-                for img, frame in zip(images, frames):
-                    small = cpu_network_image(img, frame.encoding, (h, w))  # (h, w, 3)
-                    if not small.flags.writeable or not small.flags.c_contiguous:
-                        small = small.copy()
-                    rgbs.append(torch.from_numpy(small).permute(2, 0, 1)[None].float())
-                return rgbs, []
-            uploaded = self._uploader.upload(images)  # (H, W, C) uint8 each, on the device
-            rgbs = [t.index_select(2, self._orders[f.encoding]).permute(2, 0, 1)[None].float()
-                    for t, f in zip(uploaded, frames)]  # (1, 3, H, W) each
-            return rgbs, uploaded
+                for img, enc in hosts:
+                    small = cpu_area_input(img, enc, (h, w), self.preprocess.resize.method)
+                    if small is not None:  # (h, w, 3) float32 RGB, already at the network size
+                        rgbs.append(torch.from_numpy(small).permute(2, 0, 1)[None])
+                    else:
+                        t = torch.from_numpy(np.ascontiguousarray(img))  # (H, W, C) uint8
+                        t = t.index_select(2, self._orders[enc])  # (H, W, 3) RGB
+                        rgbs.append(t.permute(2, 0, 1)[None].float())  # (1, 3, H, W)
+                return rgbs, hosts
+            raw = [(i, self._check(f)) for i, f in enumerate(frames)
+                   if f.encoding not in CONVERTED]
+            uploaded = dict(zip([i for i, _ in raw], self._uploader.upload([a for _, a in raw])))
+            rgbs, hosts = [], []
+            for i, frame in enumerate(frames):
+                if i in uploaded:  # (H, W, C) uint8 on the device
+                    t = uploaded[i]
+                    rgbs.append(t.index_select(2, self._orders[frame.encoding])
+                                .permute(2, 0, 1)[None].float())  # (1, 3, H, W)
+                    hosts.append((t, frame.encoding))
+                else:  # yuv422 / Bayer: the raw bytes go up, converted on the device
+                    rgb = color_convert.to_rgb_tensor(self._check(frame), frame.encoding,
+                                                      self.device)  # (1, 3, H, W)
+                    rgbs.append(rgb)
+                    hosts.append((rgb[0].permute(1, 2, 0).to(torch.uint8), 'rgb8'))
+            return rgbs, hosts
 
     def _network_input(self, rgb: torch.Tensor) -> torch.Tensor:
-        w, h = self.input_size
-        if rgb.shape[-2:] != (h, w):
-            rgb = F.interpolate(rgb, size=(h, w), mode='bilinear', align_corners=False,
-                                antialias=rgb.shape[-1] > w or rgb.shape[-2] > h)
-        return (rgb - self._mean) * self._inv_std  # (1, 3, h, w)
+        return self.preprocess(rgb, self._norm)  # (1, 3, h, w)
 
     @torch.inference_mode()
     def logits(self, frames: Sequence[Frame]) -> torch.Tensor:
@@ -211,18 +229,18 @@ class SegmentationPipeline:
             raise ValueError(f'overlay alpha {alpha} outside [0, 1]')
         if not 0.0 < output_scale <= 1.0:
             raise ValueError(f'output scale {output_scale} outside (0, 1]')
-        rgbs, uploaded = self._inputs(frames, timer)
+        rgbs, hosts = self._inputs(frames, timer)
         logits = self._forward(rgbs, timer)  # (B, K, h, w)
         if self.device.type == 'cuda':
-            return self._finish_cuda(frames, uploaded, logits, outputs, alpha, output_scale,
+            return self._finish_cuda(frames, hosts, logits, outputs, alpha, output_scale,
                                      timer)
         with timer('labels'):
             hwc = logits.permute(0, 2, 3, 1).contiguous().numpy()  # (B, h, w, K)
-        return [self._finish_cpu(f, hwc[i], outputs, alpha, output_scale, timer)
+        return [self._finish_cpu(f, hosts[i], hwc[i], outputs, alpha, output_scale, timer)
                 for i, f in enumerate(frames)]
 
-    def _finish_cpu(self, frame: Frame, logits: np.ndarray, outputs: Outputs, alpha: float,
-                    scale: float, timer: NoTimer) -> Result:
+    def _finish_cpu(self, frame: Frame, host: Tuple[np.ndarray, str], logits: np.ndarray,
+                    outputs: Outputs, alpha: float, scale: float, timer: NoTimer) -> Result:
         """(h, w, K) logits of one frame -> its Result, with OpenCV/numpy in uint8."""
         cam = frame.image.shape[:2]
         res = Result(overlay_encoding=overlay_encoding(frame.encoding))
@@ -240,17 +258,17 @@ class SegmentationPipeline:
                 res.color = self._painter.color(grid_labels, out_hw)  # (h', w', 3) rgb8
         if outputs.overlay:
             with timer('overlay'):
-                res.overlay = self._painter.overlay(self._check(frame), frame.encoding,
-                                                    grid_labels, out_hw, alpha, res.color)
+                res.overlay = self._painter.overlay(host[0], host[1], grid_labels, out_hw,
+                                                    alpha, res.color)
         return res
 
-    def _finish_cuda(self, frames: Sequence[Frame], uploaded: Sequence[torch.Tensor],
+    def _finish_cuda(self, frames: Sequence[Frame], hosts: Sequence[Tuple[torch.Tensor, str]],
                      logits: torch.Tensor, outputs: Outputs, alpha: float, scale: float,
                      timer: NoTimer) -> List[Result]:
         """Labels, colours and overlay on the device; one download for the whole batch."""
         painter = self._painter
         tensors: List[Optional[torch.Tensor]] = []
-        for i, (frame, image) in enumerate(zip(frames, uploaded)):
+        for i, (frame, (image, encoding)) in enumerate(zip(frames, hosts)):
             cam = tuple(frame.image.shape[:2])
             out_hw = scaled_size(cam, scale)
             with timer('labels'):
@@ -265,7 +283,7 @@ class SegmentationPipeline:
                     color = painter.color(labels, out_hw)  # (h', w', 3) uint8 RGB
             if outputs.overlay:
                 with timer('overlay'):
-                    overlay = painter.overlay(image, frame.encoding, labels, out_hw, alpha)
+                    overlay = painter.overlay(image, encoding, labels, out_hw, alpha)
             tensors += [labels if outputs.labels else None, conf, color, overlay]
         with timer('download'):
             arrays = painter.download(tensors)  # one copy, one synchronisation

@@ -72,21 +72,35 @@ def _resize(img: np.ndarray, hw: Tuple[int, int], interpolation: int) -> np.ndar
 
 # --- CPU -------------------------------------------------------------------------------------
 
-def cpu_network_image(image: np.ndarray, encoding: str, hw: Tuple[int, int]) -> np.ndarray:
+def cpu_area_input(image: np.ndarray, encoding: str, hw: Tuple[int, int],
+                   method: str) -> Optional[np.ndarray]:
     """
-    Shrink a camera frame to the network's (h, w) in uint8 and return it as (h, w, 3) RGB.
+    Shrink a camera frame by area averaging in integers: (h, w, 3) float32 RGB, or None.
 
-    OpenCV area averaging when shrinking and bilinear when enlarging, as seg-train's validation
-    resize does; the channel order is fixed after the resize, on the small image.
+    Only where the model's resize is ``area`` and the frame is a whole multiple of the network
+    size (2048x1024 to 256x128: 8x8 pixels per output pixel); the sums are exact and the
+    division is the same float division, so the result is bit for bit what
+    ``seg_training.preprocess`` computes on a float image, without making one. The channel
+    order is fixed on the small image.
     """
-    small = _resize(image, hw, cv2.INTER_AREA if hw[0] * hw[1] < image.shape[0] * image.shape[1]
-                    else cv2.INTER_LINEAR)  # (h, w, C)
+    (h, w), (big_h, big_w, c) = hw, image.shape
+    if method != 'area' or big_h % h or big_w % w:
+        return None
+    fy, fx = big_h // h, big_w // w
+    acc_type = np.uint16 if fy * fx * 255 < 2 ** 16 else np.uint32
+    rows = image.reshape(h, fy, big_w * c)  # a view (rows may be strided)
+    acc = rows[:, 0].astype(acc_type)  # (h, W * C)
+    for k in range(1, fy):
+        np.add(acc, rows[:, k], out=acc, casting='unsafe')
+    cols = acc.reshape(h, w, fx, c)
+    total = cols[:, :, 0].astype(np.float32)  # (h, w, C), integers: exact
+    for k in range(1, fx):
+        total += cols[:, :, k]
+    total /= np.float32(fy * fx)
+    if c == 1:
+        return np.repeat(total, 3, axis=2)  # (h, w, 3)
     order = ENCODINGS[encoding][1]
-    if small.shape[2] == 1:
-        return np.repeat(small, 3, axis=2)  # (h, w, 3)
-    if order == (0, 1, 2):
-        return small[..., :3]
-    return small[..., order]  # (h, w, 3) RGB
+    return np.ascontiguousarray(total[..., list(order)])  # (h, w, 3) RGB
 
 
 def cpu_labels(logits: np.ndarray, grid_hw: Tuple[int, int]) -> np.ndarray:

@@ -28,7 +28,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
 from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import network_size_arg, resolve_device
+from seg_training.cli import HelpFormatter, network_size_arg, resolve_device
+from seg_training.provenance import log_model
 
 _logger = logging.getLogger(__name__)
 
@@ -114,24 +115,28 @@ def write_outputs(result: Result, prefix: Path) -> None:
 
 
 def describe(info: ModelInfo, path: str) -> str:
-    """Summarise a model for the log: format, classes, input size and normalisation."""
+    """Summarise a model for the log: format, classes, input size, resize, normalisation."""
     w, h = info.input_size
     norm = info.normalization
     return (f'model {path} ({info.source_format}): {info.num_classes} classes '
             f'[{", ".join(info.classes.names)}], network input {w}x{h}, '
+            f'resize {info.resize.describe()}, '
             f'normalisation mean {list(norm.mean)} std {list(norm.std)}')
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='seg-predict',
         description='Segment image files and folders with an ERFNet model file.')
     parser.add_argument('inputs', nargs='+', metavar='INPUT',
                         help='image files, or folders searched recursively for images')
     parser.add_argument('--model', required=True,
                         help='model file: seg_perception .pt or official erfnet_pretrained.pth')
-    parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
-    parser.add_argument('--precision', default='fp32', choices=sorted(PRECISIONS))
+    parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'),
+                        help='where the network runs (auto: CUDA when available)')
+    parser.add_argument('--precision', default='fp32', choices=sorted(PRECISIONS),
+                        help='network precision (fp16/bf16: CUDA)')
     parser.add_argument('--input-size', type=network_size_arg, metavar='WxH',
                         help="network input size (default: the model's own)")
     parser.add_argument('--output-dir', type=Path, default=DEFAULT_OUTPUT_DIR,
@@ -142,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='labels at image size, as the node (default auto: bilinear on '
                         'CUDA, bilinear_x2 on the CPU)')
     parser.add_argument('--log-level', default='INFO',
-                        choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'))
+                        choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'), help='logging level')
     return parser
 
 
@@ -167,6 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _logger.error('%s', e)
         return 2
     _logger.info('%s', describe(info, args.model))
+    log_model(info.provenance, args.model, _logger)
     _logger.info('running at %dx%d on %s (%s); %d images -> %s', *pipeline.input_size, device,
                  args.precision, len(images), args.output_dir)
     done = 0

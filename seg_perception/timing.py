@@ -39,6 +39,10 @@ class NoTimer:
     def add(self, name: str, seconds: float) -> None:
         """Record nothing."""
 
+    def next(self) -> Dict[str, float]:
+        """Close no record."""
+        return {}
+
 
 NO_TIMER = NoTimer()
 

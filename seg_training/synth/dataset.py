@@ -7,7 +7,7 @@ Examples::
     seg-synth --layout folder --classes custom8 --out data/synth_c8 --train 234 --val 60 \\
         --size 256x128 --seed 1
 
-Scenes are drawn with numpy and OpenCV (see :mod:`seg_training.synth_scene`): a road in
+Scenes are drawn with numpy and OpenCV (see :mod:`seg_training.synth.scene`): a road in
 perspective with lane marks, kerbs and sidewalks, facades with windows, sky with clouds, trees
 and hedges, poles, signs and traffic lights, cars, vans and trucks, pedestrians, cast shadows,
 haze, fog and rain, with camera height, pitch, focal length, horizon and roll varying from drive
@@ -53,7 +53,7 @@ Domains
     ``source`` (default of the cityscapes layout) looks like Cityscapes; ``target`` (default of
     the folder layout) is another car and another place: a high, pitched, wide-angle camera with
     vignetting and noise, darker asphalt, other facades, overcast, fog, dusk or rain. See
-    :mod:`seg_training.synth_style`.
+    :mod:`seg_training.synth.style`.
 
 The same arguments give the same bytes, whatever ``--workers``. A ``seg_synth.json`` at the root
 records the arguments and the class pixel fractions.
@@ -77,18 +77,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seg_training.cli import parse_size
+from seg_training.cli import HelpFormatter, parse_size
 from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
                                   CUSTOM8, IGNORE_INDEX)
-from seg_training.synth_scene import (BUILDING, CAR, Drive, DriveParams, LABEL_IDS, PERSON,
-                                      POLE, render_frame, render_sequence, ROAD, sample_drive,
-                                      SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT, TRAFFIC_SIGN, TRUCK,
-                                      VEGETATION)
-from seg_training.synth_style import DOMAINS, VIEWS
-
-__all__ = ['CUSTOM8_FROM_LABEL_ID', 'Drive', 'drive_seed', 'DriveParams', 'generate', 'LABEL_IDS',
-           'label_lut', 'main', 'render_frame', 'render_sequence',
-           'sample_drive', 'samples_sheet']
+from seg_training.synth.scene import (BUILDING, CAR, Drive, PERSON, POLE, render_frame, ROAD,
+                                      sample_drive, SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT,
+                                      TRAFFIC_SIGN, TRUCK, VEGETATION)
+from seg_training.synth.style import DOMAINS, VIEWS
 
 _logger = logging.getLogger(__name__)
 
@@ -357,6 +352,7 @@ def samples_sheet(path: PathLike, seeds: Sequence[int] = (3, 12),
 def build_parser() -> argparse.ArgumentParser:
     """Build the seg-synth command line parser."""
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='seg-synth', description='Write procedural driving scenes as a Cityscapes-layout '
         'dataset or as a folder dataset with another class set and another look.')
     p.add_argument('--layout', choices=LAYOUTS, help='dataset layout (required)')
@@ -367,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--train', type=int, default=20, help='training frames (default 20)')
     p.add_argument('--val', type=int, default=10, help='validation frames (default 10)')
     p.add_argument('--size', default='256x128', help='image size WxH (default 256x128)')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0, help='seed of the drives (same seed, same data)')
     p.add_argument('--domain', choices=DOMAINS,
                    help='look of the world (default: source for cityscapes, target for folder)')
     p.add_argument('--mask-format', choices=MASK_FORMATS, default='index',
