@@ -290,11 +290,18 @@ def bench_label_upsampling(model_path: Path, device: torch.device, warmup: int,
     return results
 
 
+# The project's Fast DDS profile for large frames (README "Large frames and best effort"): with
+# ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, LARGE_DATA alone leaves a 512 KiB shared-memory segment.
+LARGE_IMAGES_PROFILE = Path(__file__).resolve().parents[1] / 'config' / 'fastdds_large_images.xml'
+
+
 def ros_environment() -> Dict[str, str]:
     """Isolate the benchmark's DDS traffic: this machine only, a domain of its own."""
     env = dict(os.environ)
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
+    if LARGE_IMAGES_PROFILE.exists():
+        env.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(LARGE_IMAGES_PROFILE))
     env.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
     return env
 
@@ -359,7 +366,8 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
     """Camera process -> segmentation_node process -> this process, on a real DDS graph."""
     env = ros_environment()
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
-                                           'FASTDDS_BUILTIN_TRANSPORTS')})
+                                           'FASTDDS_BUILTIN_TRANSPORTS',
+                                           'FASTDDS_DEFAULT_PROFILES_FILE') if k in env})
     from diagnostic_msgs.msg import DiagnosticArray
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -518,7 +526,9 @@ def environment(device: torch.device) -> Dict:
                 'source': 'ROS install' if os.environ.get('ROS_DISTRO') else 'PyPI wheels',
                 'rclpy': package_version('rclpy'), 'fastdds': package_version('ros-fastdds'),
                 'rmw': get_rmw_implementation_identifier(),
-                'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'},
+                'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA',
+                'FASTDDS_DEFAULT_PROFILES_FILE': ros_environment().get(
+                    'FASTDDS_DEFAULT_PROFILES_FILE')},
     }
     if device.type == 'cuda':
         info['cuda'] = torch.version.cuda

@@ -93,9 +93,10 @@ def cpu_area_input(image: np.ndarray, encoding: str, hw: Tuple[int, int],
     for k in range(1, fy):
         np.add(acc, rows[:, k], out=acc, casting='unsafe')
     cols = acc.reshape(h, w, fx, c)
-    total = cols[:, :, 0].astype(np.float32)  # (h, w, C), integers: exact
+    sums = cols[:, :, 0].copy()  # (h, w, C)
     for k in range(1, fx):
-        total += cols[:, :, k]
+        sums += cols[:, :, k]
+    total = sums.astype(np.float32)  # integers below 2**24: exact
     total /= np.float32(fy * fx)
     if c == 1:
         return np.repeat(total, 3, axis=2)  # (h, w, 3)
@@ -107,7 +108,10 @@ def cpu_labels(logits: np.ndarray, grid_hw: Tuple[int, int]) -> np.ndarray:
     """Argmax of (h, w, K) float32 logits enlarged bilinearly to ``grid_hw``: (gh, gw) uint8."""
     up = _resize(logits, grid_hw, cv2.INTER_LINEAR)  # (gh, gw, K)
     k = logits.shape[-1]
-    return up.reshape(-1, k).argmax(axis=1).astype(np.uint8).reshape(grid_hw)  # (gh, gw)
+    # torch's max over the last axis is the fastest argmax here (numpy's ~1.4x, torch.argmax
+    # ~5x slower); ties go to the first class, as numpy's.
+    flat = torch.from_numpy(np.ascontiguousarray(up)).view(-1, k)  # (gh * gw, K)
+    return flat.max(dim=1).indices.to(torch.uint8).numpy().reshape(grid_hw)  # (gh, gw)
 
 
 def cpu_camera_labels(grid_labels: np.ndarray, camera_hw: Tuple[int, int]) -> np.ndarray:

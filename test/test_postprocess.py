@@ -7,8 +7,10 @@ import torch
 from test_pipeline import block_image, colour_pipeline, NET_H, NET_W
 
 from seg_perception.pipeline import Frame, Outputs
-from seg_perception.postprocess import label_grid, resolve_label_upsampling
+from seg_perception import image_codec
+from seg_perception.postprocess import cpu_area_input, label_grid, resolve_label_upsampling
 from seg_perception.timing import NO_TIMER, StageTimer
+from seg_training.preprocess import Resize
 
 CUDA = torch.cuda.is_available()
 ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')
@@ -46,6 +48,22 @@ def test_auto_and_grids():
     assert label_grid('bilinear', net, cam) == cam
     assert label_grid('bilinear_x2', net, cam) == (256, 512)
     assert label_grid('bilinear_x4', net, (300, 2048)) == (300, 1024)  # never above the camera
+
+
+@pytest.mark.parametrize('shape,size,encoding', [((1024, 2048, 3), (128, 256), 'rgb8'),
+                                                 ((256, 512, 4), (32, 64), 'bgra8'),
+                                                 ((512, 1024, 3), (32, 64), 'bgr8'),
+                                                 ((96, 128, 1), (32, 64), 'mono8')])
+def test_cpu_area_shrink_is_the_model_preprocessing_bit_for_bit(shape, size, encoding):
+    img = np.random.default_rng(shape[1]).integers(0, 256, shape, dtype=np.uint8)
+    ours = cpu_area_input(img, encoding, size, 'area')  # (h, w, 3) float32 RGB
+    rgb = torch.from_numpy(img).permute(2, 0, 1)[None].float()  # (1, C, H, W)
+    ref = Resize('area').apply(rgb, size[::-1])[0].permute(1, 2, 0).numpy()
+    ref = ref[..., list(image_codec.ENCODINGS[encoding][1])]
+    assert ours.shape == size + (3,) and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, ref)
+    assert cpu_area_input(img, encoding, size, 'bilinear') is None  # another resize
+    assert cpu_area_input(img, encoding, (size[0] + 8, size[1]), 'area') is None  # not whole
 
 
 @pytest.mark.parametrize('mode', ['bilinear', 'bilinear_x2'])
