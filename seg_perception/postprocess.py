@@ -264,9 +264,11 @@ class CudaPainter:
         enc = overlay_encoding(encoding)
         base = image
         if tuple(base.shape[:2]) != hw:
-            shrink = hw[0] * hw[1] < base.shape[0] * base.shape[1]
-            base = F.interpolate(base.permute(2, 0, 1)[None].float(), size=hw,
-                                 mode='bilinear', align_corners=False, antialias=shrink)
+            # As the CPU path's OpenCV: area averaging to shrink, bilinear to enlarge.
+            shrink = hw[0] <= base.shape[0] and hw[1] <= base.shape[1]
+            x = base.permute(2, 0, 1)[None].float()  # (1, C, H, W)
+            base = (F.interpolate(x, size=hw, mode='area') if shrink else
+                    F.interpolate(x, size=hw, mode='bilinear', align_corners=False))
             base = base[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8)
         if encoding == 'mono8':
             base = base.expand(-1, -1, 3)  # (h, w, 3)

@@ -140,6 +140,12 @@ def test_cuda_outputs_equal_the_cpu_ones(encoding, mode):
         np.testing.assert_array_equal(gpu.overlay[..., 3], frame.image[..., 3])
     assert gpu.confidence.dtype == np.float32
     np.testing.assert_allclose(gpu.confidence, cpu.confidence, atol=1e-4)
+    # Smaller colour and overlay: the frame is area-averaged on both devices.
+    (cpu,) = colour_pipeline(label_upsampling=mode)([frame], alpha=0.3, output_scale=0.5)
+    (gpu,) = colour_pipeline(device='cuda', label_upsampling=mode)([frame], alpha=0.3,
+                                                                   output_scale=0.5)
+    np.testing.assert_array_equal(gpu.color, cpu.color)
+    assert np.abs(gpu.overlay.astype(np.int16) - cpu.overlay.astype(np.int16)).max() <= 1
 
 
 @pytest.mark.skipif(not CUDA, reason='needs CUDA')
