@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seg_perception.engines import build_engine, PRECISIONS
 from seg_perception.image_codec import ENCODINGS, channels, overlay_encoding
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
@@ -23,7 +24,6 @@ from seg_training.model import check_input_size
 
 _logger = logging.getLogger(__name__)
 
-PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 # 'format' field of the class-table JSON that the node publishes and seg-bag records.
 CLASS_TABLE_FORMAT = 'seg_perception.class_table'
 
@@ -78,7 +78,7 @@ class SegmentationPipeline:
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str = 'auto',
                  precision: str = 'fp32', input_size: Optional[Tuple[int, int]] = None,
-                 warmup: bool = True) -> None:
+                 warmup: bool = True, accelerate: str = 'auto') -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision {precision!r} not in {sorted(PRECISIONS)}')
         if info.encoder_only:
@@ -93,10 +93,9 @@ class SegmentationPipeline:
         self.input_size = (int(w), int(h))
         if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
-        self.model = model.to(self.device, dtype=self.dtype).eval()
-        self._channels_last = self.device.type == 'cuda'
-        if self._channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # How the network runs (seg_perception/engines.py); it owns the model's device and dtype.
+        self.engine = build_engine(model, info, self.device, precision, accelerate)
+        self.model = self.engine.model
         norm = info.normalization
         self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
@@ -117,18 +116,15 @@ class SegmentationPipeline:
         w, h = self.input_size
         t0 = time.perf_counter()
         with torch.inference_mode():
-            x = torch.zeros(1, 3, h, w, device=self.device, dtype=self.dtype)
+            x = torch.zeros(1, 3, h, w, device=self.device)
             for _ in range(iterations):
-                self.model(self._layout(x))
+                self.engine(x)  # the first call compiles / captures / exports for this size
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-        _logger.info('warm-up on %s (%s, %dx%d): %.0f ms', self.device, self.precision, w, h,
-                     dt * 1e3)
+        _logger.info('warm-up on %s (%s, %dx%d): %.0f ms', self.device,
+                     self.engine.describe(), w, h, dt * 1e3)
         return dt
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
 
     def _to_rgb(self, frame: Frame) -> torch.Tensor:
         """(1, 3, H, W) float32 RGB in 0..255 on the device."""
@@ -160,7 +156,7 @@ class SegmentationPipeline:
 
     def _forward(self, rgbs: Sequence[torch.Tensor]) -> torch.Tensor:
         x = torch.cat([self._network_input(r) for r in rgbs])  # (B, 3, h, w)
-        return self.model(self._layout(x.to(self.dtype))).float()  # (B, K, h, w)
+        return self.engine(x)  # (B, K, h, w) float32
 
     @torch.inference_mode()
     def __call__(self, frames: Sequence[Frame], outputs: Outputs = Outputs(),
