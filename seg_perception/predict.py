@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import network_size_arg, resolve_device
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='model file: seg_perception .pt or official erfnet_pretrained.pth')
     parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     parser.add_argument('--precision', default='fp32', choices=sorted(PRECISIONS))
+    parser.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
+                        help='how the network runs (default auto: the fastest for the device; '
+                        'see the README, Engines)')
     parser.add_argument('--input-size', type=network_size_arg, metavar='WxH',
                         help="network input size (default: the model's own)")
     parser.add_argument('--output-dir', type=Path, default=DEFAULT_OUTPUT_DIR,
@@ -157,13 +161,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, info = load_model(args.model)
         pipeline = SegmentationPipeline(model, info, device=str(device),
                                         precision=args.precision, input_size=args.input_size,
-                                        warmup=device.type == 'cuda')
+                                        warmup=device.type == 'cuda',
+                                        accelerate=args.accelerate)
     except (ModelFileError, RuntimeError, ValueError) as e:
         _logger.error('%s', e)
         return 2
     _logger.info('%s', describe(info, args.model))
     _logger.info('running at %dx%d on %s (%s); %d images -> %s', *pipeline.input_size, device,
-                 args.precision, len(images), args.output_dir)
+                 pipeline.engine.describe(), len(images), args.output_dir)
     done = 0
     with logging_redirect_tqdm():
         for path, prefix in tqdm(images, desc='seg-predict', unit='image'):

@@ -108,3 +108,10 @@ def test_missing_default_model_says_where_it_looked_and_how_to_get_one(monkeypat
     message = str(info.value)
     assert str(ROOT / 'models' / 'no_such_model.pt') in message
     assert '-p model:=' in message and 'seg-train' in message
+
+
+def test_accelerate_choices_are_the_engines():
+    from seg_perception.engines import ACCELERATIONS
+
+    assert params.ACCELERATIONS == ACCELERATIONS
+    assert params.descriptor('accelerate').read_only
