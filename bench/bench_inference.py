@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame, Outputs, PRECISIONS, SegmentationPipeline
 from seg_training.checkpoint import build_model, ModelInfo, save_model
 from seg_training.classes import cityscapes_table
@@ -132,22 +133,29 @@ def bench_forward(device: torch.device, warmup: int, iterations: int) -> List[Di
     return results
 
 
-def bench_pipeline(device: torch.device, warmup: int, iterations: int) -> List[Dict]:
+def bench_pipeline(device: torch.device, warmup: int, iterations: int,
+                   accelerate: str = 'auto') -> List[Dict]:
     """Time the pipeline on camera-size rgb8 frames, with all outputs and labels only."""
     frame = Frame(camera_image(*CAMERA_SIZE), 'rgb8')
     results = []
     for precision in precisions_for(device):
         torch.manual_seed(0)
         pipe = SegmentationPipeline(build_model(model_info()), model_info(), device=str(device),
-                                    precision=precision, warmup=True)
+                                    precision=precision, warmup=True, accelerate=accelerate)
         for name, outputs in (('labels+color+overlay', Outputs()),
                               ('labels', Outputs(color=False, overlay=False))):
             stats = time_calls(lambda: pipe([frame], outputs), device, warmup, iterations,
                                f'pipeline {name} {precision}')
             results.append({'frame': '{}x{} rgb8'.format(*CAMERA_SIZE),
                             'network_input': '{}x{}'.format(*pipe.input_size),
-                            'precision': precision, 'outputs': name, **stats})
+                            'precision': precision, 'outputs': name,
+                            'engine': pipe.engine.describe(), **stats})
     return results
+
+
+def camera_prefixes(cameras: int) -> List[str]:
+    """Return the topic prefix of each camera: '' for one, 'cam0/', 'cam1/', ... for more."""
+    return [''] if cameras <= 1 else [f'cam{i}/' for i in range(cameras)]
 
 
 def ros_environment() -> Dict[str, str]:
@@ -171,12 +179,13 @@ def run_camera(args: argparse.Namespace) -> int:
     rclpy.init()
     node = rclpy.create_node('bench_camera')
     try:
-        pub = node.create_publisher(Image, 'image',
-                                    QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        pubs = [node.create_publisher(Image, f'{prefix}image', qos)
+                for prefix in camera_prefixes(args.cameras)]
         msg = image_msg(Header(frame_id='bench_camera'), camera_image(args.width, args.height),
                         'rgb8')
         deadline = time.monotonic() + 60.0
-        while pub.get_subscription_count() == 0:
+        while any(pub.get_subscription_count() == 0 for pub in pubs):
             if time.monotonic() > deadline:
                 node.get_logger().error('no subscriber on image within 60 s')
                 return 3
@@ -185,8 +194,9 @@ def run_camera(args: argparse.Namespace) -> int:
         start = next_time = time.monotonic()
         while time.monotonic() - start < args.duration:
             msg.header.stamp = node.get_clock().now().to_msg()
-            pub.publish(msg)
-            sent += 1
+            for pub in pubs:  # all cameras at once, as with synchronised cameras
+                pub.publish(msg)
+                sent += 1
             next_time += period
             delay = next_time - time.monotonic()
             if delay > 0:
@@ -213,7 +223,8 @@ def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> Optional[int]:
 
 
 def bench_node(device: torch.device, precision: str, rate: float, duration: float,
-               reliability: str, warmup_frames: int, workdir: Path) -> Dict:
+               reliability: str, warmup_frames: int, workdir: Path, cameras: int = 1,
+               accelerate: str = 'auto') -> Dict:
     """Camera process -> segmentation_node process -> this process, on a real DDS graph."""
     env = ros_environment()
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
@@ -232,7 +243,11 @@ def bench_node(device: torch.device, precision: str, rate: float, duration: floa
     else:
         node_cmd = [sys.executable, '-m', 'seg_perception.node']
     node_cmd += ['--ros-args', '-p', f'model:={model_path}', '-p', f'device:={device}',
-                 '-p', f'precision:={precision}', '-p', f'reliability:={reliability}']
+                 '-p', f'precision:={precision}', '-p', f'reliability:={reliability}',
+                 '-p', f'accelerate:={accelerate}']
+    prefixes = camera_prefixes(cameras)
+    if cameras > 1:
+        node_cmd += ['-p', 'cameras:=[%s]' % ', '.join(p.rstrip('/') for p in prefixes)]
     node_log_path = workdir / 'node.log'
     received: Dict[str, List[tuple]] = {name: [] for name in OUTPUTS}
 
@@ -246,15 +261,17 @@ def bench_node(device: torch.device, precision: str, rate: float, duration: floa
             stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             received[name].append((time.time_ns(), stamp_ns))
 
-        probe.create_subscription(Image, f'segmentation/{name}', on_output, qos)
+        for prefix in prefixes:
+            probe.create_subscription(Image, f'{prefix}segmentation/{name}', on_output, qos)
     node_log = open(node_log_path, 'wb')
     node = subprocess.Popen(node_cmd, stdout=node_log, stderr=subprocess.STDOUT,
                             env=dict(env, PYTHONUNBUFFERED='1', RCUTILS_COLORIZED_OUTPUT='0'))
     camera = None
     try:
         deadline = time.monotonic() + NODE_STARTUP_S
-        while not (probe.count_subscribers('image') > 0 and all(
-                probe.count_publishers(f'segmentation/{n}') > 0 for n in OUTPUTS)):
+        while not all(probe.count_subscribers(f'{p}image') > 0 and all(
+                probe.count_publishers(f'{p}segmentation/{n}') > 0 for n in OUTPUTS)
+                for p in prefixes):
             if node.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError('segmentation_node did not come up:\n'
                                    + node_log_path.read_text(errors='replace')[-3000:])
@@ -262,7 +279,7 @@ def bench_node(device: torch.device, precision: str, rate: float, duration: floa
         camera = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), '--camera', '--rate', str(rate),
              '--duration', str(duration), '--width', str(CAMERA_SIZE[0]),
-             '--height', str(CAMERA_SIZE[1])],
+             '--height', str(CAMERA_SIZE[1]), '--cameras', str(cameras)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         end = time.monotonic() + duration + 120.0
         with tqdm(total=round(duration), desc=f'node {precision}', unit='s', leave=False) as bar:
@@ -304,6 +321,7 @@ def bench_node(device: torch.device, precision: str, rate: float, duration: floa
     stats.pop('fps')  # the rate is measured from arrivals, not from the latency
     return {'frame': '{}x{} rgb8'.format(*CAMERA_SIZE),
             'network_input': '{}x{}'.format(*NODE_INPUT_SIZE), 'precision': precision,
+            'accelerate': accelerate, 'cameras': cameras,
             'node_input_reliability': reliability, 'camera_rate_hz': rate,
             'duration_s': duration, 'frames_sent': sent,
             'outputs_received': {n: len(v) for n, v in received.items()},
@@ -399,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=('reliable', 'best_effort'),
                         help="the node's input QoS reliability (default reliable)")
     parser.add_argument('--skip-node', action='store_true', help='leave out the node part')
+    parser.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
+                        help='engine of the pipeline and node parts (default auto)')
+    parser.add_argument('--cameras', type=int, default=1,
+                        help='node part: cameras published at once, segmented in batches by '
+                        'one node (default 1)')
     # The camera process of the node benchmark runs this script with --camera.
     parser.add_argument('--camera', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--width', type=int, default=CAMERA_SIZE[0], help=argparse.SUPPRESS)
@@ -420,12 +443,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               'quick': args.quick, 'iterations': iterations, 'warmup_iterations': warmup,
               'environment': env}
     report['forward'] = bench_forward(device, warmup, iterations)
-    report['pipeline'] = bench_pipeline(device, warmup, iterations)
+    report['pipeline'] = bench_pipeline(device, warmup, iterations, args.accelerate)
     if not args.skip_node:
         with tempfile.TemporaryDirectory(prefix='seg_bench_') as tmp:
             report['node'] = [bench_node(device, p, args.rate, duration, args.node_reliability,
                                          warmup_frames=1 if args.quick else 2,
-                                         workdir=Path(tmp))
+                                         workdir=Path(tmp), cameras=args.cameras,
+                                         accelerate=args.accelerate)
                               for p in (['fp32', 'fp16'] if cuda else ['fp32'])]
     # Other work on the machine slows everything down: say how busy it was.
     env['load_average_1m_at_end'] = round(os.getloadavg()[0], 2)
