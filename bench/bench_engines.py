@@ -79,8 +79,11 @@ def cpu_model() -> str:
 
 def environment(device: torch.device) -> Dict:
     """Describe where the numbers were taken."""
-    import onnxruntime
-
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:  # not needed on CUDA
+        ort_version = None
     info = {'device': str(device),
             'device_name': (torch.cuda.get_device_name(device) if device.type == 'cuda'
                             else cpu_model()),
@@ -89,7 +92,7 @@ def environment(device: torch.device) -> Dict:
             'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
             'load_average_1m_at_start': round(os.getloadavg()[0], 2),
             'python': platform.python_version(), 'torch': torch.__version__,
-            'onnxruntime': onnxruntime.__version__, 'platform': platform.platform()}
+            'onnxruntime': ort_version, 'platform': platform.platform()}
     if device.type == 'cuda':
         info['cuda'] = torch.version.cuda
         info['cudnn'] = torch.backends.cudnn.version()
