@@ -14,18 +14,26 @@ export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-ros.txt setup.py
+	@echo "setup [1/5] virtual environment $(VENV) with $(PYTHON)"
 	@if [ -n "$$ROS_DISTRO" ]; then \
 	  echo "ROS $$ROS_DISTRO is sourced: using its rclpy and messages (no ROS wheels)"; \
 	  $(PYTHON) -m venv --system-site-packages $(VENV); \
 	else \
 	  $(PYTHON) -m venv $(VENV); \
 	fi
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	@if [ -z "$$ROS_DISTRO" ]; then $(PY) -m pip install --quiet -r requirements-ros.txt; fi
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "setup [2/5] $(TORCH_SPEC) (the largest download; minutes on a slow link)"
+	@$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	@if [ -z "$$ROS_DISTRO" ]; then \
+	  echo "setup [3/5] ROS 2 Python wheels: $$(grep -v '^#' requirements-ros.txt | tr '\n' ' ')"; \
+	  $(PY) -m pip install --quiet -r requirements-ros.txt; \
+	else echo "setup [3/5] ROS 2 wheels skipped (ROS $$ROS_DISTRO sourced)"; fi
+	@echo "setup [4/5] project dependencies: $$(grep -v '^#' requirements.txt | tr '\n' ' ')"
+	@$(PY) -m pip install --quiet -r requirements.txt
+	@echo "setup [5/5] seg_perception itself (editable)"
+	@$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
+	@echo "setup done: $(VENV) ($$($(PY) -c 'import torch; print("torch", torch.__version__)'))"
 
 demo: $(STAMP)
 	$(PY) -m seg_perception.demo --output-dir out/demo

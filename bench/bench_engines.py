@@ -44,7 +44,7 @@ from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path
 from seg_training.checkpoint import load_model
 from seg_training.cli import network_size_arg, resolve_device, size_arg
-from seg_training.synth_scene import render_frame
+from seg_training.synth import render_frame
 
 CPU_ENGINES = ('none', 'channels_last', 'compile', 'onnxruntime')
 CUDA_ENGINES = ('none', 'channels_last', 'compile', 'cuda_graphs')

@@ -472,7 +472,7 @@ def run_experiment(s: Settings, work: Path, output: Path, device: str = 'auto',
             'train_roots': [str(p.relative_to(work))
                             for p in (spec.data_root, *spec.extra_roots)],
             'budget': _budget(spec.epochs, images, s.batch_size),
-            'train_time_s': summary['time_s'],
+            'train_time_s': summary['epoch_time_s'],
             'seg_train_best_val_miou': summary['best_val_miou'],
             'seg_train_best_epoch': summary['best_epoch'],
             'seg_train_final_val_miou': summary['final_val']['miou'],
@@ -498,13 +498,13 @@ def run_experiment(s: Settings, work: Path, output: Path, device: str = 'auto',
         'datasets': datasets,
         'source_pretraining': {
             'budget': _budget(s.source_epochs, src_summary['num_train'], s.batch_size),
-            'train_time_s': src_summary['time_s'],
+            'train_time_s': src_summary['epoch_time_s'],
             'best_epoch': src_summary['best_epoch'],
             'source_val_miou_19': src_eval['miou'],
             'source_val_per_class_iou_19': src_eval['per_class_iou'],
             'model': str(source_model.relative_to(work))},
         'runs': runs,
-        'total_train_time_s': round(src_summary['time_s']
+        'total_train_time_s': round(src_summary['epoch_time_s']
                                     + sum(r['train_time_s'] for r in runs.values()), 1),
     }
     output.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
+import re
 import shutil
 import sys
 import tempfile
@@ -31,10 +32,11 @@ from tqdm import tqdm
 
 from seg_perception import ros_types
 from seg_perception.engines import ACCELERATIONS
-from seg_perception.image_codec import ImageFormatError
+from seg_perception.image_codec import ImageFormatError, MAX_INPUT_PIXELS
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.ros_types import BagError, format_time
 from seg_training.cli import network_size_arg
+from seg_training.files import remove_leftovers
 
 _logger = logging.getLogger(__name__)
 
@@ -92,6 +94,27 @@ def output_namespaces(connections: Sequence[Connection]) -> Dict[str, str]:
     return result
 
 
+def check_topics_have_messages(reader: Any, topics: Sequence[str],
+                               frames: Optional[Dict[str, int]] = None) -> None:
+    """
+    Raise BagError naming each of ``topics`` without messages and the topics that have some.
+
+    Counts come from the bag's index (``frames``, if given: the frames actually read).
+    """
+    counts: Dict[str, int] = {}
+    types: Dict[str, str] = {}
+    for c in reader.connections:
+        counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+        types[c.topic] = c.msgtype.rsplit('/', 1)[-1]
+    found = frames if frames is not None else counts
+    empty = [t for t in topics if not found.get(t)]
+    if not empty:
+        return
+    listed = ', '.join(f'{t} ({types[t]}, {n})' for t, n in sorted(counts.items()) if n)
+    raise BagError(f'{reader.path}: no messages on {", ".join(empty)}; topics with messages: '
+                   f'{listed or "none"}')
+
+
 def parse_outputs(text: str) -> Outputs:
     """'labels,color' -> Outputs(labels=True, color=True, ...); labels are always written."""
     names = {n.strip() for n in text.split(',') if n.strip()}
@@ -103,12 +126,18 @@ def parse_outputs(text: str) -> Outputs:
                    confidence='confidence' in names)
 
 
+def incomplete_pattern(path: Path) -> 're.Pattern[str]':
+    """Names of the temporary folders :class:`AtomicBagWriter` makes for ``path``."""
+    return re.compile(re.escape(f'.{path.name}.incomplete-') + r'[a-z0-9_]{8}')
+
+
 class AtomicBagWriter:
     """
     A rosbags Writer on a hidden temporary path, renamed to ``path`` on success only.
 
     On an error (or Ctrl-C) the temporary bag is deleted; a killed process leaves only a folder
-    named ``.<name>.incomplete-*`` without metadata.yaml, which no tool takes for a finished bag.
+    named ``.<name>.incomplete-*`` without metadata.yaml, which no tool takes for a finished bag,
+    and the next successful run on ``path`` removes it.
     """
 
     def __init__(self, path: Path, storage: str, overwrite: bool = False) -> None:
@@ -116,12 +145,14 @@ class AtomicBagWriter:
         self.storage = storage
         self.overwrite = overwrite
         self._tmpdir: Optional[Path] = None
+        self._started = 0.0  # time.time() at __enter__
         self.writer: Optional[Writer] = None
 
     def __enter__(self) -> Writer:
         if self.path.exists() and not self.overwrite:
             raise BagError(f'{self.path}: output exists (use --overwrite to replace it)')
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._started = time.time()
         self._tmpdir = Path(tempfile.mkdtemp(prefix=f'.{self.path.name}.incomplete-',
                                              dir=self.path.parent))
         plugin = StoragePlugin.MCAP if self.storage == 'mcap' else StoragePlugin.SQLITE3
@@ -142,6 +173,8 @@ class AtomicBagWriter:
                 self.writer.abort()
         finally:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if exc_type is None:  # what killed runs on this output left
+            remove_leftovers(self.path.parent, incomplete_pattern(self.path), self._started)
         return False
 
 
@@ -150,7 +183,8 @@ class BagSegmenter:
 
     def __init__(self, pipeline: SegmentationPipeline, outputs: Outputs, batch_size: int = 4,
                  alpha: float = 0.5, confidence_encoding: str = 'mono8',
-                 include_inputs: bool = False, model_name: str = '') -> None:
+                 include_inputs: bool = False, model_name: str = '',
+                 max_input_pixels: int = MAX_INPUT_PIXELS) -> None:
         if batch_size < 1:
             raise ValueError(f'batch size {batch_size} < 1')
         if confidence_encoding not in CONFIDENCE_ENCODINGS:
@@ -162,6 +196,7 @@ class BagSegmenter:
         self.alpha = alpha
         self.confidence_encoding = confidence_encoding
         self.include_inputs = include_inputs
+        self.max_input_pixels = max_input_pixels
         self.class_table = class_table_json(pipeline.info.classes, model_name)
 
     def run(self, input_path: Path, output_path: Path, topics: Sequence[str],
@@ -199,6 +234,7 @@ class BagSegmenter:
                     bar.close()
                 stats.seconds = time.perf_counter() - t0
                 stats.bag_seconds = (last - first) / 1e9 if first is not None else 0.0
+                check_topics_have_messages(reader, topics, stats.frames)  # before the rename
         return stats
 
     def _add_connections(self, writer: Writer, connections: Sequence[Connection],
@@ -222,10 +258,9 @@ class BagSegmenter:
                 typestore=ts, offered_qos_profiles=[LATCHED_QOS])
         return out
 
-    @staticmethod
-    def _decode(conn: Connection, t: int, data: bytes) -> ros_types.BagImage:
+    def _decode(self, conn: Connection, t: int, data: bytes) -> ros_types.BagImage:
         try:
-            return ros_types.decode_image(data, conn.msgtype)
+            return ros_types.decode_image(data, conn.msgtype, self.max_input_pixels)
         except ImageFormatError as e:
             raise BagError(f'{conn.topic} at {format_time(t)}: image cannot be segmented: '
                            f'{e}') from e
@@ -291,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--storage', choices=ros_types.STORAGE_FORMATS, default=None,
                    help="output storage (default: the input's)")
     p.add_argument('--overwrite', action='store_true', help='replace an existing output bag')
+    p.add_argument('--max-input-pixels', type=int, default=MAX_INPUT_PIXELS, metavar='N',
+                   help='refuse frames over N pixels (width x height; compressed ones from '
+                   'their header, before decoding)')
     p.add_argument('--stats-json', type=Path, default=None,
                    help='also write the run statistics to this JSON file')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -311,11 +349,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise BagError(f'{args.output}: output exists (use --overwrite to replace it)')
         with ros_types.open_reader(args.input) as reader:  # fail fast, before loading the model
             ros_types.select_connections(reader, args.topics)
+            check_topics_have_messages(reader, args.topics)
         pipeline = SegmentationPipeline.from_file(
             str(args.model), device=args.device, precision=args.precision,
             input_size=args.input_size, accelerate=args.accelerate)
         segmenter = BagSegmenter(pipeline, args.outputs, args.batch_size, args.alpha,
-                                 args.confidence_encoding, args.include_inputs, str(args.model))
+                                 args.confidence_encoding, args.include_inputs, str(args.model),
+                                 args.max_input_pixels)
         stats = segmenter.run(args.input, args.output, args.topics, args.storage,
                               args.overwrite, progress=not args.no_progress)
     except (BagError, ValueError, RuntimeError, OSError, WriterError) as e:

@@ -14,6 +14,8 @@ from typing import Deque, Dict, Hashable, List, Optional, Tuple
 import numpy as np
 
 OUTPUT_NAMES = ('labels', 'color', 'overlay', 'confidence')
+# Header stamps further than this from the node's clock are from another clock: no latency.
+FAR_STAMP_S = 10.0
 
 
 class WindowStats:
@@ -59,6 +61,7 @@ class CameraStats:
     processed: int = 0
     dropped_overwritten: int = 0
     dropped_malformed: int = 0
+    dropped_failed: int = 0
     skipped_no_subscribers: int = 0
     last_malformed: Optional[float] = None
     window: WindowStats = field(default_factory=WindowStats)
@@ -91,6 +94,11 @@ class NodeStats:
             cam = self.cameras[topic]
             cam.dropped_malformed += 1
             cam.last_malformed = now
+
+    def failed(self, topic: str) -> None:
+        """Count a frame lost to a failure in its own processing (decode, network, publish)."""
+        with self._lock:
+            self.cameras[topic].dropped_failed += 1
 
     def skipped(self, topic: str) -> None:
         """Count a frame not processed because no output had a subscriber."""
@@ -127,6 +135,7 @@ class NodeStats:
                 'frames_processed': str(cam.processed),
                 'dropped_overwritten': str(cam.dropped_overwritten),
                 'dropped_malformed': str(cam.dropped_malformed),
+                'dropped_failed': str(cam.dropped_failed),
                 'skipped_no_subscribers': str(cam.skipped_no_subscribers),
             }
 
@@ -150,6 +159,7 @@ class NodeStats:
                 'frames_processed': str(sum(c.processed for c in cams)),
                 'dropped_overwritten': str(sum(c.dropped_overwritten for c in cams)),
                 'dropped_malformed': str(sum(c.dropped_malformed for c in cams)),
+                'dropped_failed': str(sum(c.dropped_failed for c in cams)),
                 'skipped_no_subscribers': str(sum(c.skipped_no_subscribers for c in cams)),
                 'batches': str(self.batches),
                 'batch_size_max': str(self.batch_size_max),
@@ -181,6 +191,27 @@ class Throttle:
                 self._last = {k: t for k, t in self._last.items() if now - t < self.period_s}
             self._last[key] = now
             return True, self._held.pop(key, 0)
+
+
+def statistics_line(values: Dict[str, str]) -> str:
+    """One camera's statistics log line from its :meth:`NodeStats.camera_values`."""
+    return (f'{values["topic"]}: {values["fps"]} fps, latency p50 {values["latency_p50_ms"]} ms '
+            f'p99 {values["latency_p99_ms"]} ms, received {values["frames_received"]}, '
+            f'processed {values["frames_processed"]}, skipped '
+            f'{values["skipped_no_subscribers"]} (no subscribers), dropped '
+            f'{values["dropped_overwritten"]} overwritten / {values["dropped_malformed"]} '
+            f'malformed / {values["dropped_failed"]} failed')
+
+
+def stamp_age(sec: int, nanosec: int, now_ns: int) -> Optional[float]:
+    """
+    Seconds from a header stamp to ``now_ns``; None for an unset (zero) stamp.
+
+    Any stamp is taken: negative or far-future ones give a large age of either sign.
+    """
+    if sec == 0 and nanosec == 0:
+        return None
+    return (now_ns - (int(sec) * 1_000_000_000 + int(nanosec))) * 1e-9
 
 
 def _percentile(values: List[float], q: float) -> Optional[float]:

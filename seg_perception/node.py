@@ -5,13 +5,15 @@ ROS glue only: parameters, QoS, subscriptions, publishers, a worker thread and d
 work is done by :class:`seg_perception.pipeline.SegmentationPipeline`. Subscription callbacks
 check a frame and keep only the newest one per camera (replaced frames are counted as drops); the
 worker takes the newest frame of every camera, segments them in one forward pass and publishes
-the outputs that have subscribers, each with the input's header.
+the outputs that have subscribers, each with the input's header. A failure in one frame costs
+that frame only: it is logged (throttled per topic and kind of fault) and the others go on.
 """
 
 from dataclasses import dataclass, replace
+import sys
 import threading
 import time
-from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
@@ -23,17 +25,20 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
+from seg_perception import label_info
 from seg_perception import params as node_params
 from seg_perception import ros_image
-from seg_perception.diagnostics import NodeStats, OUTPUT_NAMES, Throttle
-from seg_perception.image_codec import compressed_codec, ImageFormatError
+from seg_perception.diagnostics import (FAR_STAMP_S, NodeStats, OUTPUT_NAMES, stamp_age,
+                                        statistics_line, Throttle)
+from seg_perception.image_codec import (check_compressed, check_pixels, decode_compressed,
+                                        ImageFormatError)
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path, ResourceNotFoundError
 from seg_training.checkpoint import load_model, ModelFileError
+from seg_training.provenance import log_model
 
 NODE_NAME = 'segmentation_node'
 # Outputs are reliable so both RViz (reliable) and best-effort subscribers match.
@@ -45,6 +50,7 @@ LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 WARN_PERIOD_S = 5.0
+MAX_LOGGED_CHARS = 400  # a fault's text in the log is cut to this
 
 
 class NodeConfigError(RuntimeError):
@@ -104,6 +110,7 @@ class _Camera:
     publishers: Dict[str, Publisher]
     class_table: Publisher
     subscription: Any = None
+    label_info: Optional[Publisher] = None  # vision_msgs/LabelInfo where vision_msgs exists
 
 
 @dataclass
@@ -139,10 +146,13 @@ class SegmentationNode(Node):
                                   f'({", ".join(topics)})')
         self.model_path = self._model_path()
         self.pipeline = self._load_pipeline()
+        log_model(self.pipeline.info.provenance, self.model_path, self.get_logger())
         self._cameras = [self._make_camera(name) for name in names]
         self.stats = NodeStats(topics, time.monotonic())
         self._throttle = Throttle(WARN_PERIOD_S)
+        self._far_stamp_warned: Set[str] = set()  # topics warned about stamps of another clock
         self._frames = LatestFrames()
+        self.add_pre_set_parameters_callback(self._coerce_parameters)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -154,6 +164,10 @@ class SegmentationNode(Node):
         table = String(data=class_table_json(self.pipeline.info.classes, self.model_path))
         for cam in self._cameras:
             cam.class_table.publish(table)
+            if cam.label_info is not None:
+                header = Header(stamp=self.get_clock().now().to_msg())
+                cam.label_info.publish(label_info.label_info_msg(self.pipeline.info.classes,
+                                                                 header))
         self._worker = threading.Thread(target=self._work, name='segmentation_worker')
         self._worker.start()
         self.get_logger().info(
@@ -209,6 +223,9 @@ class SegmentationNode(Node):
             cam = _Camera(name, topic, 'sensor_msgs/Image', publishers, table)
             cam.subscription = self.create_subscription(
                 Image, topic, lambda msg: self._on_image(cam, msg), qos)
+        if label_info.available():
+            cam.label_info = self.create_publisher(label_info.LabelInfo, out + 'label_info',
+                                                   LATCHED_QOS)
         return cam
 
     # --- callbacks (never block) --------------------------------------------------------------
@@ -217,6 +234,7 @@ class SegmentationNode(Node):
         self.stats.received(cam.topic)
         try:
             frame = ros_image.frame_from_image(msg)  # checks every field; a view, no copy
+            check_pixels(msg.width, msg.height, self.params.max_input_pixels)
         except ImageFormatError as e:
             self._malformed(cam, e)
             return
@@ -225,7 +243,8 @@ class SegmentationNode(Node):
     def _on_compressed(self, cam: _Camera, msg: CompressedImage) -> None:
         self.stats.received(cam.topic)
         try:
-            compressed_codec(msg.format, msg.data)  # decoding waits for the worker
+            # Signature and size from the header only; decoding waits for the worker.
+            check_compressed(msg.format, msg.data, self.params.max_input_pixels)
         except ImageFormatError as e:
             self._malformed(cam, e)
             return
@@ -235,15 +254,32 @@ class SegmentationNode(Node):
         if self._frames.put(cam.topic, pending):
             self.stats.overwritten(cam.topic)
 
-    def _malformed(self, cam: _Camera, error: Exception) -> None:
+    def _malformed(self, cam: _Camera, error: ImageFormatError) -> None:
         now = time.monotonic()
         self.stats.malformed(cam.topic, now)
-        # A camera repeating the same fault warns once per period; a new fault warns at once.
-        allowed, held = self._throttle.allow((cam.topic, str(error)), now)
+        # A camera repeating a kind of fault (whatever its values) warns once per period; a new
+        # kind warns at once.
+        allowed, held = self._throttle.allow((cam.topic, 'malformed', error.kind), now)
         if allowed:
             more = f' ({held} more like it since the last warning)' if held else ''
             self.get_logger().warning(
-                f'{cam.topic}: dropped malformed {cam.msg_type}: {error}{more}')
+                f'{cam.topic}: dropped malformed {cam.msg_type}: {_cut(str(error))}{more}')
+
+    def _failed(self, cam: _Camera, header: Header, stage: str, error: Exception) -> None:
+        self.stats.failed(cam.topic)
+        allowed, held = self._throttle.allow((cam.topic, stage, type(error).__name__),
+                                             time.monotonic())
+        if allowed:
+            stamp = f'{header.stamp.sec}.{header.stamp.nanosec:09d}'
+            more = f' ({held} more like it since the last error)' if held else ''
+            self.get_logger().error(f'{cam.topic}: frame stamped {stamp} lost, {stage} failed: '
+                                    f'{type(error).__name__}: {_cut(str(error))}{more}')
+
+    def _coerce_parameters(self, parameters: List[Parameter]) -> List[Parameter]:
+        # `ros2 param set ... overlay_alpha 1` sends an integer: store the double it means.
+        return [Parameter(p.name, Parameter.Type.DOUBLE, node_params.coerce(p.name, p.value))
+                if p.type_ == Parameter.Type.INTEGER and p.name in node_params.runtime_parameters()
+                and node_params.is_float(p.name) else p for p in parameters]
 
     def _check_parameters(self, parameters: List[Parameter]) -> SetParametersResult:
         for p in parameters:
@@ -285,24 +321,63 @@ class SegmentationNode(Node):
     def _process(self, pendings: Sequence[_Pending], cameras: Sequence[_Camera]) -> None:
         jobs = []
         for cam, pending in zip(cameras, pendings):
-            frame = pending.frame
-            if frame is None:
-                try:
-                    frame = ros_image.frame_from_compressed(pending.compressed)
-                except ImageFormatError as e:
-                    self._malformed(cam, e)
-                    continue
-            subscribers = {name: pub.get_subscription_count()
-                           for name, pub in cam.publishers.items()}
-            wanted = Outputs(**{name: subscribers[name] > 0 for name in OUTPUT_NAMES})
-            if not wanted.any():
-                self.stats.skipped(cam.topic)
-                continue
-            jobs.append(_Job(cam, pending.header, frame, wanted))
+            job = self._per_frame(cam, pending.header, 'decoding', self._prepare, cam, pending)
+            if job is not None:
+                jobs.append(job)
         if not jobs:
             return
+        for job, result in zip(jobs, self._segment(jobs)):
+            if result is not None:
+                self._per_frame(job.camera, job.header, 'publishing', self._publish, job, result)
+
+    def _per_frame(self, cam: _Camera, header: Header, stage: str, step: Any,
+                   *args: Any) -> Any:
+        """Run one frame's ``step``; a failure costs that frame only (logged, counted): None."""
+        try:
+            return step(*args)
+        except Exception as e:
+            if self._frames.closed or not self.context.ok():
+                raise  # shutting down: the worker ends
+            if isinstance(e, ImageFormatError) and stage != 'publishing':
+                self._malformed(cam, e)  # the input's fault
+            else:
+                self._failed(cam, header, stage, e)
+        return None
+
+    def _prepare(self, cam: _Camera, pending: _Pending) -> Optional[_Job]:
+        """Decode a compressed frame and find the outputs wanted; None when none is."""
+        frame = pending.frame
+        if frame is None:
+            msg = pending.compressed
+            image, encoding = decode_compressed(msg.format, msg.data,
+                                                self.params.max_input_pixels)
+            frame = Frame(image, encoding)
+        subscribers = {name: pub.get_subscription_count()
+                       for name, pub in cam.publishers.items()}
+        wanted = Outputs(**{name: subscribers[name] > 0 for name in OUTPUT_NAMES})
+        if not wanted.any():
+            self.stats.skipped(cam.topic)
+            return None
+        return _Job(cam, pending.header, frame, wanted)
+
+    def _segment(self, jobs: Sequence[_Job]) -> List[Any]:
+        """Results of the jobs in one forward pass; if that fails, one by one (None: lost)."""
         union = Outputs(**{name: any(getattr(j.wanted, name) for j in jobs)
                            for name in OUTPUT_NAMES})
+        if len(jobs) > 1:
+            try:
+                return self._forward(jobs, union)
+            except Exception:
+                if self._frames.closed or not self.context.ok():
+                    raise
+                # One frame broke the batch: each alone, so only the frame at fault is lost.
+        return [self._per_frame(j.camera, j.header, 'segmentation', self._forward_one, j)
+                for j in jobs]
+
+    def _forward_one(self, job: _Job) -> Any:
+        return self._forward([job], job.wanted)[0]
+
+    def _forward(self, jobs: Sequence[_Job], union: Outputs) -> List[Any]:
         alpha = self.params.overlay_alpha
         t0 = time.perf_counter()
         results = self.pipeline([j.frame for j in jobs], union, alpha)
@@ -310,8 +385,7 @@ class SegmentationNode(Node):
         computed = {name: sum(getattr(r, name) is not None for r in results)
                     for name in OUTPUT_NAMES}
         self.stats.forward(time.monotonic(), seconds, len(jobs), computed)
-        for job, result in zip(jobs, results):
-            self._publish(job, result)
+        return results
 
     def _publish(self, job: _Job, result: Any) -> None:
         pubs, header = job.camera.publishers, job.header
@@ -326,10 +400,29 @@ class SegmentationNode(Node):
             enc = self.params.confidence_encoding
             pubs['confidence'].publish(ros_image.image_msg(
                 header, ros_image.confidence_image(result.confidence, enc), enc))
-        latency = None
-        if not ros_image.is_zero_stamp(header):
-            latency = (self.get_clock().now() - Time.from_msg(header.stamp)).nanoseconds * 1e-9
-        self.stats.published(job.camera.topic, time.monotonic(), latency)
+        self._count_published(job.camera, header)
+
+    def _count_published(self, cam: _Camera, header: Header) -> None:
+        """Count a published frame with its stamp-to-now latency (any stamp is taken)."""
+        age = stamp_age(header.stamp.sec, header.stamp.nanosec,
+                        self.get_clock().now().nanoseconds)
+        if age is not None and abs(age) > FAR_STAMP_S:
+            self._warn_far_stamp(cam, age)
+            age = None  # another clock: no latency to measure
+        self.stats.published(cam.topic, time.monotonic(), age)
+
+    def _warn_far_stamp(self, cam: _Camera, age: float) -> None:
+        if cam.topic in self._far_stamp_warned:
+            return
+        self._far_stamp_warned.add(cam.topic)
+        sim = self.get_parameter('use_sim_time').value
+        where = 'behind' if age > 0 else 'ahead of'
+        self.get_logger().warning(
+            f'{cam.topic}: header stamps are {abs(age):.1f} s {where} this node\'s clock '
+            f'(use_sim_time is {str(sim).lower()}); latency is not measured for frames more '
+            f'than {FAR_STAMP_S:g} s off. Playing a recording? Run the node with '
+            'use_sim_time:=true and publish /clock (ros2 bag play --clock). A live camera: '
+            'synchronise its clock with this machine\'s. (Warned once per topic.)')
 
     # --- diagnostics --------------------------------------------------------------------------
 
@@ -358,13 +451,8 @@ class SegmentationNode(Node):
 
     def _log_statistics(self) -> None:
         now = time.monotonic()
-        parts = []
-        for cam in self._cameras:
-            v = self.stats.camera_values(cam.topic, now)
-            parts.append(f'{cam.topic}: {v["fps"]} fps, latency p50 {v["latency_p50_ms"]} ms '
-                         f'p99 {v["latency_p99_ms"]} ms, dropped {v["dropped_overwritten"]} '
-                         f'overwritten / {v["dropped_malformed"]} malformed')
-        self.get_logger().info('; '.join(parts))
+        self.get_logger().info('; '.join(
+            statistics_line(self.stats.camera_values(cam.topic, now)) for cam in self._cameras))
 
     # --- shutdown -----------------------------------------------------------------------------
 
@@ -382,8 +470,17 @@ def _status(name: str, hardware_id: str, level: bytes, message: str,
                             values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
 
+def _cut(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
+
+
 def main(args: Optional[List[str]] = None) -> int:
     """Run the node until shutdown; return 1 when it cannot start (error logged)."""
+    argv = sys.argv if args is None else args
+    own = argv[1:argv.index('--ros-args')] if '--ros-args' in argv else argv[1:]
+    if '-h' in own or '--help' in own:
+        print(node_params.usage(NODE_NAME))  # usage on stdout; ROS is not started
+        return 0
     rclpy.init(args=args)
     node = None
     try:

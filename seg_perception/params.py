@@ -2,8 +2,9 @@
 The node's parameters: declared once from one dataclass, read into a frozen value.
 
 Each field of :class:`NodeParams` is a ROS parameter; its metadata gives the descriptor (text,
-range, allowed values, read-only). ``config/segment.yaml`` repeats the defaults for users and
-launch files, and a test keeps the two in step.
+range, allowed values, read-only) and the ``--help`` text. ``config/segment.yaml`` repeats the
+defaults for users and launch files, and a test keeps the two in step. Floating-point parameters
+also take integers (``-p log_period:=0``, ``ros2 param set ... overlay_alpha 1``).
 """
 
 from dataclasses import dataclass, field, fields
@@ -15,11 +16,14 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from seg_perception.image_codec import MAX_INPUT_PIXELS
+
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 CAMERA_PATTERN = re.compile(r'^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$')
 MAX_INPUT_SIDE = 4096
 # Engine settings of seg_perception.engines.ACCELERATIONS (repeated so this module needs no torch).
 ACCELERATIONS = ('auto', 'none', 'channels_last', 'compile', 'cuda_graphs', 'onnxruntime')
+_ROS_TYPES = {str: 'string', int: 'integer', float: 'double', tuple: 'string array'}
 
 
 def _param(default: Any, description: str, read_only: bool = True,
@@ -64,6 +68,9 @@ class NodeParams:
                                        float_range=(0.1, 60.0))
     log_period: float = _param(10.0, 'seconds between statistics log lines; 0 = none',
                                float_range=(0.0, 3600.0))
+    max_input_pixels: int = _param(MAX_INPUT_PIXELS, 'largest input frame (width x height) '
+                                   'taken; larger ones are dropped as malformed, compressed ones '
+                                   'before decoding', int_range=(1, 1 << 30, 1))
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -83,7 +90,7 @@ class NodeParams:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f'unknown parameters {unknown} (known: {sorted(names)})')
-        kwargs = {k: v for k, v in values.items() if v is not None}
+        kwargs = {k: coerce(k, v) for k, v in values.items() if v is not None}
         if 'cameras' in kwargs:
             kwargs['cameras'] = tuple(kwargs['cameras'])
         return cls(**kwargs)
@@ -113,6 +120,18 @@ def check_value(name: str, value: Any) -> None:
                 raise ValueError(f'parameter cameras: {cam!r} is not a valid ROS namespace')
 
 
+def is_float(name: str) -> bool:
+    """Tell whether a parameter is floating point (it then takes integers too)."""
+    return isinstance(_field(name).default, float)
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Return an integer given for a floating-point parameter as a float; others unchanged."""
+    if is_float(name) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def defaults() -> Dict[str, Any]:
     """Return the declared default of every parameter (tuples as lists, as YAML writes them)."""
     return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
@@ -126,7 +145,8 @@ def descriptor(name: str) -> ParameterDescriptor:
     if meta['choices']:
         constraints = 'one of ' + ', '.join(meta['choices'])
     d = ParameterDescriptor(name=name, description=meta['description'],
-                            read_only=meta['read_only'], additional_constraints=constraints)
+                            read_only=meta['read_only'], additional_constraints=constraints,
+                            dynamic_typing=is_float(name))  # rcl types `:=0` as an integer
     if meta['int_range']:
         lo, hi, step = meta['int_range']
         d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=step)]
@@ -155,8 +175,41 @@ def declare(node: Node) -> NodeParams:
             default = Parameter.Type.STRING_ARRAY
         elif isinstance(default, tuple):
             default = list(default)
-        values[f.name] = node.declare_parameter(f.name, default, descriptor(f.name)).value
+        value = node.declare_parameter(f.name, default, descriptor(f.name)).value
+        if not f.metadata['read_only'] and coerce(f.name, value) is not value:
+            # `-p overlay_alpha:=1` gave an integer: hold the double it means from the start.
+            node.set_parameters([Parameter(f.name, Parameter.Type.DOUBLE, coerce(f.name, value))])
+        values[f.name] = value
     return NodeParams.from_values(values)
+
+
+def usage(program: str) -> str:
+    """Return the ``--help`` text: how to pass parameters, each one's type, default, meaning."""
+    lines = [f'usage: {program} [-h] [--ros-args [-p NAME:=VALUE]... [--params-file FILE] '
+             '[-r __ns:=/NAMESPACE]]', '',
+             'Segments camera images (sensor_msgs/Image or CompressedImage) with ERFNet and '
+             'publishes', 'segmentation/labels, color, overlay and confidence with the input '
+             'header.', '', 'parameters (-p NAME:=VALUE; defaults in config/segment.yaml):']
+    for f in fields(NodeParams):
+        meta = f.metadata
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        kind = _ROS_TYPES[type(f.default)]
+        limits = []
+        if meta['int_range']:
+            lo, hi, step = meta['int_range']
+            limits.append(f'{lo}..{hi}' + (f' step {step}' if step > 1 else ''))
+        if meta['float_range']:
+            limits.append('%g..%g' % meta['float_range'])
+        if meta['choices']:
+            limits.append(' | '.join(meta['choices']))
+        if meta['constraints']:
+            limits.append(meta['constraints'])
+        if not meta['read_only']:
+            limits.append('changeable at run time')
+        extra = f' [{"; ".join(limits)}]' if limits else ''
+        lines.append(f'  {f.name} ({kind}, default {default!r}){extra}')
+        lines.append(f'      {meta["description"]}')
+    return '\n'.join(lines)
 
 
 def _field(name: str) -> Any:

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seg_perception import color_convert
 from seg_perception.engines import build_engine, PRECISIONS
-from seg_perception.image_codec import ENCODINGS, channels, overlay_encoding
+from seg_perception.image_codec import channels, CONVERTED, ENCODINGS, overlay_encoding
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
 from seg_training.cli import resolve_device
@@ -96,10 +97,9 @@ class SegmentationPipeline:
         # How the network runs (seg_perception/engines.py); it owns the model's device and dtype.
         self.engine = build_engine(model, info, self.device, precision, accelerate)
         self.model = self.engine.model
-        norm = info.normalization
-        self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._inv_std = 1.0 / (torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
-                               * 255.0)
+        # The one network-input step (seg_training.preprocess), as stored in the model file.
+        self.preprocess = info.preprocessing(self.input_size)
+        self._norm = self.preprocess.constants(self.device)
         self._palette = torch.from_numpy(info.classes.palette()).to(self.device)  # (256, 3)
         self._orders = {enc: torch.tensor(order, device=self.device)
                         for enc, (_, order, _) in ENCODINGS.items()}
@@ -134,6 +134,8 @@ class SegmentationPipeline:
                 img.ndim == 3 and img.shape[2] != c) or (img.ndim == 2 and c != 1):
             raise ValueError(f'frame of shape {img.shape} dtype {img.dtype} does not match '
                              f'encoding {frame.encoding}')
+        if frame.encoding in CONVERTED:  # yuv422 / Bayer: converted on the device
+            return color_convert.to_rgb_tensor(img, frame.encoding, self.device)
         src = np.ascontiguousarray(img)
         if not src.flags.writeable:  # e.g. a view on a bag's bytes; torch wants writable memory
             src = src.copy()
@@ -143,11 +145,7 @@ class SegmentationPipeline:
         return t.permute(2, 0, 1).unsqueeze(0).float()  # (1, 3, H, W)
 
     def _network_input(self, rgb: torch.Tensor) -> torch.Tensor:
-        w, h = self.input_size
-        if rgb.shape[-2:] != (h, w):
-            rgb = F.interpolate(rgb, size=(h, w), mode='bilinear', align_corners=False,
-                                antialias=rgb.shape[-1] > w or rgb.shape[-2] > h)
-        return (rgb - self._mean) * self._inv_std  # (1, 3, h, w)
+        return self.preprocess(rgb, self._norm)  # (1, 3, h, w)
 
     @torch.inference_mode()
     def logits(self, frames: Sequence[Frame]) -> torch.Tensor:

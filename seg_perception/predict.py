@@ -29,6 +29,7 @@ from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import network_size_arg, resolve_device
+from seg_training.provenance import log_model
 
 _logger = logging.getLogger(__name__)
 
@@ -114,11 +115,12 @@ def write_outputs(result: Result, prefix: Path) -> None:
 
 
 def describe(info: ModelInfo, path: str) -> str:
-    """Summarise a model for the log: format, classes, input size and normalisation."""
+    """Summarise a model for the log: format, classes, input size, resize, normalisation."""
     w, h = info.input_size
     norm = info.normalization
     return (f'model {path} ({info.source_format}): {info.num_classes} classes '
             f'[{", ".join(info.classes.names)}], network input {w}x{h}, '
+            f'resize {info.resize.describe()}, '
             f'normalisation mean {list(norm.mean)} std {list(norm.std)}')
 
 
@@ -167,6 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _logger.error('%s', e)
         return 2
     _logger.info('%s', describe(info, args.model))
+    log_model(info.provenance, args.model, _logger)
     _logger.info('running at %dx%d on %s (%s); %d images -> %s', *pipeline.input_size, device,
                  pipeline.engine.describe(), len(images), args.output_dir)
     done = 0

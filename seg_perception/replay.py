@@ -27,7 +27,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from tqdm import tqdm
 
-from seg_perception import ros_types
+from seg_perception import image_codec, ros_types
+from seg_perception.image_codec import CONVERTED
 from seg_perception.ros_types import BagError
 
 _logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ _logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 BAG_SUFFIXES = ('.mcap', '.db3')
 FORMATS = ('raw', 'jpeg', 'png')
+# Raw encodings of folder and video frames: as the file holds them, or a camera driver's.
+FRAME_ENCODINGS = ('auto', *CONVERTED)
 
 
 @dataclass(frozen=True)
@@ -80,16 +83,25 @@ class FrameSource:
     Stamps start at the wall-clock time of the first ``messages()`` call and keep counting across
     loops, so time never runs backwards. ``fmt`` 'jpeg'/'png' publishes sensor_msgs/CompressedImage
     on ``<topic>/compressed`` as image_transport does; image files already in that format go out
-    as they are, without re-encoding.
+    as they are, without re-encoding. ``encoding`` other than 'auto' publishes raw frames as a
+    camera driver would: yuv422 (UYVY), yuv422_yuy2 or bayer_*8. A png or jpeg file over
+    ``max_pixels`` (width x height, read from its header) is refused before it is decoded or sent.
     """
 
     def __init__(self, path: Path, topic: str, fps: Optional[float], frame_id: str,
-                 start_offset: float = 0.0, fmt: str = 'raw') -> None:
+                 start_offset: float = 0.0, fmt: str = 'raw', encoding: str = 'auto',
+                 max_pixels: int = image_codec.MAX_INPUT_PIXELS) -> None:
         if fmt not in FORMATS:
             raise ValueError(f'format {fmt!r} not in {FORMATS}')
+        if encoding not in FRAME_ENCODINGS:
+            raise ValueError(f'encoding {encoding!r} not in {FRAME_ENCODINGS}')
+        if encoding != 'auto' and fmt != 'raw':
+            raise ValueError(f'--encoding {encoding} needs --format raw, not {fmt}')
         self.path = Path(path)
         self.fmt = fmt
+        self.encoding = encoding
         self.frame_id = frame_id
+        self.max_pixels = max_pixels
         self.topic = topic if fmt == 'raw' else topic.rstrip('/') + '/compressed'
         self.msgtype = ros_types.IMAGE if fmt == 'raw' else ros_types.COMPRESSED_IMAGE
         self.topics = {self.topic: self.msgtype}
@@ -120,6 +132,7 @@ class FrameSource:
         if self.files is not None:
             for path in self.files[self.skip:]:
                 data = path.read_bytes()
+                self._check_size(path, data)
                 ext = path.suffix.lower()
                 if (self.fmt == 'jpeg' and ext in ('.jpg', '.jpeg')) or (
                         self.fmt == 'png' and ext == '.png'):
@@ -145,6 +158,16 @@ class FrameSource:
         finally:
             cap.release()
 
+    def _check_size(self, path: Path, data: bytes) -> None:
+        codec = image_codec.sniff_format(data)
+        if codec not in ('png', 'jpeg'):
+            return  # OpenCV reads other formats' sizes itself
+        try:
+            width, height = image_codec.compressed_size(codec, data)
+            image_codec.check_pixels(width, height, self.max_pixels, codec)
+        except image_codec.ImageFormatError as e:
+            raise ValueError(f'{path}: {e}') from None
+
     def messages(self) -> Iterator[ReplayMessage]:
         if self._t0 is None:
             self._t0 = time.time_ns()
@@ -166,6 +189,8 @@ class FrameSource:
         encoding = {1: 'mono8', 3: 'bgr8', 4: 'bgra8'}.get(image.shape[2])
         if encoding is None:
             raise ValueError(f'{name}: {image.shape[2]} channels (1, 3 or 4 expected)')
+        if self.encoding != 'auto':
+            image, encoding = self._convert(name, image, encoding), self.encoding
         if self.fmt == 'raw':
             return ros_types.image_cdr(header, image, encoding)
         ok, buf = cv2.imencode('.jpg' if self.fmt == 'jpeg' else '.png', image)
@@ -174,6 +199,18 @@ class FrameSource:
         return ros_types.compressed_cdr(header, f'{encoding}; {self.fmt} compressed {encoding}',
                                         buf.tobytes())
 
+    def _convert(self, name: str, image: np.ndarray, encoding: str) -> np.ndarray:
+        """(H, W, C) bgr8/bgra8/mono8 frame -> (H, W, 2 or 1) frame in ``self.encoding``."""
+        from seg_perception import color_convert  # imports torch: only when asked for
+
+        code = {'mono8': cv2.COLOR_GRAY2RGB, 'bgr8': cv2.COLOR_BGR2RGB,
+                'bgra8': cv2.COLOR_BGRA2RGB}[encoding]
+        rgb = cv2.cvtColor(image, code)  # (H, W, 3)
+        try:
+            return color_convert.from_rgb(rgb, self.encoding)
+        except ValueError as e:
+            raise ValueError(f'{name}: {e}') from e
+
 
 def open_source(args: argparse.Namespace):
     """Open the BagSource or FrameSource that ``args.source`` names."""
@@ -181,11 +218,15 @@ def open_source(args: argparse.Namespace):
     if not path.exists():
         raise ValueError(f'{path}: no such bag, image folder or video file')
     if (path.is_dir() and (path / 'metadata.yaml').exists()) or path.suffix in BAG_SUFFIXES:
+        if args.encoding != 'auto':
+            raise ValueError(f'--encoding is for folders and videos; {path} is a bag, whose '
+                             'frames go out as recorded')
         return BagSource(path, args.topics or (), args.start_offset)
     if len(args.topics or ()) > 1:
         raise ValueError('a folder or video is one camera: give at most one --topic')
     topic = (args.topics or ['/camera/image_raw'])[0]
-    return FrameSource(path, topic, args.fps, args.frame_id, args.start_offset, args.format)
+    return FrameSource(path, topic, args.fps, args.frame_id, args.start_offset, args.format,
+                       args.encoding, args.max_input_pixels)
 
 
 def parse_topic_map(items: Sequence[str]) -> Dict[str, str]:
@@ -325,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--format', choices=FORMATS, default='raw',
                    help='folders and videos: sensor_msgs/Image (raw) or CompressedImage on '
                    '<topic>/compressed (jpeg, png)')
+    p.add_argument('--encoding', choices=FRAME_ENCODINGS, default='auto',
+                   help='folders and videos with --format raw: publish as the files hold them '
+                   '(auto: bgr8, bgra8, mono8) or as a camera driver does (even sizes needed)')
     p.add_argument('--clock-hz', type=float, default=40.0,
                    help='/clock ticks per second between messages (0: only with messages)')
     p.add_argument('--no-clock', action='store_true', help='do not publish /clock')
@@ -333,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--delay', type=float, default=0.0, metavar='SEC',
                    help='sleep SEC s before playing, after --wait-for-subscribers (as ros2 bag '
                    'play --delay): other subscribers match meanwhile')
+    p.add_argument('--max-input-pixels', type=int, default=image_codec.MAX_INPUT_PIXELS,
+                   metavar='N', help='image folders: refuse png/jpeg files over N pixels '
+                   '(width x height, from their header)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--log-level', default='INFO', help='logging level')
     return p

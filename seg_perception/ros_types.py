@@ -145,11 +145,13 @@ def deserialize(data: bytes, msgtype: str) -> Any:
     return typestore().deserialize_cdr(data, msgtype)
 
 
-def decode_image(data: bytes, msgtype: str) -> BagImage:
+def decode_image(data: bytes, msgtype: str,
+                 max_pixels: int = image_codec.MAX_INPUT_PIXELS) -> BagImage:
     """
     Decode an Image or CompressedImage; ImageFormatError names the bad field.
 
-    A buffer too short for its own fields (truncated message) is an ImageFormatError too.
+    A buffer too short for its own fields (truncated message) is an ImageFormatError too, and so
+    is a frame over ``max_pixels`` (a compressed one is refused from its header, undecoded).
     """
     try:
         msg = deserialize(data, msgtype)
@@ -161,9 +163,11 @@ def decode_image(data: bytes, msgtype: str) -> BagImage:
     if msgtype == IMAGE:
         raw = image_codec.RawImage(encoding=msg.encoding, height=msg.height, width=msg.width,
                                    step=msg.step, data=msg.data)
-        return BagImage(msg.header, image_codec.decode(raw), msg.encoding)
+        image = image_codec.decode(raw)
+        image_codec.check_pixels(msg.width, msg.height, max_pixels)
+        return BagImage(msg.header, image, msg.encoding)
     if msgtype == COMPRESSED_IMAGE:
-        image, encoding = image_codec.decode_compressed(msg.format, msg.data)
+        image, encoding = image_codec.decode_compressed(msg.format, msg.data, max_pixels)
         return BagImage(msg.header, image, encoding)
     raise image_codec.ImageFormatError(
         f'{msgtype} is not an image type ({", ".join(IMAGE_TYPES)})')

@@ -13,6 +13,9 @@ A project model file is a plain dict (loadable with ``torch.load(weights_only=Tr
     input_size      [width, height] the network runs at
     train_config    dict (may be empty)
     metrics         dict (may be empty)
+    preprocess      {'resize': 'area'|'bilinear', 'antialias': bool} (seg_training.preprocess;
+                    absent from older files, which get preprocess.legacy_resize)
+    provenance      what the model was trained on (seg_training.provenance; may be absent)
 
 Training checkpoints (``last.pt``) are model files with an extra ``training_state`` entry.
 
@@ -36,6 +39,8 @@ import torch
 from seg_training.classes import ClassTable, cityscapes_table
 from seg_training.files import atomic_path
 from seg_training.model import ERFNet, ERFNetConfig, check_input_size
+from seg_training.preprocess import (DEFAULT_RESIZE, legacy_resize, OFFICIAL_RESIZE,
+                                     Preprocessing, Resize)
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +49,9 @@ FORMAT_VERSION = 1
 OFFICIAL_INPUT_SIZE = (1024, 512)  # (W, H) of the official Cityscapes model
 IMAGENET_ENCODER_PREFIX = 'module.features.encoder.'
 PathLike = Union[str, os.PathLike]
+MAX_INPUT_SIDE = 8192               # network input width or height a model file may ask for
+MAX_INPUT_PIXELS = 32 * 2 ** 20     # and width x height (8192x4096)
+MAX_NAMED_TENSORS = 10              # non-finite tensors named in one error
 
 
 class ModelFileError(ValueError):
@@ -76,10 +84,18 @@ class ModelInfo:
     source_format: str = FORMAT
     train_config: Dict = field(default_factory=dict)
     metrics: Dict = field(default_factory=dict)
+    resize: Resize = DEFAULT_RESIZE
+    provenance: Optional[Dict] = None  # None: not recorded
 
     @property
     def num_classes(self) -> int:
         return self.classes.num_classes
+
+    def preprocessing(self, size: Optional[Tuple[int, int]] = None) -> Preprocessing:
+        """Return the network-input step of this model at ``size`` (W, H) or its own size."""
+        w, h = size if size else self.input_size
+        norm = self.normalization
+        return Preprocessing((int(w), int(h)), tuple(norm.mean), tuple(norm.std), self.resize)
 
 
 def build_model(info: ModelInfo) -> ERFNet:
@@ -105,16 +121,24 @@ def model_file_dict(model: ERFNet, info: ModelInfo, extra: Optional[Dict] = None
         'input_size': list(info.input_size),
         'train_config': dict(info.train_config),
         'metrics': dict(info.metrics),
+        'preprocess': info.resize.to_dict(),
     }
+    if info.provenance is not None:
+        d['provenance'] = dict(info.provenance)
     if extra:
         d.update(extra)
     return d
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` through :func:`seg_training.files.atomic_path`: whole or not at all."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """
+    ``torch.save`` through :func:`seg_training.files.atomic_path`: whole or not at all.
+
+    The bytes go through a Python file, so a full disk is an OSError with its errno (torch's own
+    file writer reports only 'unexpected pos'), which atomic_path turns into a NoSpaceError.
+    """
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        torch.save(obj, f)
 
 
 def save_model(model: ERFNet, info: ModelInfo, path: PathLike, extra: Optional[Dict] = None,
@@ -126,12 +150,48 @@ def save_model(model: ERFNet, info: ModelInfo, path: PathLike, extra: Optional[D
 def read_file(path: PathLike) -> Any:
     """``torch.load(weights_only=True)`` with errors that name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f'{path}: model file not found')
+    check_readable_file(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
         raise ModelFileError(f'{path}: cannot be loaded as a weights-only torch file: {e}') from e
+
+
+def check_readable_file(path: Path) -> None:
+    """Raise ModelFileError saying why ``path`` is no model file: missing, a folder, empty."""
+    if path.is_dir():
+        raise ModelFileError(f'{path}: is a directory, not a model file')
+    if not path.exists():
+        raise ModelFileError(f'{path}: model file not found')
+    if not path.is_file():
+        raise ModelFileError(f'{path}: is not a regular file (a device, pipe or socket)')
+    if path.stat().st_size == 0:
+        raise ModelFileError(f'{path}: is empty (0 bytes); an interrupted copy or download?')
+
+
+def check_finite(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ModelFileError naming every floating-point tensor of ``sd`` with a NaN or Inf."""
+    bad = []
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            nan = int(torch.isnan(v).sum())
+            inf = int(torch.isinf(v).sum())
+            if nan or inf:
+                bad.append(f'{k} ({nan} NaN, {inf} Inf of {v.numel()})')
+    if bad:
+        shown = ', '.join(bad[:MAX_NAMED_TENSORS])
+        more = f' and {len(bad) - MAX_NAMED_TENSORS} more' if len(bad) > MAX_NAMED_TENSORS else ''
+        raise ModelFileError(f'{source}: weights are not finite in {len(bad)} tensors: '
+                             f'{shown}{more}; the model would output garbage (diverged '
+                             'training or a damaged file)')
+
+
+def check_input_bound(width: int, height: int, source: str = 'input size') -> None:
+    """Raise ValueError for a network input beyond MAX_INPUT_SIDE per side or MAX_INPUT_PIXELS."""
+    if width > MAX_INPUT_SIDE or height > MAX_INPUT_SIDE or width * height > MAX_INPUT_PIXELS:
+        raise ValueError(f'{source}: network input {width}x{height} exceeds the bound of '
+                         f'{MAX_INPUT_SIDE} pixels per side and {MAX_INPUT_PIXELS // 2 ** 20} '
+                         'MP in all')
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -158,6 +218,7 @@ def check_state_dict(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
     Raise ModelFileError naming every unknown, missing or mis-shaped key of ``sd``.
 
     Only ``num_batches_tracked`` buffers (absent from files saved by PyTorch < 0.4) may be missing.
+    A state_dict that fits must also be finite (:func:`check_finite`).
     """
     unknown = sorted(k for k in sd if k not in own)
     missing = sorted(k for k in own if k not in sd and not k.endswith('num_batches_tracked'))
@@ -172,6 +233,7 @@ def check_state_dict(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
         problems.append(f'mis-shaped keys {shapes}')
     if problems:
         raise ModelFileError(f'{source}: state_dict does not fit ERFNet: ' + '; '.join(problems))
+    check_finite(sd, source)
 
 
 def load_state_dict_checked(module: torch.nn.Module, sd: Mapping[str, torch.Tensor],
@@ -241,12 +303,20 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
                                  f'{classes.num_classes} classes in the class table')
         w, h = (int(v) for v in d['input_size'])
         check_input_size(h, w)
+        check_input_bound(w, h, 'input_size')
+        resize = (Resize.from_dict(d['preprocess']) if d.get('preprocess') is not None
+                  else legacy_resize(FORMAT))
+        provenance = d.get('provenance')
+        if provenance is not None and not isinstance(provenance, Mapping):
+            raise ModelFileError(f'{source}: provenance is {type(provenance).__name__}, '
+                                 'not a dict')
         return ModelInfo(classes=classes, input_size=(w, h),
                          normalization=Normalization.from_dict(d['normalization']),
                          encoder_only=bool(arch.get('encoder_only', False)),
                          source_format=FORMAT,
                          train_config=dict(d.get('train_config') or {}),
-                         metrics=dict(d.get('metrics') or {}))
+                         metrics=dict(d.get('metrics') or {}), resize=resize,
+                         provenance=dict(provenance) if provenance is not None else None)
     except KeyError as e:
         raise ModelFileError(f'{source}: model file lacks field {e.args[0]!r}') from None
     except ValueError as e:
@@ -264,8 +334,11 @@ def _from_project_dict(d: Mapping, source: str) -> Tuple[ERFNet, ModelInfo]:
 
 def official_info() -> ModelInfo:
     """Describe the official Cityscapes ERFNet: [0, 1] inputs, 1024x512, void at 19."""
+    from seg_training.provenance import official_provenance
+
     return ModelInfo(classes=cityscapes_table(with_void=True), input_size=OFFICIAL_INPUT_SIZE,
-                     normalization=Normalization(), source_format='erfnet_pretrained')
+                     normalization=Normalization(), source_format='erfnet_pretrained',
+                     resize=OFFICIAL_RESIZE, provenance=official_provenance())
 
 
 def _from_official_state_dict(obj: Mapping, source: str) -> Tuple[ERFNet, ModelInfo]:

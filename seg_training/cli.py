@@ -5,6 +5,7 @@ from typing import Tuple
 
 import torch
 
+from seg_training.checkpoint import check_input_bound
 from seg_training.model import check_input_size
 
 
@@ -28,10 +29,11 @@ def size_arg(text: str) -> Tuple[int, int]:
 
 
 def network_size_arg(text: str) -> Tuple[int, int]:
-    """Argparse type of an ERFNet input size 'WxH': both multiples of the network's stride."""
+    """Argparse type of an ERFNet input size 'WxH': multiples of the stride, within bounds."""
     w, h = size_arg(text)
     try:
         check_input_size(h, w)
+        check_input_bound(w, h, f'size {text!r}')
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return w, h

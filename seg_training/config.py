@@ -21,8 +21,10 @@ from seg_training.files import atomic_path
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-DATASETS = ('cityscapes', 'folder')
-LOSSES = ('ce', 'focal', 'dice')
+# Dataset layouts: this project's two (data.py) and other tools' (formats.py).
+DATASETS = ('cityscapes', 'folder', 'bdd100k', 'mmseg', 'camvid', 'cvat')
+LOSSES = ('ce', 'focal', 'dice', 'ce_dice')
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('single', 'two-stage')
 CLASS_WEIGHTINGS = ('enet', 'none')
 AMP_DTYPES = ('bf16', 'fp16')
@@ -72,13 +74,16 @@ class TrainConfig:
     epochs: int = 150
     batch_size: int = 6
     size: List[int] = field(default_factory=lambda: [512, 256])  # network input [W, H]
+    optimizer: str = 'adam'      # adam (the reference) | adamw (decoupled decay) | sgd
     lr: float = 5e-4
     weight_decay: float = 1e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    momentum: float = 0.9        # sgd only (Nesterov)
     poly_power: float = 0.9
     loss: str = 'ce'
     focal_gamma: float = 2.0
+    dice_weight: float = 1.0     # ce_dice: cross-entropy + dice_weight * Dice
     class_weighting: str = 'enet'
     class_weight_c: float = 1.10
     schedule: str = 'single'
@@ -243,6 +248,9 @@ def validate(cfg: TrainConfig, source: str = 'config') -> None:
     """Raise ConfigError for values no training run can use."""
     _choice(cfg.dataset, DATASETS, 'dataset', source)
     _choice(cfg.loss, LOSSES, 'loss', source)
+    _choice(cfg.optimizer, OPTIMIZERS, 'optimizer', source)
+    if cfg.dice_weight < 0 or not 0 <= cfg.momentum < 1:
+        raise ConfigError(f'{source}: dice_weight must be >= 0 and momentum in [0, 1)')
     _choice(cfg.schedule, SCHEDULES, 'schedule', source)
     _choice(cfg.class_weighting, CLASS_WEIGHTINGS, 'class_weighting', source)
     _choice(cfg.amp_dtype, AMP_DTYPES, 'amp_dtype', source)

@@ -27,8 +27,10 @@ Folder dataset::
                           # (PIL mode 'P'); rgb: values are [r, g, b] colours
     ignore_value: 255     # optional; any value no class claims is ignored (255) anyway
 
-``values`` defaults to ``[i]`` (index, palette) or ``[color]`` (rgb) for class ``i``. Every bad
-file is an error that names its path.
+``values`` defaults to ``[i]`` (index, palette) or ``[color]`` (rgb) for class ``i``. Instead of
+``classes``, ``preset: cityscapes19`` takes Cityscapes' 19 classes (mask value = train id). Every
+bad file is an error that names its path. BDD100K, mmsegmentation, CamVid and CVAT layouts are
+read by seg_training/formats.py.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 import logging
 import os
 from pathlib import Path
+import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import cv2
@@ -47,6 +50,7 @@ import yaml
 
 from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
                                   IGNORE_INDEX)
+from seg_training.config import DATASETS
 
 _logger = logging.getLogger(__name__)
 
@@ -54,7 +58,10 @@ PathLike = Union[str, os.PathLike]
 Transform = Callable[[np.ndarray, np.ndarray], Any]
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 MASK_FORMATS = ('index', 'palette', 'rgb')
-DATASET_KINDS = ('cityscapes', 'folder')
+# ``preset: NAME`` in classes.yaml instead of a class list (cityscapes19: the 19 Cityscapes
+# classes, mask value i = train id i, 255 = ignore; palette and rgb masks use Cityscapes' colours).
+CLASS_PRESETS = {'cityscapes19': cityscapes_table}
+DATASET_KINDS = DATASETS  # this module's two layouts, then formats.py's
 
 
 class DatasetError(ValueError):
@@ -273,6 +280,19 @@ def _rgb_value(v: Any, where: str) -> Tuple[int, int, int]:
     return int(v[0]), int(v[1]), int(v[2])
 
 
+def _expand_preset(doc: dict, path: Path) -> dict:
+    """``preset: NAME`` -> the preset's classes, each class ``i`` coded as its format's default."""
+    name = doc['preset']
+    if name not in CLASS_PRESETS:
+        raise DatasetError(f'{path}: unknown preset {str(name)[:40]!r}; choose one of '
+                           f'{list(CLASS_PRESETS)}')
+    if 'classes' in doc:
+        raise DatasetError(f'{path}: give either "preset" or "classes", not both')
+    table = CLASS_PRESETS[name]()
+    classes = [{'name': n, 'color': list(c)} for n, c in zip(table.names, table.colors)]
+    return dict(doc, classes=classes)
+
+
 def read_classes_yaml(path: PathLike) -> MaskSpec:
     """Parse a folder dataset's ``classes.yaml``; DatasetError names the file and the field."""
     path = Path(path)
@@ -283,9 +303,12 @@ def read_classes_yaml(path: PathLike) -> MaskSpec:
             doc = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise DatasetError(f'{path}: not valid YAML: {e}') from None
+    if isinstance(doc, dict) and 'preset' in doc:
+        doc = _expand_preset(doc, path)
     if not isinstance(doc, dict) or not isinstance(doc.get('classes'), list) \
             or not doc['classes']:
-        raise DatasetError(f'{path}: expected a mapping with a non-empty list "classes"')
+        raise DatasetError(f'{path}: expected a mapping with a non-empty list "classes" '
+                           f'or a "preset" ({", ".join(CLASS_PRESETS)})')
     fmt = doc.get('mask_format', 'index')
     if fmt not in MASK_FORMATS:
         raise DatasetError(f'{path}: mask_format must be one of {list(MASK_FORMATS)}, '
@@ -422,11 +445,14 @@ class JointDataset(Dataset):
 
 def build_dataset(kind: str, root: PathLike, split: str, transform: Optional[Transform] = None,
                   max_samples: Optional[int] = None) -> SegmentationDataset:
-    """Open the dataset of ``kind`` 'cityscapes' or 'folder' at ``root``, split ``split``."""
+    """Open the dataset of ``kind`` (one of DATASET_KINDS) at ``root``, split ``split``."""
     if kind == 'cityscapes':
         return CityscapesDataset(root, split, transform, max_samples)
     if kind == 'folder':
         return FolderDataset(root, split, transform, max_samples)
+    from seg_training.formats import FORMATS  # imports this module
+    if kind in FORMATS:
+        return FORMATS[kind](root, split, transform, max_samples)
     raise ValueError(f'unknown dataset kind {kind!r}; choose one of {list(DATASET_KINDS)}')
 
 
@@ -444,3 +470,92 @@ def worker_seed_transform(worker_id: int) -> None:
     transform = getattr(dataset, 'transform', None)
     if transform is not None and hasattr(transform, 'set_seed'):
         transform.set_seed(torch.initial_seed() % 2 ** 32)
+
+
+# ----------------------------------------------------------------------------- up-front check
+
+def check_image_file(path: Path) -> Tuple[int, int]:
+    """
+    Decode the image at ``path`` once as training will; return its (W, H).
+
+    DatasetError names the path. JPEGs are decoded strictly (PIL): OpenCV silently fills a
+    truncated JPEG with grey, which would train on a broken picture.
+    """
+    if path.suffix.lower() in ('.jpg', '.jpeg') and path.is_file():
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return im.size
+        except Exception as e:  # PIL raises several types for broken files
+            raise DatasetError(f'{path}: cannot be read as an image: {e}') from e
+    image = read_image(path)  # (H, W, 3)
+    return image.shape[1], image.shape[0]
+
+
+def check_sample(ds: SegmentationDataset, index: int) -> Tuple[List[str], np.ndarray]:
+    """
+    Check sample ``index`` of ``ds``: image decodable, mask decodable with known labels, sizes.
+
+    Returns (problems, each naming its path; (K,) int64 labelled pixels per class of the mask).
+    """
+    image_path, mask_path = ds.samples[index]
+    problems: List[str] = []
+    counts = np.zeros(ds.classes.num_classes, dtype=np.int64)
+    size = mask = None
+    try:
+        size = check_image_file(image_path)
+    except DatasetError as e:
+        problems.append(str(e))
+    try:
+        mask = ds._checked_mask(mask_path)  # (H, W) uint8
+        counts = np.bincount(mask.ravel(), minlength=256)[:ds.classes.num_classes]
+    except DatasetError as e:
+        problems.append(str(e))
+    if size is not None and mask is not None and (mask.shape[1], mask.shape[0]) != size:
+        problems.append(f'{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from '
+                        f'image {image_path} size {size[0]}x{size[1]}')
+    return problems, counts
+
+
+def _parts(ds: Union[SegmentationDataset, JointDataset]
+           ) -> List[Tuple[SegmentationDataset, int]]:
+    """(dataset, index) of every sample of ``ds`` (through the parts of a JointDataset)."""
+    if isinstance(ds, JointDataset):
+        return [(ds.parts[i], j) for i, j in ds.index]
+    return [(ds, i) for i in range(len(ds))]
+
+
+def check_datasets(datasets: Sequence[Union[SegmentationDataset, JointDataset]],
+                   workers: int = 4, progress: bool = False) -> List[np.ndarray]:
+    """
+    Check every sample of ``datasets`` before any training or evaluation step.
+
+    Each image and mask is decoded once, in ``workers`` threads (decoding releases the GIL),
+    with a tqdm bar if ``progress``. Raises one DatasetError listing every bad file; otherwise
+    returns, per dataset, the (K,) int64 labelled pixels per class of its masks (what
+    ``label_histogram`` counts).
+    """
+    from tqdm import tqdm
+
+    jobs = [(k, part, i) for k, ds in enumerate(datasets) for part, i in _parts(ds)]
+    hists = [np.zeros(ds.classes.num_classes, dtype=np.int64) for ds in datasets]
+    problems: List[str] = []
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(jobs), desc='checking data', unit='sample', leave=False,
+                 disable=not progress, dynamic_ncols=True) as bar:
+        for (k, _, _), (found, counts) in zip(
+                jobs, pool.map(lambda job: check_sample(job[1], job[2]), jobs)):
+            problems.extend(found)
+            hists[k] += counts
+            bar.update(1)
+    if problems:
+        splits: dict = {}
+        for ds in datasets:
+            splits.setdefault(str(ds.root), []).append(ds.split)
+        roots = '; '.join(f'{r} ({", ".join(s)})' for r, s in splits.items())
+        raise DatasetError(f'{len(problems)} problems in {len(jobs)} samples of {roots}; fix or '
+                           'remove these files:\n  ' + '\n  '.join(problems))
+    _logger.info('checked %d samples (images and masks) in %.1f s', len(jobs),
+                 time.perf_counter() - t0)
+    return hists

@@ -150,7 +150,7 @@ def set_train_mode(net: ERFNet, freeze_encoder: bool) -> None:
 
 
 def param_groups(net: ERFNet, lr: float, encoder_lr_scale: float) -> List[Dict[str, Any]]:
-    """Adam parameter groups: the encoder at ``lr * encoder_lr_scale``, the rest at ``lr``."""
+    """Parameter groups: the encoder at ``lr * encoder_lr_scale``, the rest at ``lr``."""
     enc = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith('encoder.')]
     rest = [p for n, p in net.named_parameters()
             if p.requires_grad and not n.startswith('encoder.')]
@@ -173,10 +173,21 @@ def poly_factor(epoch: int, epochs: int, power: float = 0.9) -> float:
 
 def build_optimizer(net: ERFNet, cfg: TrainConfig, stage_epochs: int
                     ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam (the reference recipe) over the trainable parameters, and its per-epoch poly decay."""
+    """
+    Return the configured optimiser over the trainable parameters and its poly decay.
+
+    Adam with L2 weight decay is the ERFNet recipe; AdamW decouples the decay; SGD uses Nesterov
+    momentum.
+    """
     groups = param_groups(net, cfg.lr, cfg.encoder_lr_scale)
-    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                           weight_decay=cfg.weight_decay)
+    if cfg.optimizer == 'sgd':
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay)
+    else:
+        cls = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
+        opt = cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                  weight_decay=cfg.weight_decay)
     power = cfg.poly_power
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda e: poly_factor(e, stage_epochs, power))
@@ -339,14 +350,15 @@ class Progress:
     best_epoch: int = 0
     best_metrics: Optional[Dict[str, Any]] = None
     bad_epochs: int = 0           # epochs since the best one (early stopping)
-    time_s: float = 0.0           # training time over all sessions of the run
+    time_s: float = 0.0           # time in epochs (train + validate), over all sessions
+    wall_s: float = 0.0           # all of every session: start-up, epochs, saving, plots
     stopped_early: bool = False
     init: Optional[Dict[str, Any]] = None  # what --init / --pretrained-encoder did
 
     def to_dict(self) -> Dict[str, Any]:
         return {'epoch': self.epoch, 'stage': self.stage, 'best_miou': self.best_miou,
                 'best_epoch': self.best_epoch, 'best_metrics': self.best_metrics,
-                'bad_epochs': self.bad_epochs, 'time_s': self.time_s,
+                'bad_epochs': self.bad_epochs, 'time_s': self.time_s, 'wall_s': self.wall_s,
                 'stopped_early': self.stopped_early, 'init': self.init}
 
     def record(self, epoch: int, stage: str, miou: float, patience: int) -> bool:

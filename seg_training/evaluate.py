@@ -1,10 +1,18 @@
 """
 seg-eval: a model file's metrics on a dataset split, as JSON.
 
-The images are resized to the network input size (the model file's, or ``--size``) and
-normalised with the model file's statistics, exactly as validation during training does, so the
-mIoU matches the ``best_val_miou`` that ``seg-train`` recorded. The official
-``erfnet_pretrained.pth`` is evaluated with its void output (index 19) left out of the metrics.
+Two ways to score (``--eval-size``):
+
+* ``label`` (default): at the labels' own resolution, as the Cityscapes benchmark scores. Each
+  image goes through the node's own pipeline (``seg_perception.pipeline.SegmentationPipeline``:
+  the model file's network-input step, ERFNet, labels brought to the image size exactly as the
+  node brings them to the camera size), so the predictions are seg-predict's labels.
+* ``network``: at the network input size: images through the same network-input step, masks
+  resized with nearest neighbour. This is what validation in ``seg-train`` computes, so the mIoU
+  matches the ``best_val_miou`` the run recorded.
+
+Images are normalised with the model file's statistics. The official ``erfnet_pretrained.pth``
+is evaluated with its void output (index 19) left out of the metrics.
 
 Example::
 
@@ -20,19 +28,20 @@ import os
 from pathlib import Path
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from seg_training.checkpoint import load_model, ModelFileError
+from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import network_size_arg, resolve_device
 from seg_training.classes import ClassTable
-from seg_training.data import build_dataset, DATASET_KINDS, DatasetError
+from seg_training.data import build_dataset, check_datasets, DATASET_KINDS, DatasetError
 from seg_training.files import atomic_path
-from seg_training.metrics import evaluate
+from seg_training.metrics import ConfusionMatrix, evaluate
 from seg_training.model import check_input_size
-from seg_training.transforms import val_transform
+from seg_training.transforms import ValTransform
 
 _logger = logging.getLogger(__name__)
 
@@ -75,17 +84,82 @@ def _by_name(names: Sequence[str], values: Sequence[float], skip: Optional[int])
     return {n: _json_number(v) for i, (n, v) in enumerate(zip(names, values)) if i != skip}
 
 
+EVAL_SIZES = ('label', 'network')
+# How ``--eval-size label`` brings predictions to the label size: the node's pipeline does.
+LABEL_METHOD = ('seg_perception.pipeline.SegmentationPipeline labels at the image size, as the '
+                'node publishes them')
+
+
+def _raw_batches(ds: Any, batch_size: int, workers: int) -> DataLoader:
+    """Batches of raw (RGB (H, W, 3) uint8, mask (H, W) uint8) pairs, as lists."""
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=list)
+
+
+def iter_label_predictions(pipeline: Any, ds: Any, batch_size: int = 4, workers: int = 0,
+                           progress: bool = False
+                           ) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
+    """
+    Yield ``(sample index, labels (H, W) uint8, mask (H, W) uint8)`` at each label's size.
+
+    ``pipeline`` is a SegmentationPipeline; ``ds`` a dataset without transform (raw pairs).
+    """
+    from seg_perception.pipeline import Frame, Outputs
+
+    outputs = Outputs(labels=True, color=False, overlay=False)
+    batches = _raw_batches(ds, batch_size, workers)
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(batches, desc='eval', unit='batch', leave=False)
+    index = 0
+    for batch in batches:
+        results = pipeline([Frame(np.ascontiguousarray(img), 'rgb8') for img, _ in batch],
+                           outputs)
+        for (_, mask), res in zip(batch, results):
+            yield index, res.labels, mask
+            index += 1
+
+
+def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
+                            input_size: Tuple[int, int], dev: torch.device, batch_size: int,
+                            workers: int, amp: bool, progress: bool
+                            ) -> Tuple[Dict[str, Any], ConfusionMatrix, List[List[int]]]:
+    from seg_perception.pipeline import SegmentationPipeline
+
+    if info.encoder_only:
+        raise EvalError('an encoder-only model (1/8 resolution) does not run in the node; '
+                        'score it with --eval-size network')
+    precision = 'fp16' if amp and dev.type == 'cuda' else 'fp32'
+    pipeline = SegmentationPipeline(model, info, device=str(dev), precision=precision,
+                                    input_size=input_size, warmup=False)
+    cm = ConfusionMatrix(info.num_classes)
+    sizes: List[List[int]] = []
+    for _, labels, mask in iter_label_predictions(pipeline, ds, batch_size, workers, progress):
+        cm.update(torch.from_numpy(labels), torch.from_numpy(mask))
+        size = [int(mask.shape[1]), int(mask.shape[0])]
+        if size not in sizes:
+            sizes.append(size)
+    metrics = cm.compute(info.classes.void_index)
+    _logger.info('evaluated %d pixels at the label size: mIoU %.4f, pixel accuracy %.4f',
+                 metrics['num_pixels'], metrics['miou'], metrics['pixel_accuracy'])
+    return metrics, cm, sizes
+
+
 def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
                         split: str = 'val', device: str = 'auto', batch_size: int = 4,
                         size: Optional[Tuple[int, int]] = None, workers: int = 0,
                         amp: bool = False, max_samples: Optional[int] = None,
                         plots_dir: Optional[PathLike] = None,
-                        progress: bool = False) -> Dict[str, Any]:
+                        progress: bool = False, eval_size: str = 'label') -> Dict[str, Any]:
     """
     Evaluate a model file on a dataset split; returns the JSON-ready report.
 
-    NaN metrics (classes absent from ground truth and prediction) are reported as None.
+    ``eval_size`` 'label' scores at the labels' own size, 'network' at the network input size
+    (see the module docstring). NaN metrics (classes absent from ground truth and prediction)
+    are reported as None.
     """
+    if eval_size not in EVAL_SIZES:
+        raise EvalError(f'eval size {eval_size!r} not in {list(EVAL_SIZES)}')
     dev = resolve_device(device)
     model, info = load_model(model_path, dev)
     if info.encoder_only:
@@ -93,18 +167,27 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
                         model_path)
     input_size = tuple(size) if size else tuple(info.input_size)
     check_input_size(input_size[1], input_size[0])
-    norm = info.normalization
-    ds = build_dataset(dataset, data_root, split, val_transform(input_size, norm.mean, norm.std),
-                       max_samples=max_samples)
+    prep = info.preprocessing(input_size)
+    transform = None if eval_size == 'label' else ValTransform(prep)
+    ds = build_dataset(dataset, data_root, split, transform, max_samples=max_samples)
     check_classes(info.classes, ds.classes, str(model_path), f'{dataset}:{data_root}')
     if len(ds) == 0:
         raise EvalError(f'{data_root}: split {split!r} has no samples')
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=dev.type == 'cuda')
+    check_datasets([ds], workers=max(2, workers), progress=progress)
     void = info.classes.void_index
     t0 = time.perf_counter()
-    metrics, cm = evaluate(model, loader, info.num_classes, dev, void_index=void, amp=amp,
-                           progress=progress)
+    if eval_size == 'label':
+        metrics, cm, sizes = _evaluate_at_label_size(model, info, ds, input_size, dev,
+                                                     batch_size, workers, amp, progress)
+        resolution = {'eval_size': 'label', 'label_sizes': sizes, 'method': LABEL_METHOD}
+    else:
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=dev.type == 'cuda')
+        metrics, cm = evaluate(model, loader, info.num_classes, dev, void_index=void, amp=amp,
+                               progress=progress)
+        resolution = {'eval_size': 'network', 'label_sizes': [list(input_size)],
+                      'method': 'argmax at the network input size; masks resized with '
+                                'nearest neighbour'}
     seconds = time.perf_counter() - t0
     names = info.classes.names
     report: Dict[str, Any] = {
@@ -124,6 +207,8 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         'data_root': str(data_root),
         'split': split,
         'input_size': list(input_size),
+        **resolution,
+        'preprocess': prep.to_dict(),
         'device': str(dev),
         'seconds': round(seconds, 3),
         'confusion_matrix': cm.matrix.cpu().tolist(),
@@ -169,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, default=4)
     p.add_argument('--size', type=network_size_arg,
                    help='network input WxH (default: the model file\'s input size)')
+    p.add_argument('--eval-size', choices=EVAL_SIZES, default='label',
+                   help='score at the labels\' own size, predictions made by the node\'s '
+                   'pipeline (label, the default, as the Cityscapes evaluator), or at the '
+                   'network input size with nearest-resized masks (network, as seg-train '
+                   'validates)')
     p.add_argument('--plots', help='folder for per_class_iou.png and confusion_matrix.png')
     p.add_argument('--workers', type=int, default=2, help='DataLoader worker processes')
     p.add_argument('--amp', action='store_true', help='autocast on CUDA')
@@ -187,7 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = evaluate_model_file(
             args.model, args.dataset, args.data_root, args.split, args.device, args.batch_size,
             args.size, max(0, args.workers), args.amp, args.max_samples, args.plots,
-            progress=True)
+            progress=True, eval_size=args.eval_size)
     except (ModelFileError, DatasetError, EvalError, FileNotFoundError) as e:
         sys.exit(f'seg-eval: error: {e}')
     if args.json:

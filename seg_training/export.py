@@ -9,7 +9,8 @@ After writing, the export is run on a seeded random input (onnxruntime for ONNX,
 ``torch.jit.load`` for TorchScript) and compared with the PyTorch model: the maximum absolute
 logit difference and the argmax agreement are reported, and a difference over ``--tolerance`` is
 an error (nothing is left at the output path then). The sidecar ``<output>.json`` holds what a
-runtime needs besides the weights: class names and colours, normalisation, input size, tensor
+runtime needs besides the weights: class names and colours, normalisation, input size, the resize
+(``resize``: method and antialias of seg_training.preprocess, the step the node runs), tensor
 names and the check's numbers.
 
 Example::
@@ -157,11 +158,15 @@ def sidecar_dict(fmt: str, path: Path, model_path: PathLike, info: ModelInfo,
         'source_model': str(model_path),
         'source_format': info.source_format,
         'input': {'name': INPUT_NAME, 'shape': [batch, 3, h, w], 'dtype': 'float32',
-                  'channels': 'RGB', 'preprocess': '(pixel / 255 - mean) / std'},
+                  'channels': 'RGB',
+                  'preprocess': 'resize to input_size as "resize" says, then '
+                                '(pixel - 255 mean) / (255 std)'},
         'output': {'name': OUTPUT_NAME, 'shape': [batch, info.num_classes, h, w],
                    'dtype': 'float32', 'postprocess': 'argmax over dim 1'},
         'input_size': [w, h],
         'normalization': info.normalization.to_dict(),
+        'resize': info.resize.to_dict(),
+        'preprocess': info.preprocessing((w, h)).to_dict(),
         'num_classes': info.num_classes,
         'classes': info.classes.to_dict(),
         'dynamic_batch': dynamic_batch,

@@ -19,7 +19,7 @@ from seg_training.classes import IGNORE_INDEX
 
 _logger = logging.getLogger(__name__)
 
-LOSS_NAMES = ('ce', 'focal', 'dice')
+LOSS_NAMES = ('ce', 'focal', 'dice', 'ce_dice')
 
 
 def enet_class_weights(histogram: Union[np.ndarray, Sequence[int], torch.Tensor],
@@ -94,15 +94,32 @@ class DiceLoss(nn.Module):
         return 1.0 - (dice * self.weight).sum() / self.weight.sum()
 
 
+class SumLoss(nn.Module):
+    """``sum_i w_i * loss_i(logits, target)``: e.g. cross-entropy plus weighted Dice."""
+
+    def __init__(self, parts: Sequence[nn.Module], weights: Sequence[float]) -> None:
+        super().__init__()
+        if len(parts) != len(weights):
+            raise ValueError(f'{len(parts)} losses but {len(weights)} weights')
+        self.parts = nn.ModuleList(parts)
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(w * part(logits, target) for part, w in zip(self.parts, self.weights))
+
+
 def build_loss(name: str, weight: Optional[torch.Tensor] = None, gamma: float = 2.0,
-               ignore_index: int = IGNORE_INDEX) -> nn.Module:
-    """``ce`` (cross-entropy), ``focal`` or ``dice``, each ignoring ``ignore_index``."""
+               ignore_index: int = IGNORE_INDEX, dice_weight: float = 1.0) -> nn.Module:
+    """``ce``, ``focal``, ``dice`` or ``ce_dice`` (ce + dice_weight * dice), ignoring 255."""
     if name == 'ce':
         return nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
     if name == 'focal':
         return FocalLoss(weight, gamma, ignore_index)
     if name == 'dice':
         return DiceLoss(weight, ignore_index=ignore_index)
+    if name == 'ce_dice':
+        return SumLoss([nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index),
+                        DiceLoss(weight, ignore_index=ignore_index)], [1.0, dice_weight])
     raise ValueError(f'unknown loss {name!r}; choose one of {list(LOSS_NAMES)}')
 
 

@@ -1,11 +1,12 @@
 """
-seg-train: train ERFNet on Cityscapes or a folder dataset, from scratch or by transfer.
+seg-train: train ERFNet on a labelled dataset, from scratch or by transfer.
 
-    seg-train --dataset cityscapes|folder --data-root D --output-dir O [--init CKPT]
-              [--pretrained-encoder F] [--epochs N] [--device D] [--seed S] [--batch-size B]
-              [--resume] [--config YAML] [--size WxH] [--lr LR] [--freeze-encoder |
-              --encoder-lr-scale F] [--schedule single|two-stage] [--loss ce|focal|dice]
-              [--patience N] [--workers N] [--amp] [--max-train-samples N] [--max-val-samples N]
+    seg-train --dataset cityscapes|folder|bdd100k|mmseg|camvid|cvat --data-root D --output-dir O
+              [--init CKPT] [--pretrained-encoder F] [--epochs N] [--device D] [--seed S]
+              [--batch-size B] [--resume] [--config YAML] [--size WxH] [--lr LR]
+              [--freeze-encoder | --encoder-lr-scale F] [--schedule single|two-stage]
+              [--optimizer adam|adamw|sgd] [--loss ce|focal|dice|ce_dice] [--patience N]
+              [--workers N] [--amp] [--max-train-samples N] [--max-val-samples N]
 
 Configuration: ``config/train.yaml`` defaults, then ``--config``, then command-line options; the
 merged result is ``O/config.yaml``. Outputs in ``O``: ``best.pt`` (best validation mIoU, a model
@@ -28,23 +29,28 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
+from PIL import Image
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from seg_training import engine
+from seg_training import engine, provenance
 from seg_training.checkpoint import (atomic_save, load_imagenet_encoder,
                                      load_state_dict_checked, model_file_dict, ModelFileError,
                                      ModelInfo, Normalization, read_file)
 from seg_training.classes import ClassTable
 from seg_training.cli import network_size_arg
-from seg_training.config import (apply_overrides, config_from_dict, ConfigError, IMAGENET_MEAN,
-                                 IMAGENET_STD, load_config, read_yaml, save_config, stage_epochs,
-                                 TrainConfig)
-from seg_training.data import (build_dataset, DatasetError, JointDataset, SegmentationDataset,
-                               worker_seed_transform)
+from seg_training.config import (AMP_DTYPES, apply_overrides, CLASS_WEIGHTINGS,
+                                 config_from_dict, ConfigError, DATASETS, IMAGENET_MEAN,
+                                 IMAGENET_STD, load_config, LOSSES, OPTIMIZERS, read_yaml,
+                                 save_config, SCHEDULES, stage_epochs, TrainConfig)
+from seg_training.data import (build_dataset, check_datasets, DatasetError, JointDataset,
+                               SegmentationDataset, worker_seed_transform)
+from seg_training.files import atomic_path, NoSpaceError
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.model import ERFNet, ERFNetConfig
+from seg_training.preprocess import DEFAULT_RESIZE
 from seg_training.transfer import init_from_file
 from seg_training.transforms import denormalize, train_transform, val_transform
 
@@ -60,47 +66,78 @@ CSV_COLUMNS = ('epoch', 'stage', 'lr', 'train_loss', 'val_miou', 'val_pixel_accu
 # ----------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
+    """Options of seg-train; each help says its default (config/train.yaml's schema)."""
+    d = TrainConfig()
     p = argparse.ArgumentParser(
-        prog='seg-train', description='Train ERFNet (Cityscapes or a folder dataset).',
+        prog='seg-train',
+        description='Train or fine-tune ERFNet on a labelled dataset; writes best.pt, last.pt, '
+        'summary.json, metrics.csv, TensorBoard events and plots into --output-dir.',
+        epilog='Defaults come from config/train.yaml, then --config, then these options. '
+        '--data-root and --output-dir are required (unless --resume, or set by --config).',
         argument_default=argparse.SUPPRESS)
-    p.add_argument('--config', help='YAML with any of the keys of config/train.yaml')
-    p.add_argument('--dataset', choices=('cityscapes', 'folder'))
-    p.add_argument('--data-root', dest='data_root')
-    p.add_argument('--output-dir', dest='output_dir')
-    p.add_argument('--train-split', dest='train_split')
-    p.add_argument('--val-split', dest='val_split')
-    p.add_argument('--extra-train-root', dest='extra_train_roots', action='append',
-                   help='another dataset root whose training split joins the main one '
-                        '(repeatable; same --dataset kind and class names)')
-    p.add_argument('--init', help='project model file or official erfnet_pretrained.pth')
-    p.add_argument('--pretrained-encoder', dest='pretrained_encoder',
-                   help='official erfnet_encoder_pretrained.pth.tar (ImageNet)')
-    p.add_argument('--epochs', type=int)
-    p.add_argument('--batch-size', dest='batch_size', type=int)
-    p.add_argument('--size', type=lambda t: list(network_size_arg(t)),
-                   help='network input WxH, multiples of 8')
-    p.add_argument('--lr', type=float)
-    p.add_argument('--weight-decay', dest='weight_decay', type=float)
-    enc = p.add_mutually_exclusive_group()
-    enc.add_argument('--freeze-encoder', dest='freeze_encoder', action='store_true')
-    enc.add_argument('--encoder-lr-scale', dest='encoder_lr_scale', type=float)
-    p.add_argument('--schedule', choices=('single', 'two-stage'))
-    p.add_argument('--encoder-epochs', dest='encoder_epochs', type=int,
-                   help='two-stage: epochs of the encoder stage (default half)')
-    p.add_argument('--loss', choices=('ce', 'focal', 'dice'))
-    p.add_argument('--class-weighting', dest='class_weighting', choices=('enet', 'none'))
-    p.add_argument('--patience', type=int, help='early stopping patience in epochs (0: off)')
-    p.add_argument('--workers', type=int)
-    p.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
-    p.add_argument('--amp-dtype', dest='amp_dtype', choices=('bf16', 'fp16'))
-    p.add_argument('--device')
-    p.add_argument('--no-plots', dest='plots', action='store_false',
-                   help='write no plots (metrics.csv and TensorBoard still log everything)')
-    p.add_argument('--seed', type=int)
-    p.add_argument('--max-train-samples', dest='max_train_samples', type=int)
-    p.add_argument('--max-val-samples', dest='max_val_samples', type=int)
-    p.add_argument('--resume', action='store_true',
-                   help='continue the run in --output-dir from its last.pt')
+
+    def opt(group: Any, *flags: str, default: Any = None, **kw: Any) -> None:
+        """Add an option whose help ends with its default (TrainConfig's, or ``default``)."""
+        key = kw.get('dest') or flags[0][2:].replace('-', '_')
+        value = getattr(d, key, None) if default is None else default
+        if value is not None and kw.get('action') not in ('store_true', 'store_false'):
+            kw['help'] = f'{kw["help"]} (default: {value})'
+        group.add_argument(*flags, **kw)
+
+    opt(p, '--config', help='YAML with any of the keys of config/train.yaml', default='none')
+    g = p.add_argument_group('data')
+    opt(g, '--dataset', choices=DATASETS, help='dataset layout')
+    opt(g, '--data-root', dest='data_root', metavar='DIR', help='dataset root folder (required)')
+    opt(g, '--output-dir', dest='output_dir', metavar='DIR',
+        help='folder for the run (required; must not hold a run unless --resume)')
+    opt(g, '--train-split', dest='train_split', help='training split')
+    opt(g, '--val-split', dest='val_split', help='validation split')
+    opt(g, '--extra-train-root', dest='extra_train_roots', action='append', metavar='DIR',
+        help='another root whose training split joins the main one (repeatable; same '
+             '--dataset and class names)', default='none')
+    opt(g, '--max-train-samples', dest='max_train_samples', type=int, metavar='N',
+        help='use N training samples spread over the split', default='all')
+    opt(g, '--max-val-samples', dest='max_val_samples', type=int, metavar='N',
+        help='use N validation samples spread over the split', default='all')
+    g = p.add_argument_group('model and transfer')
+    opt(g, '--init', metavar='CKPT', help='start from a project model file or the official '
+        'erfnet_pretrained.pth', default='random weights')
+    opt(g, '--pretrained-encoder', dest='pretrained_encoder', metavar='FILE',
+        help='official erfnet_encoder_pretrained.pth.tar (ImageNet)', default='none')
+    opt(g, '--size', type=lambda t: list(network_size_arg(t)), metavar='WxH',
+        help='network input size, multiples of 8', default='x'.join(map(str, d.size)))
+    enc = g.add_mutually_exclusive_group()
+    enc.add_argument('--freeze-encoder', dest='freeze_encoder', action='store_true',
+                     help='train only the decoder (default: off)')
+    enc.add_argument('--encoder-lr-scale', dest='encoder_lr_scale', type=float, metavar='F',
+                     help=f'encoder learning rate = lr * F (default: {d.encoder_lr_scale})')
+    opt(g, '--schedule', choices=SCHEDULES,
+        help='two-stage: encoder alone at 1/8 resolution, then the whole network')
+    opt(g, '--encoder-epochs', dest='encoder_epochs', type=int, metavar='N',
+        help='two-stage: epochs of the encoder stage', default='half of --epochs')
+    g = p.add_argument_group('optimisation')
+    opt(g, '--epochs', type=int, metavar='N', help='epochs in all')
+    opt(g, '--batch-size', dest='batch_size', type=int, metavar='B', help='images per step')
+    opt(g, '--optimizer', choices=OPTIMIZERS, help='Adam is the ERFNet recipe')
+    opt(g, '--lr', type=float, help='initial learning rate (poly decay)')
+    opt(g, '--weight-decay', dest='weight_decay', type=float, help='weight decay')
+    opt(g, '--momentum', type=float, help='SGD momentum (Nesterov)')
+    opt(g, '--loss', choices=LOSSES, help='ce_dice: cross-entropy + dice_weight * Dice')
+    opt(g, '--dice-weight', dest='dice_weight', type=float, help='weight of Dice in ce_dice')
+    opt(g, '--class-weighting', dest='class_weighting', choices=CLASS_WEIGHTINGS,
+        help='enet: 1 / ln(1.10 + p_class) from the training labels')
+    opt(g, '--patience', type=int, metavar='N',
+        help='stop after N epochs without a better val mIoU (0: never)')
+    g = p.add_argument_group('run')
+    opt(g, '--device', help='auto, cpu, cuda or cuda:N')
+    opt(g, '--workers', type=int, metavar='N', help='DataLoader worker processes')
+    opt(g, '--amp', action='store_true', help='mixed precision (CUDA only; default: off)')
+    opt(g, '--amp-dtype', dest='amp_dtype', choices=AMP_DTYPES, help='autocast dtype of --amp')
+    opt(g, '--seed', type=int, help='seed of weights, data order and augmentation')
+    opt(g, '--no-plots', dest='plots', action='store_false',
+        help='write no plots (metrics.csv and TensorBoard still log everything)')
+    opt(g, '--resume', action='store_true',
+        help='continue the run in --output-dir from its last.pt')
     return p
 
 
@@ -207,12 +244,39 @@ class RunLog:
             self.writer.close()
 
 
-def model_info(cfg: TrainConfig, classes: ClassTable, metrics: Optional[Dict] = None
-               ) -> ModelInfo:
-    """Describe, for the model file, the network this run trains."""
+def model_info(cfg: TrainConfig, classes: ClassTable, metrics: Optional[Dict] = None,
+               provenance: Optional[Dict] = None) -> ModelInfo:
+    """
+    Describe, for the model file, the network this run trains.
+
+    Its network-input step is preprocess.DEFAULT_RESIZE (area when shrinking), the resize the
+    training augmentation shrinks with, and validation runs the same step.
+    """
     return ModelInfo(classes=classes, input_size=(cfg.size[0], cfg.size[1]),
                      normalization=Normalization(tuple(cfg.mean), tuple(cfg.std)),
-                     train_config=cfg.to_dict(), metrics=dict(metrics or {}))
+                     train_config=cfg.to_dict(), metrics=dict(metrics or {}),
+                     resize=DEFAULT_RESIZE, provenance=provenance)
+
+
+def _data_records(cfg: TrainConfig, train_ds: Any, val_ds: SegmentationDataset
+                  ) -> List[Dict[str, Any]]:
+    """Provenance records of the training parts and the validation split."""
+    parts = train_ds.parts if isinstance(train_ds, JointDataset) else [train_ds]
+    return ([provenance.dataset_record(p, cfg.dataset, 'train') for p in parts]
+            + [provenance.dataset_record(val_ds, cfg.dataset, 'val')])
+
+
+def _init_record(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
+    """Provenance of the model or encoder the run started from (--init, --pretrained-encoder)."""
+    source = cfg.init or cfg.pretrained_encoder
+    if not source:
+        return None
+    try:
+        parent = provenance.file_provenance(source)
+    except (ModelFileError, OSError) as e:
+        _logger.warning('cannot read the provenance of %s: %s', source, e)
+        parent = None
+    return provenance.init_record(str(source), parent)
 
 
 def file_metrics(val: Dict[str, Any], epoch: int, classes: ClassTable) -> Dict[str, Any]:
@@ -232,14 +296,15 @@ def _loader(ds: SegmentationDataset, cfg: TrainConfig, sampler, generator: torch
                       generator=generator, persistent_workers=False)
 
 
-def _class_weights(cfg: TrainConfig, ds: SegmentationDataset,
-                   state: Optional[Dict]) -> Optional[torch.Tensor]:
+def _class_weights(cfg: TrainConfig, ds: SegmentationDataset, state: Optional[Dict],
+                   hist: Optional[np.ndarray] = None) -> Optional[torch.Tensor]:
     if state is not None:
         return state.get('class_weights')
     if cfg.class_weighting == 'none':
         return None
     t0 = time.time()
-    hist = ds.label_histogram(workers=max(1, cfg.workers))
+    if hist is None:
+        hist = ds.label_histogram(workers=max(1, cfg.workers))
     w = enet_class_weights(hist, cfg.class_weight_c)
     _logger.info('class weights from %d labelled pixels (%.1f s): %s', int(hist.sum()),
                  time.time() - t0, describe_weights(ds.classes.names, w))
@@ -289,6 +354,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> Optional[Dict[str, Any]]:
 
 def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
          device: torch.device) -> Optional[Dict[str, Any]]:
+    t_start = time.time()
     out = Path(cfg.output_dir)
     main = dinfo.is_main
     state, saved_sd = None, None
@@ -312,6 +378,9 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     if val_ds.classes != classes:
         raise DatasetError(f'{cfg.data_root}: {cfg.train_split} and {cfg.val_split} splits have '
                            f'different class tables')
+    # Every file of both splits, before the first step; the masks' counts give class weights.
+    train_hist, _ = check_datasets([train_ds, val_ds], workers=max(2, cfg.workers),
+                                   progress=main)
 
     net = ERFNet(ERFNetConfig(num_classes=classes.num_classes))
     if state is not None:
@@ -319,6 +388,12 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
         progress = engine.Progress.from_dict(state['progress'])
     else:
         progress = engine.Progress(init=_initialise(net, cfg, classes))
+    wall_before = progress.wall_s  # earlier sessions of this run
+
+    def clock() -> None:
+        progress.wall_s = wall_before + time.time() - t_start
+
+    _warn_upscaling(cfg, train_ds)
     net.to(device)
     precision = engine.Precision.from_config(cfg, device)
     if precision.channels_last:
@@ -330,9 +405,9 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     size = (cfg.size[0], cfg.size[1])
     train_ds.transform = train_transform(size, cfg.mean, cfg.std, cfg.augment, cfg.seed)
     val_ds.transform = val_transform(size, cfg.mean, cfg.std)
-    weights = _class_weights(cfg, train_ds, state)
+    weights = _class_weights(cfg, train_ds, state, train_hist)
     criterion = build_loss(cfg.loss, weights.to(device) if weights is not None else None,
-                           cfg.focal_gamma)
+                           cfg.focal_gamma, dice_weight=cfg.dice_weight)
 
     train_gen = torch.Generator()
     if dinfo.distributed:
@@ -349,7 +424,13 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     per_stage = stage_epochs(cfg)
     schedule = ['encoder'] * per_stage['encoder'] + ['full'] * per_stage['full']
     log = RunLog(out, main, progress.epoch)
-    info_last = model_info(cfg, classes)
+    records = _data_records(cfg, train_ds, val_ds) if main else []
+    init_prov = _init_record(cfg) if main else None
+
+    def prov(epochs: int) -> Dict[str, Any]:
+        best = progress.best_miou if progress.best_epoch else None
+        return provenance.training_provenance(records, init_prov, epochs, progress.best_epoch,
+                                              best)
     cfg_dict = cfg.to_dict()
     opt = sched = scaler = module = None
     opt_stage = None
@@ -360,7 +441,9 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
         engine.restore_rng_state(state['rng'])
 
     def save_last(interrupted: bool = False) -> None:
+        clock()
         ts = engine.training_state(progress, opt, sched, scaler, cfg_dict, weights, interrupted)
+        info_last = model_info(cfg, classes, provenance=prov(progress.epoch))
         atomic_save(model_file_dict(net, info_last, {'training_state': ts}), out / 'last.pt')
 
     _logger.info('training %d epochs (%s) on %s: %d train / %d val samples, %d classes, %dx%d',
@@ -418,7 +501,8 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
                        'val_mean_dice': val['mean_dice'], 'time_s': round(progress.time_s, 3)}
                 log.epoch(row, by_name(classes.names, val['per_class_iou'], classes.void_index))
                 if improved:
-                    info = model_info(cfg, classes, file_metrics(val, e + 1, classes))
+                    info = model_info(cfg, classes, file_metrics(val, e + 1, classes),
+                                      prov(e + 1))
                     atomic_save(model_file_dict(net, info), out / 'best.pt')
                 save_last()
                 if cfg.plots and cfg.plots_every_epoch:
@@ -440,19 +524,37 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
         progress.best_miou, progress.best_epoch = val['miou'], progress.epoch
         progress.best_metrics = {**val, 'confusion': cm.matrix.cpu().tolist()}
         if main:
-            info = model_info(cfg, classes, file_metrics(val, progress.epoch, classes))
+            info = model_info(cfg, classes, file_metrics(val, progress.epoch, classes),
+                              prov(progress.epoch))
             atomic_save(model_file_dict(net, info), out / 'best.pt')
             save_last()
     log.close()
     if not main:
         return None
-    summary = _summary(cfg, progress, val, classes, len(train_ds), len(val_ds), device,
-                       dinfo, len(schedule))
-    with open(out / 'summary.json', 'w', encoding='utf-8') as f:
-        json.dump(_json_safe(summary), f, indent=2)
     if cfg.plots:
         _final_plots(out, cfg, progress, classes, val_ds, device)
+    clock()
+    summary = _summary(cfg, progress, val, classes, len(train_ds), len(val_ds), device,
+                       dinfo, len(schedule))
+    with atomic_path(out / 'summary.json') as tmp:
+        tmp.write_text(json.dumps(_json_safe(summary), indent=2), encoding='utf-8')
     return summary
+
+
+def _warn_upscaling(cfg: TrainConfig, ds: Any) -> None:
+    """Warn when the network size is larger than the dataset's images (each one upscaled)."""
+    if not ds.samples:
+        return
+    path = ds.samples[0][0]
+    try:
+        with Image.open(path) as im:  # reads the header only
+            w, h = im.size
+    except OSError:
+        return  # reported by name when the sample is read
+    if cfg.size[0] > w or cfg.size[1] > h:
+        _logger.warning('training size %dx%d is larger than the images (%s: %dx%d): every image '
+                        'is upscaled, %.1fx the pixels of --size %dx%d', cfg.size[0], cfg.size[1],
+                        path, w, h, cfg.size[0] * cfg.size[1] / (w * h), w // 8 * 8, h // 8 * 8)
 
 
 def _summary(cfg: TrainConfig, progress: engine.Progress, final: Optional[Dict[str, Any]],
@@ -477,7 +579,8 @@ def _summary(cfg: TrainConfig, progress: engine.Progress, final: Optional[Dict[s
         'epochs': progress.epoch,
         'epochs_planned': planned,
         'stopped_early': progress.stopped_early,
-        'time_s': round(progress.time_s, 3),
+        'time_s': round(progress.wall_s, 3),        # everything, all sessions
+        'epoch_time_s': round(progress.time_s, 3),  # training and validation epochs only
         'classes': list(classes.names),
         'num_train': n_train,
         'num_val': n_val,
@@ -518,6 +621,18 @@ def _final_plots(out: Path, cfg: TrainConfig, progress: engine.Progress, classes
 
 # ----------------------------------------------------------------------------- entry point
 
+def _finished_run(cfg: TrainConfig) -> Optional[str]:
+    """Describe the run in ``cfg.output_dir`` if it has nothing left to do, else None."""
+    progress = engine.Progress.from_dict(
+        read_file(Path(cfg.output_dir) / 'last.pt')['training_state']['progress'])
+    planned = sum(stage_epochs(cfg).values())
+    if progress.epoch < planned and not progress.stopped_early:
+        return None
+    how = 'stopped early' if progress.stopped_early else 'finished'
+    return (f'{cfg.output_dir} {how} after {progress.epoch} of {planned} epochs, best val mIoU '
+            f'{progress.best_miou:.4f} at epoch {progress.best_epoch}')
+
+
 def _sigterm(signum, frame) -> None:
     raise KeyboardInterrupt(f'signal {signum}')
 
@@ -535,6 +650,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, ModelFileError) as e:
         print(f'seg-train: error: {e}', file=sys.stderr)
         return 2
+    finished = _finished_run(cfg) if getattr(args, 'resume', False) else None
+    if finished:
+        print(f'seg-train: {finished}; nothing to resume (raise --epochs to train longer)')
+        return 0
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _sigterm) if in_main_thread else None
     try:
@@ -542,6 +661,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, DatasetError, ModelFileError) as e:
         print(f'seg-train: error: {e}', file=sys.stderr)
         return 2
+    except NoSpaceError as e:
+        hint = ('; free space, then continue with --resume'
+                if (Path(cfg.output_dir) / 'last.pt').is_file() else '')
+        print(f'seg-train: error: {e}{hint}', file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print('seg-train: interrupted', file=sys.stderr)
         return 130

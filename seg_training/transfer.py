@@ -14,9 +14,9 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from seg_training.checkpoint import (check_state_dict, detect_format, info_from_dict,
-                                     ModelFileError, Normalization, read_file, strip_prefix,
-                                     unwrap)
+from seg_training.checkpoint import (check_finite, check_state_dict, detect_format,
+                                     info_from_dict, ModelFileError, Normalization, read_file,
+                                     strip_prefix, unwrap)
 from seg_training.classes import CLASS_ALIASES, ClassTable, cityscapes_table
 from seg_training.model import ERFNet
 
@@ -106,6 +106,7 @@ def init_from_file(model: ERFNet, path: PathLike, classes: ClassTable) -> InitRe
         raise ValueError(f'model has {net.num_classes} outputs but the class table '
                          f'{classes.num_classes}')
     sd, src_classes, norm, fmt = _load_source(path)
+    check_finite(sd, str(path))  # the heads too, whose rows are copied without check_state_dict
     own = net.state_dict()
     body = {k: v for k, v in sd.items() if k not in HEAD_KEYS}
     own_body = {k: v for k, v in own.items() if k not in HEAD_KEYS}

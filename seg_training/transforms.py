@@ -1,5 +1,5 @@
 """
-Image + mask transforms with albumentations: training augmentation and validation resize.
+Image + mask transforms: training augmentation (albumentations) and validation.
 
 Both pipelines take an RGB (H, W, 3) uint8 image and an (H, W) uint8 mask (255 = ignore) and
 return ``(image float32 (3, h, w) normalised, mask int64 (h, w))`` at the network size (w, h).
@@ -8,7 +8,8 @@ neighbour and padded with the ignore label, so no invented class appears at a bo
 
 Training: random scale relative to the network size (one resize from the original), pad with
 ignore where the scaled image is smaller, random crop, horizontal flip, small rotation, blur and
-colour jitter. Validation: a plain resize to the network size.
+colour jitter. Validation: the model's own network-input step (seg_training.preprocess, the
+one the node runs) and a nearest-neighbour mask.
 
 Randomness comes from the albumentations ``Compose`` generator only; :meth:`SegTransform.set_seed`
 makes it reproducible (the trainer reseeds it every epoch and in every DataLoader worker).
@@ -25,6 +26,7 @@ import torch
 
 from seg_training.classes import IGNORE_INDEX
 from seg_training.config import AugmentConfig
+from seg_training.preprocess import DEFAULT_RESIZE, Preprocessing, preprocessing, Resize
 
 _logger = logging.getLogger(__name__)
 
@@ -69,6 +71,14 @@ class ScaleToSize(A.DualTransform):
         return ('width', 'height', 'scale_range')
 
 
+def _check_pair(image: np.ndarray, mask: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f'expected an RGB (H, W, 3) uint8 image, got {image.shape} '
+                         f'{image.dtype}')
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f'mask shape {mask.shape} != image shape {image.shape[:2]}')
+
+
 class SegTransform:
     """An albumentations pipeline plus normalisation and conversion to tensors."""
 
@@ -82,11 +92,7 @@ class SegTransform:
         self.compose.set_random_seed(int(seed))
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f'expected an RGB (H, W, 3) uint8 image, got {image.shape} '
-                             f'{image.dtype}')
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f'mask shape {mask.shape} != image shape {image.shape[:2]}')
+        _check_pair(image, mask)
         out = self.compose(image=image, mask=mask)
         img = (out['image'].astype(np.float32) / 255.0 - self.mean) / self.std  # (h, w, 3)
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (3, h, w)
@@ -118,13 +124,34 @@ def train_transform(size: Tuple[int, int], mean: Sequence[float], std: Sequence[
     return SegTransform(A.Compose(steps, seed=seed), mean, std)
 
 
-def val_transform(size: Tuple[int, int], mean: Sequence[float],
-                  std: Sequence[float]) -> SegTransform:
-    """Resize to network size ``size`` (W, H) (mask nearest), then normalisation."""
-    w, h = size
-    resize = A.Resize(height=h, width=w, interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=cv2.INTER_NEAREST, area_for_downscale='image')
-    return SegTransform(A.Compose([resize], seed=0), mean, std)
+class ValTransform:
+    """
+    The model's own network-input step (seg_training.preprocess) and a nearest-neighbour mask.
+
+    The image goes through exactly what the node runs; the mask is resized to the network size
+    with nearest neighbour (``label_size=False``) or kept at its own size (``label_size=True``).
+    """
+
+    def __init__(self, prep: Preprocessing, label_size: bool = False) -> None:
+        self.prep = prep
+        self.label_size = label_size
+
+    def set_seed(self, seed: int) -> None:
+        """Do nothing: validation has no randomness."""
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_pair(image, mask)
+        x = self.prep.image(image)  # (3, h, w) normalised
+        w, h = self.prep.size
+        if not self.label_size and mask.shape != (h, w):
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)  # (h, w)
+        return x, torch.from_numpy(mask.astype(np.int64))
+
+
+def val_transform(size: Tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                  resize: Resize = DEFAULT_RESIZE, label_size: bool = False) -> ValTransform:
+    """Resize to network size ``size`` (W, H) with ``resize`` and normalise; see ValTransform."""
+    return ValTransform(preprocessing(size, mean, std, resize), label_size)
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

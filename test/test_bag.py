@@ -4,6 +4,7 @@ from pathlib import Path
 import subprocess
 import sys
 
+from big_images import zero_png
 import cv2
 import numpy as np
 import pytest
@@ -273,6 +274,34 @@ def test_corrupt_compressed_frame(tmp_path, tiny_model_file, capsys):
     assert rc == 1 and '/cam/image/compressed at 1700000000.000000000' in err
     assert 'does not decode as jpeg' in err
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('fmt,data,words', [
+    ('png', zero_png(30000, 30000),
+     'png of 30000x30000 = 900000000 pixels is over max_input_pixels 16777216'),
+    ('jpeg', cv2.imencode('.bmp', np.zeros((8, 8, 3), np.uint8))[1].tobytes(),
+     "format 'jpeg' says jpeg but the data is bmp")])
+def test_oversized_or_mislabelled_compressed_frame(tmp_path, tiny_model_file, capsys, fmt,
+                                                   data, words):
+    with Writer(tmp_path / 'bad', version=9) as writer:
+        conn = writer.add_connection('/cam/image/compressed', COMPRESSED, typestore=TS)
+        writer.write(conn, T0, _compressed(T0, 'cam', fmt, data))
+    rc = bag.main(['--model', str(tiny_model_file), '--input', str(tmp_path / 'bad'),
+                   '--output', str(tmp_path / 'out'), '--topic', '/cam/image/compressed',
+                   '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == 1 and '/cam/image/compressed at 1700000000.000000000' in err
+    assert words in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_max_input_pixels_option(tmp_path, tiny_model_file, capsys):
+    write_bag(tmp_path / 'drive', 'mcap')
+    rc, err = _run_in_process(capsys, tiny_model_file, tmp_path / 'drive', tmp_path / 'out',
+                              '--max-input-pixels', str(24 * 16))  # the rear camera's size
+    assert rc == 1
+    assert '/front/image_raw at ' in err and 'image of 40x24 = 960 pixels is over ' \
+        'max_input_pixels 384' in err
 
 
 def test_refuses_to_overwrite_unless_asked(tmp_path, tiny_model_file, capsys):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from seg_perception.diagnostics import NodeStats, Throttle, WindowStats
+from seg_perception.diagnostics import (NodeStats, stamp_age, statistics_line, Throttle,
+                                        WindowStats)
 
 
 def test_window_rate_counts_only_recent_events():
@@ -79,3 +80,34 @@ def test_throttle_forgets_quiet_keys():
     t.allow('new', 10.0)
     assert len(t._last) == 1
     assert t.allow(0, 10.5) == (True, 0)
+
+
+def test_failed_frames_are_counted_apart_and_in_the_statistics_line():
+    stats = NodeStats(['/front/image', '/rear/image'], now=0.0)
+    for _ in range(4):
+        stats.received('/front/image')
+    stats.skipped('/front/image')
+    stats.overwritten('/front/image')
+    stats.malformed('/front/image', now=0.5)
+    stats.failed('/front/image')
+    stats.failed('/front/image')
+    stats.published('/front/image', 1.0, 0.02)
+    front = stats.camera_values('/front/image', 2.0)
+    assert front['dropped_failed'] == '2'
+    assert stats.totals(2.0)['dropped_failed'] == '2'
+    assert stats.camera_values('/rear/image', 2.0)['dropped_failed'] == '0'
+    line = statistics_line(front)
+    assert line.startswith('/front/image: 0.50 fps, latency p50 20.0 ms p99 20.0 ms, ')
+    assert ('received 4, processed 1, skipped 1 (no subscribers), dropped 1 overwritten / '
+            '1 malformed / 2 failed') in line
+
+
+@pytest.mark.parametrize('sec,nanosec,age', [
+    (100, 0, 0.5), (100, 400_000_000, 0.1), (-5, 0, 105.5), (-2**31, 0, 100.5 + 2**31),
+    (2**31 - 1, 999_999_999, 100.5 - 2**31), (99, 999_999_999, 0.500000001)])
+def test_stamp_age_takes_any_stamp(sec, nanosec, age):
+    assert stamp_age(sec, nanosec, 100_500_000_000) == pytest.approx(age, rel=1e-12, abs=1e-9)
+
+
+def test_stamp_age_of_an_unset_stamp_is_none():
+    assert stamp_age(0, 0, 100_500_000_000) is None

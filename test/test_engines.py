@@ -14,7 +14,7 @@ from seg_perception.resources import default_model_path
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
 from seg_training.model import ERFNet, ERFNetConfig
-from seg_training.synth_scene import render_frame
+from seg_training.synth import render_frame
 
 CPU = torch.device('cpu')
 CUDA = torch.cuda.is_available()

@@ -112,12 +112,18 @@ def test_seg_eval_gives_the_miou_computed_directly(tmp_path, tiny_model_file):
 def test_seg_eval_resizes_to_the_model_or_given_size(tmp_path, tiny_model_file):
     _folder_dataset(tmp_path / 'data', tiny_model_file, CUSTOM8, n=2, size=(128, 64))
     common = dict(model_path=tiny_model_file, dataset='folder', data_root=tmp_path / 'data',
-                  device='cpu', batch_size=2)
+                  device='cpu', batch_size=2, eval_size='network')
     native = seg_eval.evaluate_model_file(**common)
-    assert native['input_size'] == [W, H]
+    assert native['input_size'] == [W, H] and native['eval_size'] == 'network'
     assert native['num_pixels'] <= 2 * W * H and native['num_pixels'] > 1.5 * W * H
     small = seg_eval.evaluate_model_file(**common, size=(32, 16))
     assert small['input_size'] == [32, 16] and small['num_pixels'] <= 2 * 32 * 16
+    # the default scores at the labels' own size, whatever the network size
+    common['eval_size'] = 'label'
+    for size in (None, (32, 16)):
+        full = seg_eval.evaluate_model_file(**common, size=size)
+        assert full['eval_size'] == 'label' and full['label_sizes'] == [[128, 64]]
+        assert 2 * 128 * 61 == full['num_pixels']  # 3 rows of each mask are ignored
 
 
 @pytest.mark.timeout(300)
@@ -133,10 +139,19 @@ def test_seg_eval_reproduces_the_training_summary(tmp_path, tiny_model_file):
                           capture_output=True, text=True, timeout=280, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / 'summary.json').read_text())
-    report = seg_eval.evaluate_model_file(out / 'best.pt', 'folder', data, device='cpu')
+    report = seg_eval.evaluate_model_file(out / 'best.pt', 'folder', data, device='cpu',
+                                          eval_size='network')  # as seg-train validates
     assert report['input_size'] == [64, 32]
     assert report['miou'] == pytest.approx(summary['best_val_miou'], abs=1e-9)
     assert report['per_class_iou'] == pytest.approx(summary['per_class_iou'], abs=1e-9)
+    # the model file says what it was trained on
+    prov = load_model(out / 'best.pt')[1].provenance
+    assert [(d['role'], d['dataset'], d['split'], d['synthetic'], d['images'], d['image_sizes'])
+            for d in prov['datasets']] == [('train', 'folder', 'train', False, 4, [[96, 48]]),
+                                           ('val', 'folder', 'val', False, 2, [[96, 48]])]
+    assert prov['real_images'] is True and prov['init'] is None
+    assert prov['epochs'] == prov['best_epoch'] == 1
+    assert prov['best_val_miou'] == pytest.approx(summary['best_val_miou'], abs=1e-12)
 
 
 def test_seg_eval_names_both_class_lists_when_they_differ(tmp_path, tiny_model_file):
@@ -214,6 +229,9 @@ def _check_sidecar(path: Path, fmt: str, size, batch):
     assert side['classes']['names'] == list(CUSTOM8.names)
     assert side['normalization'] == {'mean': [0.5] * 3, 'std': [0.25] * 3}
     assert side['input_size'] == list(size)
+    assert side['resize'] == {'resize': 'area', 'antialias': False}  # the model file's own
+    assert side['preprocess']['input_size'] == list(size)
+    assert side['preprocess']['std'] == [0.25] * 3
     assert side['input']['name'] == 'image' and side['output']['name'] == 'logits'
     assert side['input']['shape'] == [batch, 3, size[1], size[0]]
     assert side['check']['max_abs_diff'] <= side['check']['tolerance']
@@ -277,3 +295,16 @@ def test_export_refuses_an_encoder_only_model(tmp_path):
     with pytest.raises(ModelFileError, match='encoder-only'):
         seg_export.export_model(path, 'torchscript', tmp_path / 'enc.torchscript')
     assert not (tmp_path / 'enc.torchscript').exists()
+
+
+def test_seg_eval_of_an_encoder_only_model_at_label_size_is_refused(tmp_path, tiny_model_file):
+    info = ModelInfo(classes=CUSTOM8, input_size=(W, H), normalization=Normalization(),
+                     encoder_only=True)
+    path = tmp_path / 'encoder.pt'
+    save_model(build_model(info), info, path)
+    _folder_dataset(tmp_path / 'data', tiny_model_file, CUSTOM8, n=1)
+    with pytest.raises(seg_eval.EvalError, match='encoder-only.*--eval-size network'):
+        seg_eval.evaluate_model_file(path, 'folder', tmp_path / 'data', device='cpu')
+    report = seg_eval.evaluate_model_file(path, 'folder', tmp_path / 'data', device='cpu',
+                                          eval_size='network')
+    assert report['eval_size'] == 'network' and report['num_pixels'] > 0

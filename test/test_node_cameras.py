@@ -7,6 +7,7 @@ module.
 
 import json
 
+from builtin_interfaces.msg import Time
 import numpy as np
 import pytest
 from ros_probe import image_array, LATCHED, make_image, start_node
@@ -106,3 +107,37 @@ def test_each_camera_has_the_class_table_and_no_plain_image_input(probe, node):
     assert all(ClassTable.from_dict(t) == CUSTOM8 for t in tables)
     readers = probe.node.get_subscriptions_info_by_topic('/image')
     assert not [r for r in readers if r.node_name == 'segmentation_node']
+
+
+def test_a_frame_with_any_stamp_never_costs_the_other_cameras_frame(probe, node):
+    """Front frames with broken stamps, each sent once with a rear frame: all are answered."""
+    stamps = [Time(sec=-5), Time(sec=0, nanosec=0), Time(sec=2**31 - 1, nanosec=999_999_999),
+              Time(sec=-2**31), Time(sec=-5, nanosec=1), Time(sec=-1, nanosec=999_999_999),
+              Time(sec=2**31 - 2), Time(sec=-7), Time(sec=-5, nanosec=2), Time(sec=-100)]
+    topics = [out(cam, 'labels') for cam in SIZES]
+    with probe.listening(topics):
+        both_cameras(probe, node, ['labels'], seed=50)  # both inputs matched and answered
+        before = probe.wait_status('camera /rear/image', lambda v: True, 'rear diagnostics',
+                                   node)
+        for trial, stamp in enumerate(stamps):
+            sent = {}
+            for cam in SIZES:
+                w, h = SIZES[cam]
+                msg, _ = make_image(ENCODINGS[cam], w, h,
+                                    stamp if cam == 'front' else probe.stamp(), frame_id=cam,
+                                    seed=60 + trial)
+                probe.publisher(type(msg), f'/{cam}/image').publish(msg)  # once, no resend
+                sent[cam] = msg.header.stamp
+
+            def answered(cam):
+                return any(m.header.stamp == sent[cam] for m in probe.messages[out(cam, 'labels')])
+
+            probe.spin_until(lambda: all(answered(c) for c in SIZES),
+                             f'trial {trial}: answers to both frames (front stamp {stamp})',
+                             timeout=20.0, process=node)
+        rear = probe.wait_status(
+            'camera /rear/image',
+            lambda v: int(v['frames_processed']) >= int(before['frames_processed']) + 10,
+            'rear frames counted as processed', node)
+    assert rear['dropped_failed'] == '0'
+    assert 'Traceback' not in node.log() and '[ERROR]' not in node.log()

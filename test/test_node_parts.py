@@ -14,7 +14,7 @@ from std_msgs.msg import Header
 from seg_perception import ros_image
 from seg_perception.image_codec import ImageFormatError
 from seg_perception.node import input_qos, LATCHED_QOS, LatestFrames
-from seg_perception.pipeline import class_table_json
+from seg_perception.pipeline import class_table_json, Frame
 from seg_perception.node import OUTPUT_QOS
 from seg_perception.params import NodeParams
 from seg_training.classes import ClassTable, CUSTOM8
@@ -103,3 +103,72 @@ def test_class_table_json_reads_back_as_the_model_table():
     assert ClassTable.from_dict(d) == CUSTOM8
     assert d['ids'] == list(range(8)) and d['model'] == '/models/m.pt'
     assert d['colors'][0] == [128, 64, 128] and d['names'][0] == 'road'
+
+
+def test_label_info_class_map_is_the_class_table():
+    from seg_perception import label_info
+
+    assert label_info.class_map(CUSTOM8) == list(enumerate(CUSTOM8.names))
+    try:
+        import vision_msgs.msg  # noqa: F401
+        importable = True
+    except ImportError:
+        importable = False
+    assert label_info.available() == importable
+    if not importable:
+        with pytest.raises(RuntimeError, match='vision_msgs is not installed'):
+            label_info.label_info_msg(CUSTOM8, Header())
+    else:
+        msg = label_info.label_info_msg(CUSTOM8, Header(frame_id='cam'))
+        assert [c.class_name for c in msg.class_map] == list(CUSTOM8.names)
+        assert msg.header.frame_id == 'cam' and msg.threshold == 0.0
+
+
+@pytest.mark.parametrize('bad,counter', [(Frame(np.zeros((8, 8, 2), np.uint8), 'rgb8'),
+                                          'dropped_failed'),
+                                         (Frame(np.zeros((8, 8, 3), np.uint8), 'yuv9'),
+                                          'dropped_malformed')])
+def test_a_frame_that_breaks_the_batch_costs_only_itself(tiny_model_file, bad, counter):
+    """The worker's batch step on a real node (in this process): the other frame is published."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from seg_perception.node import _Pending, SegmentationNode
+
+    ctx = Context()
+    rclpy.init(context=ctx, args=[])
+    node = SegmentationNode(context=ctx, parameter_overrides=[
+        Parameter('model', value=str(tiny_model_file)), Parameter('device', value='cpu'),
+        Parameter('cameras', value=['front', 'rear']), Parameter('log_period', value=0.0)])
+    probe = rclpy.create_node('batch_probe', context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(probe)
+    got = []
+    try:
+        for cam in ('front', 'rear'):
+            probe.create_subscription(Image, f'/{cam}/segmentation/labels', got.append,
+                                      OUTPUT_QOS)
+        front, rear = node._cameras
+        deadline = time.monotonic() + 30.0
+        while min(c.publishers['labels'].get_subscription_count() for c in (front, rear)) == 0:
+            assert time.monotonic() < deadline, 'the node never saw the labels subscriber'
+            executor.spin_once(timeout_sec=0.05)
+        good = Frame(np.full((16, 24, 3), 80, np.uint8), 'rgb8')
+        node._process([_Pending(Header(frame_id='front'), frame=bad),
+                       _Pending(Header(frame_id='rear'), frame=good)], [front, rear])
+        while not got:
+            assert time.monotonic() < deadline, 'the rear frame was not published'
+            executor.spin_once(timeout_sec=0.05)
+        assert got[0].header.frame_id == 'rear' and (got[0].width, got[0].height) == (24, 16)
+        executor.spin_once(timeout_sec=0.2)
+        assert len(got) == 1  # nothing for the bad front frame
+        now = time.monotonic()
+        assert node.stats.camera_values(front.topic, now)[counter] == '1'
+        assert node.stats.camera_values(rear.topic, now)['frames_processed'] == '1'
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
+        node.close()
+        ctx.try_shutdown()

@@ -110,6 +110,38 @@ def test_missing_default_model_says_where_it_looked_and_how_to_get_one(monkeypat
     assert '-p model:=' in message and 'seg-train' in message
 
 
+def test_floating_point_parameters_take_integers():
+    p = declared(['-p', 'log_period:=0', '-p', 'diagnostics_period:=2', '-p', 'overlay_alpha:=1'])
+    assert (p.log_period, p.diagnostics_period, p.overlay_alpha) == (0.0, 2.0, 1.0)
+    assert all(type(v) is float for v in (p.log_period, p.diagnostics_period, p.overlay_alpha))
+    assert declared(['-p', 'overlay_alpha:=0']).overlay_alpha == 0.0
+    for override in ('overlay_alpha:=2', 'log_period:=-1', 'diagnostics_period:=0'):
+        with pytest.raises(ValueError, match=f'parameter {override.split(":=")[0]}'):
+            declared(['-p', override])
+    with pytest.raises(ValueError, match='parameter overlay_alpha'):
+        params.NodeParams(overlay_alpha=True)
+    assert params.coerce('overlay_alpha', 1) == 1.0 and params.coerce('depth', 2) == 2
+
+
+def test_max_input_pixels_bounds_frames():
+    assert params.NodeParams().max_input_pixels == 4096 * 4096
+    assert declared(['-p', 'max_input_pixels:=1000000']).max_input_pixels == 1_000_000
+    with pytest.raises(ParameterException, match='max_input_pixels'):
+        declared(['-p', 'max_input_pixels:=0'])
+
+
+def test_usage_lists_every_parameter_with_default_and_description():
+    text = params.usage('segmentation_node')
+    assert text.startswith('usage: segmentation_node [-h] [--ros-args')
+    for f in fields(params.NodeParams):
+        line = next(ln for ln in text.splitlines() if ln.startswith(f'  {f.name} ('))
+        assert 'default' in line, line
+        assert params.descriptor(f.name).description in text, f.name
+    assert "  overlay_alpha (double, default 0.5) [0..1; changeable at run time]" in text
+    assert "  precision (string, default 'fp32') [fp32 | fp16 | bf16]" in text
+    assert '  input_width (integer, default 0) [0..4096 step 8]' in text
+
+
 def test_accelerate_choices_are_the_engines():
     from seg_perception.engines import ACCELERATIONS
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from big_images import zero_png
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
@@ -194,6 +195,22 @@ def test_folder_of_frames_as_a_camera(tmp_path):
             proc.kill()
             proc.wait()
         probe.close()
+
+
+@pytest.mark.parametrize('fmt', ['raw', 'png'])
+def test_folder_frame_over_max_input_pixels_is_refused_undecoded(tmp_path, fmt):
+    cv2.imwrite(str(tmp_path / 'frame_000.png'), np.zeros((10, 14, 3), np.uint8))
+    (tmp_path / 'frame_001.png').write_bytes(zero_png(30000, 30000))
+    source = replay.FrameSource(tmp_path, '/cam/image_raw', 10.0, 'cam', fmt=fmt)
+    messages = source.messages()
+    assert next(messages).topic.startswith('/cam/image_raw')
+    with pytest.raises(ValueError, match='frame_001.png: png of 30000x30000 = 900000000 pixels '
+                       'is over max_input_pixels 16777216'):
+        next(messages)
+    small = replay.FrameSource(tmp_path, '/cam/image_raw', 10.0, 'cam', fmt=fmt,
+                               max_pixels=100)
+    with pytest.raises(ValueError, match='frame_000.png: png of 14x10 = 140 pixels'):
+        next(small.messages())
 
 
 def test_loop_runs_until_ctrl_c(drive):

@@ -15,8 +15,8 @@ from seg_training.cli import parse_size
 from seg_training.data import CityscapesDataset, FolderDataset
 from seg_training.synth import (CITIES, drive_seed, generate, label_lut, LABEL_IDS, main,
                                 render_frame, render_sequence, sample_drive)
-from seg_training.synth_render import Look
-from seg_training.synth_scene import (BUILDING, CAR, Drive, EGO_VEHICLE, ROAD, SKY, TERRAIN,
+from seg_training.synth.render import Look
+from seg_training.synth.scene import (BUILDING, CAR, Drive, EGO_VEHICLE, ROAD, SKY, TERRAIN,
                                       TRUCK, VEGETATION)
 
 SMALL = (128, 64)

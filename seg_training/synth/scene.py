@@ -33,9 +33,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from seg_training.synth_render import (box, Camera, DT, F_AHIGH, F_ALOW, F_BHIGH, F_BLOW,
+from seg_training.synth.render import (box, Camera, DT, F_AHIGH, F_ALOW, F_BHIGH, F_BLOW,
                                        fixed, Frame, Look, NEAR)
-from seg_training.synth_style import Color, domain_style, DomainStyle, VIEWS, Weather, WEATHERS
+from seg_training.synth.style import Color, domain_style, DomainStyle, VIEWS, Weather, WEATHERS
 
 # Cityscapes label ids drawn by the generator (cityscapesscripts' table).
 UNLABELED, EGO_VEHICLE, ROAD, SIDEWALK, BUILDING = 0, 1, 7, 8, 11

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from seg_training.synth_style import Color, Weather
+from seg_training.synth.style import Color, Weather
 
 NEAR = 1.0            # near clipping distance (m)
 DT = 0.1              # seconds between frames

@@ -7,7 +7,7 @@ Examples::
     seg-synth --layout folder --classes custom8 --out data/synth_c8 --train 234 --val 60 \\
         --size 256x128 --seed 1
 
-Scenes are drawn with numpy and OpenCV (see :mod:`seg_training.synth_scene`): a road in
+Scenes are drawn with numpy and OpenCV (see :mod:`seg_training.synth.scene`): a road in
 perspective with lane marks, kerbs and sidewalks, facades with windows, sky with clouds, trees
 and hedges, poles, signs and traffic lights, cars, vans and trucks, pedestrians, cast shadows,
 haze, fog and rain, with camera height, pitch, focal length, horizon and roll varying from drive
@@ -53,7 +53,7 @@ Domains
     ``source`` (default of the cityscapes layout) looks like Cityscapes; ``target`` (default of
     the folder layout) is another car and another place: a high, pitched, wide-angle camera with
     vignetting and noise, darker asphalt, other facades, overcast, fog, dusk or rain. See
-    :mod:`seg_training.synth_style`.
+    :mod:`seg_training.synth.style`.
 
 The same arguments give the same bytes, whatever ``--workers``. A ``seg_synth.json`` at the root
 records the arguments and the class pixel fractions.
@@ -80,15 +80,10 @@ from tqdm import tqdm
 from seg_training.cli import parse_size
 from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
                                   CUSTOM8, IGNORE_INDEX)
-from seg_training.synth_scene import (BUILDING, CAR, Drive, DriveParams, LABEL_IDS, PERSON,
-                                      POLE, render_frame, render_sequence, ROAD, sample_drive,
-                                      SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT, TRAFFIC_SIGN, TRUCK,
-                                      VEGETATION)
-from seg_training.synth_style import DOMAINS, VIEWS
-
-__all__ = ['CUSTOM8_FROM_LABEL_ID', 'Drive', 'drive_seed', 'DriveParams', 'generate', 'LABEL_IDS',
-           'label_lut', 'main', 'render_frame', 'render_sequence',
-           'sample_drive', 'samples_sheet']
+from seg_training.synth.scene import (BUILDING, CAR, Drive, PERSON, POLE, render_frame, ROAD,
+                                      sample_drive, SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT,
+                                      TRAFFIC_SIGN, TRUCK, VEGETATION)
+from seg_training.synth.style import DOMAINS, VIEWS
 
 _logger = logging.getLogger(__name__)
 

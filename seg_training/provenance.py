@@ -1,0 +1,212 @@
+"""
+What a model was trained on: the ``provenance`` entry of a model file, and its log lines.
+
+``seg-train`` writes, into ``best.pt`` and ``last.pt``::
+
+    provenance = {
+        'datasets': [{'role': 'train' | 'val', 'dataset': 'cityscapes' | 'folder' | ...,
+                      'root': str, 'split': str, 'synthetic': bool, 'images': int,
+                      'image_sizes': [[w, h], ...]}, ...],
+        'init': None | {'source': str, 'provenance': dict | None},  # --init, --pretrained-encoder
+        'epochs': int,              # epochs trained when the file was written
+        'best_epoch': int, 'best_val_miou': float | None,  # validation at the network size
+        'real_images': True | False | None,   # None: unknown (a parent without provenance)
+    }
+
+A dataset root is synthetic when it holds ``seg_synth.json``, the record ``seg-synth`` writes in
+every output root (:data:`SYNTH_MARKER`). The official ERFNet Cityscapes model gets
+:func:`official_provenance`. ``python -m seg_training.provenance MODEL --set RECORD.json`` adds a
+provenance record to an existing project model file in place, its weights untouched (that is how
+``models/erfnet_synth.pt`` got its record, ``models/erfnet_synth.provenance.json``).
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+from pathlib import Path
+import sys
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from PIL import Image
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+SYNTH_MARKER = 'seg_synth.json'
+MAX_SIZES = 20  # distinct image sizes listed per dataset
+OFFICIAL_SOURCE = ('github.com/Eromera/erfnet_pytorch, trained_models/erfnet_pretrained.pth')
+
+
+def dataset_is_synthetic(root: PathLike) -> bool:
+    """Tell whether seg-synth wrote ``root`` (it holds :data:`SYNTH_MARKER`)."""
+    return (Path(root) / SYNTH_MARKER).is_file()
+
+
+def image_sizes(paths: Iterable[PathLike]) -> List[List[int]]:
+    """Distinct [w, h] of the images (headers only), most frequent first, at most MAX_SIZES."""
+    counts: Dict[tuple, int] = {}
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                counts[im.size] = counts.get(im.size, 0) + 1
+        except OSError:
+            continue  # the dataset reports unreadable images itself when it loads them
+    ranked = sorted(counts, key=lambda s: -counts[s])
+    return [list(s) for s in ranked[:MAX_SIZES]]
+
+
+def dataset_record(ds: Any, kind: str, role: str) -> Dict[str, Any]:
+    """Describe one dataset split (a SegmentationDataset: ``root``, ``split``, ``samples``)."""
+    return {'role': role, 'dataset': kind, 'root': str(ds.root), 'split': ds.split,
+            'synthetic': dataset_is_synthetic(ds.root), 'images': len(ds.samples),
+            'image_sizes': image_sizes(img for img, _ in ds.samples)}
+
+
+def real_images(datasets: Sequence[Mapping], init: Optional[Mapping]) -> Optional[bool]:
+    """Tell whether training (or its starting model) used real images; None if unknown."""
+    if any(not d.get('synthetic', True) for d in datasets):
+        return True
+    if init is None:
+        return False
+    parent = init.get('provenance')
+    if parent is None:
+        return None
+    return parent.get('real_images')
+
+
+def training_provenance(datasets: Sequence[Mapping], init: Optional[Mapping], epochs: int,
+                        best_epoch: int, best_val_miou: Optional[float]) -> Dict[str, Any]:
+    """Assemble the provenance entry of a model file written by seg-train."""
+    miou = None if best_val_miou is None or not math.isfinite(best_val_miou) else best_val_miou
+    return {'datasets': [dict(d) for d in datasets],
+            'init': dict(init) if init is not None else None,
+            'epochs': int(epochs), 'best_epoch': int(best_epoch),
+            'best_val_miou': None if miou is None else float(miou),
+            'real_images': real_images(datasets, init)}
+
+
+def official_provenance() -> Dict[str, Any]:
+    """Describe the official ERFNet Cityscapes model as its authors do."""
+    return {'datasets': [{'role': 'train', 'dataset': 'cityscapes', 'split': 'train',
+                          'synthetic': False, 'images': 2975, 'image_sizes': [[2048, 1024]]}],
+            'init': None, 'source': OFFICIAL_SOURCE, 'epochs': None, 'best_epoch': None,
+            'best_val_miou': None, 'real_images': True,
+            'note': 'the authors report 72.1 val IoU for it, scored at 1024x512'}
+
+
+def init_record(source: str, provenance: Optional[Mapping]) -> Dict[str, Any]:
+    """Make the ``init`` entry of a run that started from ``source``."""
+    return {'source': source, 'provenance': dict(provenance) if provenance else None}
+
+
+def file_provenance(path: PathLike) -> Optional[Dict[str, Any]]:
+    """Return the provenance recorded in (or known of) a model file; None if none."""
+    from seg_training.checkpoint import detect_format, read_file
+
+    obj = read_file(path)
+    kind = detect_format(obj)
+    if kind == 'project':
+        prov = obj.get('provenance')
+        return dict(prov) if isinstance(prov, Mapping) else None
+    if kind == 'official':
+        return official_provenance()
+    if kind == 'imagenet-encoder':
+        return {'datasets': [{'role': 'train', 'dataset': 'imagenet', 'synthetic': False}],
+                'init': None, 'real_images': True, 'source': str(path)}
+    return None
+
+
+def describe(provenance: Optional[Mapping]) -> str:
+    """One line: datasets (real or synthetic, sizes), epochs, best validation mIoU."""
+    if provenance is None:
+        return 'training data not recorded in the model file'
+    parts = []
+    for d in provenance.get('datasets') or []:
+        sizes = d.get('image_sizes') or []
+        size = ', '.join('%dx%d' % tuple(s) for s in sizes[:3])
+        size += ' ...' if len(sizes) > 3 else ''
+        n = d.get('images')
+        parts.append(f"{d.get('role', 'train')} {d.get('dataset')}"
+                     f"{':' + d['split'] if d.get('split') else ''} "
+                     f"({'synthetic' if d.get('synthetic') else 'real'}"
+                     f"{f', {n} images' if n is not None else ''}{f', {size}' if size else ''})")
+    text = 'trained on ' + ('; '.join(parts) if parts else 'unknown data')
+    init = provenance.get('init')
+    if init:
+        text += f"; started from {init.get('source')}"
+    if provenance.get('epochs') is not None:
+        text += f"; {provenance['epochs']} epochs"
+    if provenance.get('best_val_miou') is not None:
+        text += f"; best val mIoU {provenance['best_val_miou']:.3f}"
+    if provenance.get('source'):
+        text += f"; published at {provenance['source']}"
+    if provenance.get('note'):
+        text += f" ({provenance['note']})"
+    return text
+
+
+def never_saw_real_images(provenance: Optional[Mapping]) -> bool:
+    """Tell whether the record says so: every dataset synthetic, no real-image parent."""
+    return provenance is not None and provenance.get('real_images') is False
+
+
+def log_model(provenance: Optional[Mapping], model: str, logger: Any) -> None:
+    """
+    Log what ``model`` was trained on; warn when it has never seen a real image.
+
+    A file that records nothing is logged as such (info): older project files predate the record.
+
+    ``logger`` is a ``logging.Logger`` or an rclpy logger (both have info and warning).
+    """
+    logger.info(f'model {model}: {describe(provenance)}')
+    if never_saw_real_images(provenance):
+        logger.warning(f'model {model} has never seen a real image (synthetic training data '
+                       'only): expect poor results on camera frames; fine-tune it on real '
+                       'frames or run the official Cityscapes model (README, "Model files")')
+
+
+def set_provenance(path: PathLike, record: Mapping) -> None:
+    """Write ``record`` as the provenance of the project model file ``path``, in place."""
+    from seg_training.checkpoint import atomic_save, detect_format, ModelFileError, read_file
+
+    obj = read_file(path)
+    if detect_format(obj) != 'project':
+        raise ModelFileError(f'{path}: not a seg_perception model file; only those hold a '
+                             'provenance record')
+    for key in ('datasets', 'real_images'):
+        if key not in record:
+            raise ValueError(f'provenance record lacks {key!r}')
+    obj['provenance'] = dict(record)
+    atomic_save(obj, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='python -m seg_training.provenance',
+        description='Show the provenance of a model file, or set it from a JSON record '
+        '(the weights are written back unchanged).')
+    p.add_argument('model', help='model file')
+    p.add_argument('--set', metavar='JSON', help='JSON file with the provenance record to store')
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    from seg_training.checkpoint import ModelFileError
+
+    try:
+        if args.set:
+            set_provenance(args.model, json.loads(Path(args.set).read_text(encoding='utf-8')))
+            _logger.info('wrote the provenance of %s', args.model)
+        prov = file_provenance(args.model)
+    except (ModelFileError, ValueError, OSError) as e:
+        sys.exit(f'provenance: error: {e}')
+    print(json.dumps(prov, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
