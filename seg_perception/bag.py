@@ -35,7 +35,7 @@ from seg_perception.engines import ACCELERATIONS
 from seg_perception.image_codec import ImageFormatError, MAX_INPUT_PIXELS
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.ros_types import BagError, format_time
-from seg_training.cli import network_size_arg
+from seg_training.cli import HelpFormatter, network_size_arg
 from seg_training.files import remove_leftovers
 
 _logger = logging.getLogger(__name__)
@@ -301,6 +301,7 @@ class BagSegmenter:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='seg-bag', description='Segment image topics of a rosbag2 (mcap or sqlite3) into a '
         'new bag with <ns>/segmentation/{labels,color,overlay,confidence}.')
     p.add_argument('--model', required=True, help='model file (.pt)')
@@ -310,9 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--output', required=True, type=Path, help='output bag folder')
     p.add_argument('--batch-size', type=int, default=4, help='frames per forward pass')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
-    p.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
+    p.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'),
+                   help='network precision (fp16/bf16: CUDA)')
     p.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
-                   help='how the network runs (default auto: the fastest for the device)')
+                   help='how the network runs; auto: the fastest engine for the device and '
+                   'precision (README, Engines)')
     p.add_argument('--input-size', type=network_size_arg, default=None, metavar='WxH',
                    help="network input size (default: the model's own)")
     p.add_argument('--alpha', type=float, default=0.5, help='overlay opacity of the class colours')

@@ -28,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import network_size_arg, resolve_device
+from seg_training.cli import HelpFormatter, network_size_arg, resolve_device
 from seg_training.provenance import log_model
 
 _logger = logging.getLogger(__name__)
@@ -126,17 +126,20 @@ def describe(info: ModelInfo, path: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='seg-predict',
         description='Segment image files and folders with an ERFNet model file.')
     parser.add_argument('inputs', nargs='+', metavar='INPUT',
                         help='image files, or folders searched recursively for images')
     parser.add_argument('--model', required=True,
                         help='model file: seg_perception .pt or official erfnet_pretrained.pth')
-    parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
-    parser.add_argument('--precision', default='fp32', choices=sorted(PRECISIONS))
+    parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'),
+                        help='where the network runs (auto: CUDA when available)')
+    parser.add_argument('--precision', default='fp32', choices=sorted(PRECISIONS),
+                        help='network precision (fp16/bf16: CUDA)')
     parser.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
-                        help='how the network runs (default auto: the fastest for the device; '
-                        'see the README, Engines)')
+                        help='how the network runs; auto: the fastest engine for the device and '
+                        'precision (README, Engines)')
     parser.add_argument('--input-size', type=network_size_arg, metavar='WxH',
                         help="network input size (default: the model's own)")
     parser.add_argument('--output-dir', type=Path, default=DEFAULT_OUTPUT_DIR,
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--alpha', type=float, default=0.5,
                         help='opacity of the class colours in the overlay, 0..1 (default 0.5)')
     parser.add_argument('--log-level', default='INFO',
-                        choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'))
+                        choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'), help='logging level')
     return parser
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from seg_perception import image_codec, ros_types
 from seg_perception.image_codec import CONVERTED
 from seg_perception.ros_types import BagError
+from seg_training.cli import HelpFormatter
 
 _logger = logging.getLogger(__name__)
 
@@ -345,6 +346,7 @@ def replay(source, replayer: Replayer, rate: float = 1.0, loop: bool = False,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='seg-replay', description='Publish a rosbag2\'s image topics, a folder of frames or '
         'a video as camera topics at recorded speed, with /clock for use_sim_time.')
     p.add_argument('source', help='rosbag2 (folder, .mcap or .db3), image folder or video file')

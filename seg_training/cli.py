@@ -1,12 +1,30 @@
-"""Small pieces the command-line tools share: image sizes and the compute device."""
+"""
+Small pieces the command-line tools share: help format, image sizes and the compute device.
+
+Light to import (torch only when a device or a network size is asked for), so tools without a
+network, such as seg-replay, use it too.
+"""
 
 import argparse
-from typing import Tuple
+from typing import Tuple, TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from seg_training.checkpoint import check_input_bound
-from seg_training.model import check_input_size
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Option help that ends with the default where there is one, and marks required options."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        if not action.option_strings or 'default' in text or '(required' in text:
+            return text
+        if action.required:
+            return f'{text} (required)'
+        if any(action.default is v for v in (None, True, False, argparse.SUPPRESS)) \
+                or action.default == []:
+            return text
+        return f'{text} (default: %(default)s)'
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -30,6 +48,9 @@ def size_arg(text: str) -> Tuple[int, int]:
 
 def network_size_arg(text: str) -> Tuple[int, int]:
     """Argparse type of an ERFNet input size 'WxH': multiples of the stride, within bounds."""
+    from seg_training.checkpoint import check_input_bound
+    from seg_training.model import check_input_size
+
     w, h = size_arg(text)
     try:
         check_input_size(h, w)
@@ -39,13 +60,15 @@ def network_size_arg(text: str) -> Tuple[int, int]:
     return w, h
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> 'torch.device':
     """
     Turn 'auto', 'cpu', 'cuda' or 'cuda:N' into a device.
 
     'auto' is CUDA when available, else the CPU; a bare 'cuda' is this process's GPU under DDP
     (``local_rank``). Asking for CUDA where there is none is a RuntimeError.
     """
+    import torch
+
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
     dev = torch.device(name)

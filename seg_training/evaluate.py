@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import network_size_arg, resolve_device
+from seg_training.cli import HelpFormatter, network_size_arg, resolve_device
 from seg_training.classes import ClassTable
 from seg_training.data import build_dataset, check_datasets, DATASET_KINDS, DatasetError
 from seg_training.files import atomic_path
@@ -243,15 +243,16 @@ def write_json(obj: Any, path: PathLike) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='seg-eval', description='Evaluate a segmentation model file on a dataset split '
         '(mIoU, per-class IoU, accuracies, frequency-weighted IoU, Dice) and print JSON.')
     p.add_argument('--model', required=True, help='project model file or erfnet_pretrained.pth')
-    p.add_argument('--dataset', required=True, choices=DATASET_KINDS)
+    p.add_argument('--dataset', required=True, choices=DATASET_KINDS, help='dataset layout')
     p.add_argument('--data-root', required=True, help='dataset root folder')
-    p.add_argument('--split', default='val')
+    p.add_argument('--split', default='val', help='dataset split to score')
     p.add_argument('--json', help='also write the JSON report to this file')
-    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default auto)')
-    p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    p.add_argument('--batch-size', type=int, default=4, help='images per forward pass')
     p.add_argument('--size', type=network_size_arg,
                    help='network input WxH (default: the model file\'s input size)')
     p.add_argument('--eval-size', choices=EVAL_SIZES, default='label',

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import network_size_arg
+from seg_training.cli import HelpFormatter, network_size_arg
 from seg_training.evaluate import write_json
 from seg_training.model import check_input_size
 
@@ -233,10 +233,11 @@ def export_model(model_path: PathLike, fmt: str, output: Optional[PathLike] = No
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='seg-export', description='Export a segmentation model file to ONNX or '
         'TorchScript, check it against PyTorch and write a JSON sidecar with its class table.')
     p.add_argument('--model', required=True, help='project model file or erfnet_pretrained.pth')
-    p.add_argument('--format', required=True, choices=FORMATS)
+    p.add_argument('--format', required=True, choices=FORMATS, help='export format')
     p.add_argument('--output', help='output file (default: the model path with .onnx or '
                    '.torchscript); the sidecar is <output>.json')
     p.add_argument('--size', type=network_size_arg,

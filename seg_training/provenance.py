@@ -31,6 +31,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from PIL import Image
 
+from seg_training.cli import HelpFormatter
+
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -184,6 +186,7 @@ def set_provenance(path: PathLike, record: Mapping) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='python -m seg_training.provenance',
         description='Show the provenance of a model file, or set it from a JSON record '
         '(the weights are written back unchanged).')

@@ -34,7 +34,7 @@ from seg_perception import ros_types
 from seg_perception.bag import AtomicBagWriter
 from seg_perception.resources import default_model_path, ResourceNotFoundError
 from seg_training.classes import ClassTable
-from seg_training.cli import size_arg
+from seg_training.cli import HelpFormatter, size_arg
 from seg_training.synth.style import DOMAINS
 from seg_perception.demo.drive import DemoError, DriveSpec, record_drive
 from seg_perception.demo.graph import NODE_NAME, Recorder, run_graph
@@ -46,6 +46,7 @@ _logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='python -m seg_perception.demo', description='Record a synthetic front/rear drive, '
         'replay it into segmentation_node over DDS, record the outputs and write an overlay '
         'video, a contact sheet and a summary.')

@@ -77,7 +77,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seg_training.cli import parse_size
+from seg_training.cli import HelpFormatter, parse_size
 from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
                                   CUSTOM8, IGNORE_INDEX)
 from seg_training.synth.scene import (BUILDING, CAR, Drive, PERSON, POLE, render_frame, ROAD,
@@ -352,6 +352,7 @@ def samples_sheet(path: PathLike, seeds: Sequence[int] = (3, 12),
 def build_parser() -> argparse.ArgumentParser:
     """Build the seg-synth command line parser."""
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog='seg-synth', description='Write procedural driving scenes as a Cityscapes-layout '
         'dataset or as a folder dataset with another class set and another look.')
     p.add_argument('--layout', choices=LAYOUTS, help='dataset layout (required)')
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--train', type=int, default=20, help='training frames (default 20)')
     p.add_argument('--val', type=int, default=10, help='validation frames (default 10)')
     p.add_argument('--size', default='256x128', help='image size WxH (default 256x128)')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0, help='seed of the drives (same seed, same data)')
     p.add_argument('--domain', choices=DOMAINS,
                    help='look of the world (default: source for cityscapes, target for folder)')
     p.add_argument('--mask-format', choices=MASK_FORMATS, default='index',
