@@ -58,7 +58,7 @@ def resolve(accelerate: str, device: torch.device, precision: str) -> str:
     Return the engine ``accelerate`` stands for on ``device`` in ``precision``.
 
     ``auto`` picks the fastest engine measured (bench/bench_engines.py): on the CPU in fp32,
-    onnxruntime (ERFNet 256x128: 2.3x faster than eager, same labels); on the CPU in fp16/bf16,
+    onnxruntime (ERFNet forward 1.8-3x faster than eager, same labels); on the CPU in fp16/bf16,
     eager (onnxruntime runs fp32 only); on CUDA, eager channels_last. Other settings are returned
     as they are once checked against the device and precision.
     """
