@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_check.sh [--dry-run] OUT
 #
-# Steps (each with its log in OUT/logs/, all within about 8 minutes):
+# Steps (all within about 8 minutes; their output goes to OUT/gpu_check.log):
 #   1. install   the wheels in bench/wheels/ (made by bench/fetch_gpu_wheels.sh) into a venv
 #                that sees the machine's torch; check the imports and CUDA;
 #   2. tests     the CUDA tests (pytest -k cuda: engines, pipeline);
@@ -13,8 +13,10 @@
 #                fp16 and bf16, batch 1 and 8 (8 cameras);
 #   5. bench-8cams  bench_inference.py again, the node with 8 cameras at 30 Hz;
 #   6. engines-compile  torch.compile at 1024x512 fp16 (compiling takes a minute or more);
-# and writes OUT/gpu_check.json: the device, each step's command, exit status and seconds, and
-# where the results are (OUT/engines/*.json, OUT/bench/*.json, OUT/bench-8cams/*.json).
+# and writes OUT/gpu_check.json: the device, each step's command, exit status and seconds. The
+# results are OUT/engines/*.json (2), OUT/bench/*.json and OUT/bench-8cams/*.json: six files in
+# all, none deeper than one folder. The venv goes to $GPU_CHECK_WORK (default
+# /tmp/seg_gpu_check), not into OUT.
 #
 # --dry-run (automatic when torch sees no CUDA) runs every step on the CPU, quickly and small:
 # the wheel folder is checked for CPython 3.12 instead of installed, the tests run (the CUDA ones
@@ -36,8 +38,12 @@ for arg in "$@"; do
   esac
 done
 [ -n "$OUT" ] || { echo "usage: bash bench/gpu_check.sh [--dry-run] OUT" >&2; exit 2; }
-mkdir -p "$OUT/logs"
+mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+WORK="${GPU_CHECK_WORK:-/tmp/seg_gpu_check}"
+LOG="$OUT/gpu_check.log"
+mkdir -p "$WORK"
+[ "$INSTALL_STEP" = 1 ] || : > "$LOG"
 WHEELS="$ROOT/bench/wheels"
 PYTHON="${PYTHON:-python3}"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-460}"  # steps that would end later are cut short or left out
@@ -74,12 +80,14 @@ run() {
   else
     echo "gpu_check: $name (at most ${budget} s): $*"
     t0=$(date +%s%N)
-    timeout --signal=INT --kill-after=20 "$budget" "$@" > "$OUT/logs/$name.log" 2>&1
+    echo "=== $name: $*" >> "$LOG"
+    timeout --signal=INT --kill-after=20 "$budget" "$@" > "$WORK/step.log" 2>&1
     rc=$?
+    cat "$WORK/step.log" >> "$LOG"
     local ms secs
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     secs=$(printf '%d.%03d' $(( ms / 1000 )) $(( ms % 1000 )))
-    tail -n 4 "$OUT/logs/$name.log" | sed 's/^/    /'
+    tail -n 4 "$WORK/step.log" | sed 's/^/    /'
     echo "gpu_check: $name exit $rc after ${secs} s"
     local cmd
     cmd=$(printf '%s ' "$@" | sed 's/\\/\\\\/g; s/"/\\"/g')
@@ -107,9 +115,17 @@ install_wheels() {
       "${PLATFORM[@]}" "$WHEELS"/*.whl || return 1
     echo "dry run: the wheels suit CPython 3.12 manylinux x86_64; nothing installed"
   else
-    # A venv that sees the machine's torch (and pip); the wheels go into it, never over torch.
-    "$PYTHON" -m venv --system-site-packages --without-pip "$OUT/venv" || return 1
-    "$OUT/venv/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" \
+    # A venv of our own that also sees the machine's environment (torch, numpy, OpenCV, pip,
+    # pytest: $PYTHON may itself be a venv, which --system-site-packages would not reach) through
+    # a .pth file; the wheels go into the venv's own site-packages (the ROS wheels find their
+    # libraries there), never over the machine's packages.
+    rm -rf "$WORK/venv"
+    "$PYTHON" -m venv --without-pip "$WORK/venv" || return 1
+    local site
+    site=$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))' \
+      > "$site/machine-env.pth" || return 1
+    "$WORK/venv/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" \
       -r "$WHEELS/requirements-gpu.txt" || return 1
   fi
   "$PY" - <<'EOF'
@@ -129,13 +145,13 @@ if missing:
 EOF
 }
 PY="$PYTHON"
-[ "$DRY" = 0 ] && PY="$OUT/venv/bin/python"
+[ "$DRY" = 0 ] && PY="$WORK/venv/bin/python"
 if [ "$INSTALL_STEP" = 1 ]; then
   install_wheels
   exit $?
 fi
 run install 120 bash "$0" --install-step $([ "$DRY" = 1 ] && echo --dry-run) "$OUT"
-if [ "$DRY" = 0 ] && [ ! -x "$OUT/venv/bin/python" ]; then PY="$PYTHON"; fi
+if [ "$DRY" = 0 ] && [ ! -x "$WORK/venv/bin/python" ]; then PY="$PYTHON"; fi
 
 # --- 2. tests ------------------------------------------------------------------------------
 run tests 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda test/test_engines.py \
@@ -177,6 +193,6 @@ cat > "$OUT/gpu_check.json" <<EOF
  "load_average": "$(cut -d' ' -f1-3 /proc/loadavg)",
  "steps": [${STEPS_JSON%,}]}
 EOF
-echo "gpu_check: $(( $(date +%s) - START )) s; results in $OUT (gpu_check.json, engines/, bench/," \
-  "bench-8cams/, logs/); exit $FIRST_RC"
+echo "gpu_check: $(( $(date +%s) - START )) s; results in $OUT (gpu_check.json, gpu_check.log," \
+  "engines/, bench/, bench-8cams/); exit $FIRST_RC"
 exit "$FIRST_RC"
