@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'segment.launch.py'
+ARGUMENTS = {'image', 'model', 'params_file', 'use_sim_time',  # the original four, and
+             'cameras', 'image_name', 'input_transport', 'reliability', 'rviz', 'rviz_config',
+             'camera_frame'}
 
 
 def load():
@@ -28,7 +31,7 @@ def test_launch_file_declares_its_arguments_and_the_node():
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             calls.setdefault(node.func.id, []).append(node)
     declared = {c.args[0].value for c in calls['DeclareLaunchArgument']}
-    assert declared == {'image', 'model', 'params_file', 'use_sim_time'}
+    assert declared == ARGUMENTS
     (node,) = calls['Node']
     kwargs = {k.arg: k.value for k in node.keywords}
     assert ast.literal_eval(kwargs['package']) == 'seg_perception'
@@ -47,4 +50,4 @@ def test_launch_description_where_ros_launch_is_installed():
 
     ld = load().generate_launch_description()
     names = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
-    assert names == {'image', 'model', 'params_file', 'use_sim_time'}
+    assert names == ARGUMENTS
