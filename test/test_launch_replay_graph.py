@@ -4,6 +4,7 @@ launch_testing: replay.launch.py plays a recorded two-camera drive into the node
 ``image:=/front/image_raw`` runs ``/front/segmentation_node``; ``ros2 bag play --clock`` starts
 once the node is ready, the front frames come back segmented on ``/front/segmentation/*`` with
 their recorded headers, nothing is published for the rear camera, and the player ends cleanly.
+Run twice: raw input and ``input_transport:=compressed`` (the bag holds both).
 Run by ``colcon test`` in a ROS install with rosbag2 (or ``launch_test
 test/test_launch_replay_graph.py``); skipped where launch_testing is absent.
 """
@@ -30,6 +31,8 @@ import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
 from launch_graph import frame, GraphProbe, STARTUP_S  # noqa: E402
 
+import cv2  # noqa: E402
+
 from seg_perception import ros_types  # noqa: E402
 from seg_perception.bag import AtomicBagWriter  # noqa: E402
 
@@ -45,20 +48,28 @@ def stamps_ns():
 
 
 def write_drive(path: Path) -> None:
-    """Record FRAMES rgb8 frames of each camera on /<camera>/image_raw (mcap)."""
+    """Record FRAMES frames of each camera on /<camera>/image_raw (rgb8) and .../compressed."""
     ts = ros_types.typestore()
     with AtomicBagWriter(path, 'mcap', overwrite=True) as writer:
-        conns = {c: writer.add_connection(f'/{c}/image_raw', ros_types.IMAGE, typestore=ts)
-                 for c in CAMERAS}
+        raw = {c: writer.add_connection(f'/{c}/image_raw', ros_types.IMAGE, typestore=ts)
+               for c in CAMERAS}
+        jpeg = {c: writer.add_connection(f'/{c}/image_raw/compressed',
+                                         ros_types.COMPRESSED_IMAGE, typestore=ts)
+                for c in CAMERAS}
         for i, stamp in enumerate(stamps_ns()):
             for k, cam in enumerate(CAMERAS):
                 header = ros_types.make_header(stamp, f'{cam}_camera')
                 rgb = frame(*SIZE, seed=10 * i + k)
-                writer.write(conns[cam], stamp, ros_types.image_cdr(header, rgb, 'rgb8'))
+                writer.write(raw[cam], stamp, ros_types.image_cdr(header, rgb, 'rgb8'))
+                ok, data = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                assert ok
+                writer.write(jpeg[cam], stamp, ros_types.compressed_cdr(
+                    header, 'rgb8; jpeg compressed bgr8', data.tobytes()))
 
 
 @pytest.mark.launch_test
-def generate_test_description():
+@launch_testing.parametrize('transport', ['raw', 'compressed'])
+def generate_test_description(transport):
     """Record the drive, then launch the replay (linger long: the test ends the launch)."""
     folder = Path(tempfile.mkdtemp(prefix='seg_perception_replay_test_'))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
@@ -66,17 +77,20 @@ def generate_test_description():
     replay = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(LAUNCH)),
         launch_arguments={'bag': str(folder / 'drive'), 'image': '/front/image_raw',
-                          'rate': '0.5', 'linger': '120'}.items())
-    return LaunchDescription([replay, launch_testing.actions.ReadyToTest()])
+                          'input_transport': transport, 'rate': '0.5', 'linger': '120'}.items())
+    suffix = '/compressed' if transport == 'compressed' else ''
+    return (LaunchDescription([replay, launch_testing.actions.ReadyToTest()]),
+            {'ready_line': f'segmenting /front/image_raw{suffix} ({transport})'})
 
 
 class TestReplayLaunch(unittest.TestCase):
     """While the launch runs: the recorded front frames come back segmented."""
 
-    def test_front_frames_are_segmented_in_the_front_namespace(self, proc_output, proc_info):
+    def test_front_frames_are_segmented_in_the_front_namespace(self, proc_output, proc_info,
+                                                               ready_line):
         probe = GraphProbe(['/front/segmentation/labels', '/rear/segmentation/labels'])
         try:
-            proc_output.assertWaitFor('segmenting /front/image_raw', timeout=STARTUP_S)
+            proc_output.assertWaitFor(ready_line, timeout=STARTUP_S)
             proc_info.assertWaitForStartup(process='bag_play', timeout=60.0)
             labels = probe.messages['/front/segmentation/labels']
             probe.spin_until(lambda: labels, 'labels of the front camera', timeout=60.0)
