@@ -41,7 +41,7 @@ def generate_launch_description():
         ('bag', None, 'rosbag2 to play (folder, .mcap or .db3)'),
         ('rate', '1.0', 'playback speed factor'),
         ('loop', 'false', 'play the bag again and again'),
-        ('delay', '2.0', 's between the node being ready and playback (discovery)'),
+        ('delay', '5.0', 's between the node being ready and playback (DDS discovery)'),
         ('linger', '3.0', 's the node runs on after the bag ends (last frames)'),
         ('image', '/camera/image_raw', 'camera topic in the bag (single camera)'),
         ('cameras', '', 'comma list of cameras, e.g. front,rear (one node for all)'),
