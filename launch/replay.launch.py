@@ -27,7 +27,7 @@ import os
 
 # Arguments handed on to segment.launch.py as they are.
 NODE_ARGUMENTS = ('image', 'cameras', 'image_name', 'input_transport', 'reliability', 'model',
-                  'params_file', 'rviz', 'rviz_config', 'camera_frame')
+                  'params_file', 'rviz', 'rviz_config', 'camera_frame', 'dds_profile')
 
 
 def generate_launch_description():
@@ -53,6 +53,8 @@ def generate_launch_description():
         ('rviz', 'false', 'start RViz with the segmentation view'),
         ('rviz_config', os.path.join(share, 'config', 'segment.rviz'), 'RViz config template'),
         ('camera_frame', '', "RViz fixed frame; empty: the camera's name"),
+        ('dds_profile', os.path.join(share, 'config', 'fastdds_large_images.xml'),
+         'Fast DDS XML profile of the node and the player (empty: none)'),
     ]
     declared = [DeclareLaunchArgument(name, description=desc, **(
         {} if default is None else {'default_value': default})) for name, default, desc in args]
@@ -82,7 +84,8 @@ def _actions(context):
     if not linger_s >= 0:
         raise ls.LaunchSetupError(f'launch argument linger:={linger!r} is not a valid number')
     cmd = ls.player_command(arg('bag'), arg('rate'), arg('delay'), loop)
-    play = ExecuteProcess(cmd=cmd, name='bag_play', output='screen')
+    play = ExecuteProcess(cmd=cmd, name='bag_play', output='screen',
+                          additional_env=ls.dds_environment(arg('dds_profile')))
 
     def on_play_exit(event, ctx):
         if ctx.is_shutdown:

@@ -17,10 +17,13 @@ reads ``<image>/compressed``; empty: as in params_file), ``reliability`` (input 
 params_file), ``model`` (empty: the params file's, else the bundled default), ``params_file``
 (default: the installed config/segment.yaml), ``use_sim_time``, ``rviz`` (RViz with
 config/segment.rviz set to the (first) camera; a clear error when rviz2 is missing),
-``rviz_config`` and ``camera_frame`` (RViz fixed frame; empty: the camera's name). The node runs
-with ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (large images over shared memory / TCP, not UDP
-fragments). The launch imports live inside the functions so the file also loads where ROS is
-installed from wheels without ``launch``.
+``rviz_config``, ``camera_frame`` (RViz fixed frame; empty: the camera's name) and
+``dds_profile``: the Fast DDS XML profile set (as FASTDDS_DEFAULT_PROFILES_FILE, unless the
+environment already names one) for every process this launch starts after it, node, player and
+camera drivers included (default: the installed config/fastdds_large_images.xml, a 32 MiB
+shared-memory segment that best-effort frames of megabytes need; empty: none). The launch
+imports live inside the functions so the file also loads where ROS is installed from wheels
+without ``launch``.
 """
 
 import os
@@ -59,13 +62,18 @@ def generate_launch_description():
                               description='RViz config template'),
         DeclareLaunchArgument('camera_frame', default_value='',
                               description="RViz fixed frame; empty: the camera's name"),
+        DeclareLaunchArgument('dds_profile',
+                              default_value=os.path.join(share, 'config',
+                                                         'fastdds_large_images.xml'),
+                              description='Fast DDS XML profile for the processes started '
+                              '(empty: none; an environment FASTDDS_DEFAULT_PROFILES_FILE wins)'),
         OpaqueFunction(function=_segmentation_node),
     ])
 
 
 def _segmentation_node(context):
     """Check the arguments, then build the node (and RViz) from their values."""
-    from launch.actions import ExecuteProcess
+    from launch.actions import ExecuteProcess, SetEnvironmentVariable
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
 
@@ -91,6 +99,7 @@ def _segmentation_node(context):
         if arg(name):
             parameters[name] = arg(name)
     parameters['cameras'] = cameras
+    dds = ls.dds_environment(arg('dds_profile'))
     rviz = ls.is_true(arg('rviz'), 'rviz')
     rviz_exe = ls.find_rviz() if rviz else None  # before anything starts: no orphan on error
     node = Node(
@@ -102,9 +111,11 @@ def _segmentation_node(context):
         emulate_tty=True,
         ros_arguments=ls.parameter_arguments(parameters),
         remappings=image_remappings,
-        additional_env={'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'},
+        additional_env=dds,
     )
-    actions = [node, ls.failure_handler(node, 'segmentation_node', 'see its log above')]
+    # Set for the launch too: a player or camera driver started after the node gets it as well.
+    actions = [SetEnvironmentVariable(k, v) for k, v in dds.items()]
+    actions += [node, ls.failure_handler(node, 'segmentation_node', 'see its log above')]
     if rviz_exe:
         frame = arg('camera_frame') or ls.camera_namespace(topics[0]).strip('/') or 'camera'
         try:

@@ -183,6 +183,23 @@ def write_rviz_config(text: str) -> str:
     return path
 
 
+def dds_environment(profile: str, environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """
+    Fast DDS settings for the processes a launch file starts (node, player, camera drivers).
+
+    ``profile`` is the XML profile file (config/fastdds_large_images.xml: a 32 MiB shared-memory
+    segment, without which best-effort frames of megabytes are lost between processes); an
+    empty value, or a FASTDDS_DEFAULT_PROFILES_FILE the user already set, leaves the profile alone.
+    """
+    environ = os.environ if environ is None else environ
+    env = {'FASTDDS_BUILTIN_TRANSPORTS': environ.get('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')}
+    if profile and not environ.get('FASTDDS_DEFAULT_PROFILES_FILE'):
+        if not os.path.isfile(profile):
+            raise LaunchSetupError(f'launch argument dds_profile: {profile} does not exist')
+        env['FASTDDS_DEFAULT_PROFILES_FILE'] = profile
+    return env
+
+
 def player_command(bag: str, rate: str, delay: str, loop: bool) -> List[str]:
     """Return the ``ros2 bag play`` command line (``--clock`` for use_sim_time)."""
     if not bag:

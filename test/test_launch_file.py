@@ -9,7 +9,7 @@ import pytest
 LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'segment.launch.py'
 ARGUMENTS = {'image', 'model', 'params_file', 'use_sim_time',  # the original four, and
              'cameras', 'image_name', 'input_transport', 'reliability', 'rviz', 'rviz_config',
-             'camera_frame'}
+             'camera_frame', 'dds_profile'}
 
 
 def load():
@@ -36,8 +36,9 @@ def test_launch_file_declares_its_arguments_and_the_node():
     kwargs = {k.arg: k.value for k in node.keywords}
     assert ast.literal_eval(kwargs['package']) == 'seg_perception'
     assert ast.literal_eval(kwargs['executable']) == 'segmentation_node'
-    env = kwargs['additional_env']
-    assert ast.literal_eval(env) == {'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'}
+    # the Fast DDS settings come from launch_support.dds_environment (tested there)
+    assert ast.unparse(kwargs['additional_env']) == 'dds'
+    assert "dds = ls.dds_environment(arg('dds_profile'))" in LAUNCH.read_text()
     assert 'image' in ast.unparse(kwargs['remappings'])
     # the executable is the console script setup.py installs
     setup = (LAUNCH.parents[1] / 'setup.py').read_text()

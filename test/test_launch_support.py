@@ -159,3 +159,16 @@ def test_the_rviz_copy_is_a_private_temporary_file():
         assert Path(path).read_text() == 'Panels: []\n'
     finally:
         os.remove(path)
+
+
+def test_dds_environment_sets_the_profile_unless_the_user_did(tmp_path):
+    profile = tmp_path / 'profile.xml'
+    profile.write_text('<dds/>')
+    env = ls.dds_environment(str(profile), {})
+    assert env == {'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA',
+                   'FASTDDS_DEFAULT_PROFILES_FILE': str(profile)}
+    mine = {'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/my.xml', 'FASTDDS_BUILTIN_TRANSPORTS': 'UDPv4'}
+    assert ls.dds_environment(str(profile), mine) == {'FASTDDS_BUILTIN_TRANSPORTS': 'UDPv4'}
+    assert 'FASTDDS_DEFAULT_PROFILES_FILE' not in ls.dds_environment('', {})
+    with pytest.raises(ls.LaunchSetupError, match='dds_profile: .*missing.xml does not exist'):
+        ls.dds_environment(str(tmp_path / 'missing.xml'), {})
