@@ -17,7 +17,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         (os.path.join('share', package_name, 'launch'), glob('launch/*.launch.py')),
         (os.path.join('share', package_name, 'config'),
-         glob('config/*.yaml') + glob('config/*.rviz')),
+         glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.xml')),
         # the bundled default model (seg_perception.resources.default_model_path)
         (os.path.join('share', package_name, 'models'), glob('models/*.pt')),
     ],
