@@ -29,8 +29,10 @@ Every part runs the same model (default: the bundled ``models/erfnet_synth.pt`` 
   the pipeline also against the forward timed in the same iterations, the figure least moved by
   other work on the machine.
 
-Medians and percentiles are printed and saved with the device, library versions, CPU model, load
-and ROS middleware as ``<output>/<device>-<date>.json``.
+``--accelerate`` picks the engine of the pipeline and node parts, ``--cameras N`` runs the node
+with N cameras published at once, ``--input-size`` sets the network input (default: the model's
+own on the CPU, 1024x512 on CUDA). Medians and percentiles are printed and saved with the
+device, library versions, CPU model, load and ROS middleware as ``<output>/<device>-<date>.json``.
 """
 
 # First, as in the node: the package sets OpenMP's wait policy before torch loads (spinning
@@ -51,13 +53,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame, Outputs, PRECISIONS, SegmentationPipeline
 from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_perception.resources import default_model_path
@@ -130,11 +133,12 @@ def precisions_for(device: torch.device) -> List[str]:
     return ['fp32', 'fp16', 'bf16'] if device.type == 'cuda' else ['fp32']
 
 
-def reference_forward(model_path: Path, device: torch.device) -> Callable[[], None]:
+def reference_forward(model_path: Path, device: torch.device,
+                      input_size: Optional[Tuple[int, int]] = None) -> Callable[[], None]:
     """Return the bare torch-eager fp32 forward of the benchmarked model at its input size."""
     model, info = load_model(model_path)
     model = model.eval().to(device)
-    w, h = info.input_size
+    w, h = input_size or info.input_size
     x = torch.rand(1, 3, h, w, device=device)
 
     def forward() -> None:
@@ -146,12 +150,12 @@ def reference_forward(model_path: Path, device: torch.device) -> Callable[[], No
     return forward
 
 
-def bench_reference(model_path: Path, device: torch.device, warmup: int,
-                    iterations: int) -> Dict:
+def bench_reference(model_path: Path, device: torch.device, warmup: int, iterations: int,
+                    input_size: Optional[Tuple[int, int]] = None) -> Dict:
     """Time the bare torch-eager fp32 forward of the benchmarked model at its input size."""
-    w, h = load_model(model_path)[1].input_size
-    stats = time_calls(reference_forward(model_path, device), device, warmup, iterations,
-                       f'reference forward {w}x{h}')
+    w, h = input_size or load_model(model_path)[1].input_size
+    stats = time_calls(reference_forward(model_path, device, input_size), device, warmup,
+                       iterations, f'reference forward {w}x{h}')
     return {'model': str(model_path), 'input': f'{w}x{h}', 'precision': 'fp32',
             'engine': 'torch eager', **stats}
 
@@ -236,8 +240,9 @@ def time_pipeline(pipe: SegmentationPipeline, msg: bytes, outputs: Outputs,
     return out
 
 
-def bench_pipeline(model_path: Path, device: torch.device, warmup: int,
-                   iterations: int) -> List[Dict]:
+def bench_pipeline(model_path: Path, device: torch.device, warmup: int, iterations: int,
+                   accelerate: str = 'auto',
+                   input_size: Optional[Tuple[int, int]] = None) -> List[Dict]:
     """Time the pipeline on camera-size rgb8 frames, with all outputs and labels only."""
     from std_msgs.msg import Header
 
@@ -249,10 +254,11 @@ def bench_pipeline(model_path: Path, device: torch.device, warmup: int,
     for precision in precisions_for(device):
         model, info = load_model(model_path)
         pipe = SegmentationPipeline(model, info, device=str(device), precision=precision,
-                                    warmup=True)
+                                    input_size=input_size, warmup=True, accelerate=accelerate)
         for name, outputs in (('labels+color+overlay', Outputs()),
                               ('labels', Outputs(color=False, overlay=False))):
-            ref = reference_forward(model_path, device) if precision == 'fp32' else None
+            ref = (reference_forward(model_path, device, input_size) if precision == 'fp32'
+                   else None)
             timed = time_pipeline(pipe, msg, outputs, warmup, iterations,
                                   f'pipeline {name} {precision}', ref)
             extra = {k: timed[k] for k in ('interleaved_reference_forward',
@@ -261,19 +267,20 @@ def bench_pipeline(model_path: Path, device: torch.device, warmup: int,
                             'network_input': '{}x{}'.format(*pipe.input_size),
                             'precision': precision, 'outputs': name,
                             'label_upsampling': pipe.label_upsampling,
+                            'engine': pipe.engine.describe(),
                             **timed['end_to_end'], 'stages': timed['stages'], **extra})
     return results
 
 
-def bench_label_upsampling(model_path: Path, device: torch.device, warmup: int,
-                           iterations: int) -> List[Dict]:
+def bench_label_upsampling(model_path: Path, device: torch.device, warmup: int, iterations: int,
+                           input_size: Optional[Tuple[int, int]] = None) -> List[Dict]:
     """Time the pipeline (all outputs) with each label upsampling mode."""
     frame = Frame(camera_image(*CAMERA_SIZE), 'rgb8')
     results = []
     for mode in LABEL_UPSAMPLING[1:]:  # every mode but auto
         model, info = load_model(model_path)
         pipe = SegmentationPipeline(model, info, device=str(device), warmup=False,
-                                    label_upsampling=mode)
+                                    input_size=input_size, label_upsampling=mode)
         timer = StageTimer(pipe.device)
 
         def run() -> None:
@@ -306,6 +313,11 @@ def ros_environment() -> Dict[str, str]:
     return env
 
 
+def camera_prefixes(cameras: int) -> List[str]:
+    """Return the topic prefix of each camera: '' for one, 'cam0/', 'cam1/', ... for more."""
+    return [''] if cameras <= 1 else [f'cam{i}/' for i in range(cameras)]
+
+
 def run_camera(args: argparse.Namespace) -> int:
     """Publish camera frames on ``image`` until the duration ends (the camera process)."""
     import rclpy
@@ -318,14 +330,15 @@ def run_camera(args: argparse.Namespace) -> int:
     rclpy.init()
     node = rclpy.create_node('bench_camera')
     try:
-        pub = node.create_publisher(Image, 'image',
-                                    QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        pubs = [node.create_publisher(Image, f'{prefix}image', qos)
+                for prefix in camera_prefixes(args.cameras)]
         # Serialized per frame after stamping (one copy), as a C++ driver publishes without
         # rclpy's conversion of a Python message (~10-20 ms per 6 MB here).
         header = Header(frame_id='bench_camera')
         pixels = camera_image(args.width, args.height)
         deadline = time.monotonic() + 60.0
-        while pub.get_subscription_count() == 0:
+        while any(pub.get_subscription_count() == 0 for pub in pubs):
             if time.monotonic() > deadline:
                 node.get_logger().error('no subscriber on image within 60 s')
                 return 3
@@ -334,8 +347,10 @@ def run_camera(args: argparse.Namespace) -> int:
         start = next_time = time.monotonic()
         while time.monotonic() - start < args.duration:
             header.stamp = node.get_clock().now().to_msg()
-            pub.publish(serialized_image(header, pixels, 'rgb8'))
-            sent += 1
+            data = serialized_image(header, pixels, 'rgb8')
+            for pub in pubs:  # all cameras at once, as with synchronised cameras
+                pub.publish(data)
+                sent += 1
             next_time += period
             delay = next_time - time.monotonic()
             if delay > 0:
@@ -362,7 +377,9 @@ def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> Optional[int]:
 
 
 def bench_node(model_path: Path, device: torch.device, precision: str, rate: float,
-               duration: float, reliability: str, warmup_frames: int, workdir: Path) -> Dict:
+               duration: float, reliability: str, warmup_frames: int, workdir: Path,
+               cameras: int = 1, accelerate: str = 'auto',
+               input_size: Optional[Tuple[int, int]] = None) -> Dict:
     """Camera process -> segmentation_node process -> this process, on a real DDS graph."""
     env = ros_environment()
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
@@ -381,7 +398,14 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
         node_cmd = [sys.executable, '-m', 'seg_perception.node']
     node_cmd += ['--ros-args', '-p', f'model:={model_path}', '-p', f'device:={device}',
                  '-p', f'precision:={precision}', '-p', f'reliability:={reliability}',
-                 '-p', 'stage_timing:=true', '-p', 'diagnostics_period:=0.5']
+                 '-p', 'stage_timing:=true', '-p', 'diagnostics_period:=0.5',
+                 '-p', f'accelerate:={accelerate}']
+    if input_size:
+        node_cmd += ['-p', f'input_width:={input_size[0]}', '-p',
+                     f'input_height:={input_size[1]}']
+    prefixes = camera_prefixes(cameras)
+    if cameras > 1:
+        node_cmd += ['-p', 'cameras:=[%s]' % ', '.join(p.rstrip('/') for p in prefixes)]
     node_log_path = workdir / 'node.log'
     received: Dict[str, List[tuple]] = {name: [] for name in OUTPUTS}
 
@@ -399,7 +423,9 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
             sec, nanosec = struct.unpack_from(order + 'iI', data, 4)  # header.stamp
             received[name].append((now, sec * 1_000_000_000 + nanosec))
 
-        probe.create_subscription(Image, f'segmentation/{name}', on_output, qos, raw=True)
+        for prefix in prefixes:
+            probe.create_subscription(Image, f'{prefix}segmentation/{name}', on_output, qos,
+                                      raw=True)
     diagnostics: Dict[str, str] = {}
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
@@ -415,8 +441,9 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
     camera = None
     try:
         deadline = time.monotonic() + NODE_STARTUP_S
-        while not (probe.count_subscribers('image') > 0 and all(
-                probe.count_publishers(f'segmentation/{n}') > 0 for n in OUTPUTS)):
+        while not all(probe.count_subscribers(f'{p}image') > 0 and all(
+                probe.count_publishers(f'{p}segmentation/{n}') > 0 for n in OUTPUTS)
+                for p in prefixes):
             if node.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError('segmentation_node did not come up:\n'
                                    + node_log_path.read_text(errors='replace')[-3000:])
@@ -424,7 +451,7 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
         camera = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), '--camera', '--rate', str(rate),
              '--duration', str(duration), '--width', str(CAMERA_SIZE[0]),
-             '--height', str(CAMERA_SIZE[1])],
+             '--height', str(CAMERA_SIZE[1]), '--cameras', str(cameras)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         end = time.monotonic() + duration + 120.0
         with tqdm(total=round(duration), desc=f'node {precision}', unit='s', leave=False) as bar:
@@ -479,6 +506,7 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
     return {'frame': '{}x{} rgb8'.format(*CAMERA_SIZE), 'model': str(model_path),
             'network_input': diagnostics.get('input_size'),
             'label_upsampling': diagnostics.get('label_upsampling'), 'precision': precision,
+            'accelerate': accelerate, 'cameras': cameras,
             'node_input_reliability': reliability, 'camera_rate_hz': rate,
             'duration_s': duration, 'frames_sent': sent,
             'outputs_received': {n: len(v) for n, v in received.items()},
@@ -619,11 +647,29 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=('reliable', 'best_effort'),
                         help="the node's input QoS reliability (default reliable)")
     parser.add_argument('--skip-node', action='store_true', help='leave out the node part')
+    parser.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
+                        help='engine of the pipeline and node parts (default auto); the '
+                        'reference forward is always torch eager')
+    parser.add_argument('--cameras', type=int, default=1,
+                        help='node part: cameras published at once, segmented in batches by '
+                        'one node (default 1)')
+    parser.add_argument('--input-size', type=parse_size, default=None, metavar='WxH',
+                        help="network input of every part (default: the model's own on the "
+                        'CPU, 1024x512 on CUDA)')
     # The camera process of the node benchmark runs this script with --camera.
     parser.add_argument('--camera', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--width', type=int, default=CAMERA_SIZE[0], help=argparse.SUPPRESS)
     parser.add_argument('--height', type=int, default=CAMERA_SIZE[1], help=argparse.SUPPRESS)
     return parser
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """Parse ``WxH`` into (width, height)."""
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size {text!r}: expected WxH, e.g. 1024x512') from None
+    return w, h
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -640,16 +686,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
               'quick': args.quick, 'iterations': iterations, 'warmup_iterations': warmup,
               'environment': env}
-    report['reference_forward'] = bench_reference(model_path, device, warmup, iterations)
+    # On a GPU the acceptance is about 1024x512 network input; on the CPU the model's own size.
+    size = args.input_size or ((1024, 512) if cuda else None)
+    report['reference_forward'] = bench_reference(model_path, device, warmup, iterations, size)
     report['forward'] = bench_forward(device, warmup, iterations)
-    report['pipeline'] = bench_pipeline(model_path, device, warmup, iterations)
-    report['label_upsampling'] = bench_label_upsampling(model_path, device, warmup, iterations)
+    report['pipeline'] = bench_pipeline(model_path, device, warmup, iterations, args.accelerate,
+                                        size)
+    report['label_upsampling'] = bench_label_upsampling(model_path, device, warmup, iterations,
+                                                        size)
     if not args.skip_node:
         with tempfile.TemporaryDirectory(prefix='seg_bench_') as tmp:
             report['node'] = [bench_node(model_path, device, p, args.rate, duration,
                                          args.node_reliability,
                                          warmup_frames=1 if args.quick else 2,
-                                         workdir=Path(tmp))
+                                         workdir=Path(tmp), cameras=args.cameras,
+                                         accelerate=args.accelerate, input_size=size)
                               for p in (['fp32', 'fp16'] if cuda else ['fp32'])]
     report['ratios'] = ratios(report)
     # Other work on the machine slows everything down: say how busy it was.

@@ -31,6 +31,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from tqdm import tqdm
 
 from seg_perception import ros_types
+from seg_perception.engines import ACCELERATIONS
 from seg_perception.image_codec import ImageFormatError, MAX_INPUT_PIXELS
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.postprocess import LABEL_UPSAMPLING
@@ -313,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     p.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'),
                    help='network precision (fp16/bf16: CUDA)')
+    p.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
+                   help='how the network runs; auto: the fastest engine for the device and '
+                   'precision (README, Engines)')
     p.add_argument('--input-size', type=network_size_arg, default=None, metavar='WxH',
                    help="network input size (default: the model's own)")
     p.add_argument('--alpha', type=float, default=0.5, help='overlay opacity of the class colours')
@@ -355,7 +359,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_topics_have_messages(reader, args.topics)
         pipeline = SegmentationPipeline.from_file(
             str(args.model), device=args.device, precision=args.precision,
-            input_size=args.input_size, label_upsampling=args.label_upsampling)
+            input_size=args.input_size, accelerate=args.accelerate,
+            label_upsampling=args.label_upsampling)
         segmenter = BagSegmenter(pipeline, args.outputs, args.batch_size, args.alpha,
                                  args.confidence_encoding, args.include_inputs, str(args.model),
                                  args.max_input_pixels)
@@ -369,9 +374,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     per_topic = ', '.join(f'{t}: {n}' for t, n in stats.frames.items())
     print(f'seg-bag: {stats.total} frames ({per_topic}) in {stats.seconds:.1f} s = '
-          f'{stats.fps:.1f} frames/s on {pipeline.device}; the bag records {stats.bag_fps:.1f} '
-          f'frames/s over {stats.bag_seconds:.1f} s -> {stats.realtime_factor:.2f}x real time; '
-          f'wrote {args.output}')
+          f'{stats.fps:.1f} frames/s on {pipeline.device} ({pipeline.engine.describe()}); '
+          f'the bag records {stats.bag_fps:.1f} frames/s over {stats.bag_seconds:.1f} s -> '
+          f'{stats.realtime_factor:.2f}x real time; wrote {args.output}')
     if args.stats_json:
         args.stats_json.write_text(json.dumps(
             dict(stats.to_dict(), device=str(pipeline.device), batch_size=args.batch_size,

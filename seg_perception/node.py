@@ -176,7 +176,8 @@ class SegmentationNode(Node):
         self.get_logger().info(
             f'segmenting {", ".join(c.topic for c in self._cameras)} '
             f'({self.params.input_transport}) with {self.model_path} on {self.pipeline.device} '
-            f'({self.pipeline.precision}, network input {self.pipeline.input_size[0]}x'
+            f'({self.pipeline.precision}, engine {self.pipeline.engine.describe()}, '
+            f'network input {self.pipeline.input_size[0]}x'
             f'{self.pipeline.input_size[1]}, {self.pipeline.info.num_classes} classes, '
             f'label upsampling {self._label_upsampling_text()})')
 
@@ -197,6 +198,7 @@ class SegmentationNode(Node):
             h = self.params.input_height or info.input_size[1]
             return SegmentationPipeline(model, info, device=self.params.device,
                                         precision=self.params.precision, input_size=(w, h),
+                                        accelerate=self.params.accelerate,
                                         label_upsampling=self.params.label_upsampling)
         except (ModelFileError, OSError, RuntimeError, ValueError) as e:
             raise NodeConfigError(f'cannot run model {self.model_path}: {e}') from None
@@ -476,7 +478,7 @@ class SegmentationNode(Node):
         now = time.monotonic()
         totals = self.stats.totals(now)
         totals.update({'device': str(self.pipeline.device), 'precision': self.params.precision,
-                       'model': self.model_path,
+                       'model': self.model_path, 'engine': self.pipeline.engine.describe(),
                        'input_size': '%dx%d' % self.pipeline.input_size,
                        'overlay_alpha': f'{self.params.overlay_alpha:g}',
                        'label_upsampling': self._label_upsampling_text(),

@@ -22,6 +22,8 @@ from seg_perception.postprocess import LABEL_UPSAMPLING
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 CAMERA_PATTERN = re.compile(r'^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$')
 MAX_INPUT_SIDE = 4096
+# Engine settings of seg_perception.engines.ACCELERATIONS (repeated so this module needs no torch).
+ACCELERATIONS = ('auto', 'none', 'channels_last', 'compile', 'cuda_graphs', 'onnxruntime')
 _ROS_TYPES = {str: 'string', int: 'integer', float: 'double', bool: 'bool', tuple: 'string array'}
 
 
@@ -42,6 +44,9 @@ class NodeParams:
     model: str = _param('', 'model file (.pt); empty = the bundled default model')
     device: str = _param('auto', 'inference device', constraints='auto, cpu, cuda or cuda:N')
     precision: str = _param('fp32', 'inference precision', choices=('fp32', 'fp16', 'bf16'))
+    accelerate: str = _param('auto', 'how the network runs (seg_perception/engines.py): auto = '
+                             'the fastest for the device (CPU fp32: onnxruntime; CUDA: '
+                             'channels_last)', choices=ACCELERATIONS)
     input_width: int = _param(0, "network input width in px (multiple of 8); 0 = the model's own",
                               int_range=(0, MAX_INPUT_SIDE, 8))
     input_height: int = _param(0, "network input height in px (multiple of 8); 0 = the model's "

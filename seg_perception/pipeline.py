@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from seg_perception import color_convert
+from seg_perception.engines import build_engine, PRECISIONS
 from seg_perception.image_codec import channels, CONVERTED, ENCODINGS, overlay_encoding
 from seg_perception.postprocess import (cpu_area_input, cpu_camera_labels, cpu_confidence,
                                         cpu_labels, CpuPainter, CudaPainter, CudaUploader,
@@ -29,7 +30,6 @@ from seg_training.model import check_input_size
 
 _logger = logging.getLogger(__name__)
 
-PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 # 'format' field of the class-table JSON that the node publishes and seg-bag records.
 CLASS_TABLE_FORMAT = 'seg_perception.class_table'
 
@@ -84,7 +84,8 @@ class SegmentationPipeline:
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str = 'auto',
                  precision: str = 'fp32', input_size: Optional[Tuple[int, int]] = None,
-                 warmup: bool = True, label_upsampling: str = 'auto') -> None:
+                 warmup: bool = True, accelerate: str = 'auto',
+                 label_upsampling: str = 'auto') -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision {precision!r} not in {sorted(PRECISIONS)}')
         if info.encoder_only:
@@ -99,10 +100,9 @@ class SegmentationPipeline:
         self.input_size = (int(w), int(h))
         if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
-        self.model = model.to(self.device, dtype=self.dtype).eval()
-        self._channels_last = self.device.type == 'cuda'
-        if self._channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # How the network runs (seg_perception/engines.py); it owns the model's device and dtype.
+        self.engine = build_engine(model, info, self.device, precision, accelerate)
+        self.model = self.engine.model
         # The one network-input step (seg_training.preprocess), as stored in the model file.
         self.preprocess = info.preprocessing(self.input_size)
         self._norm = self.preprocess.constants(self.device)
@@ -128,18 +128,15 @@ class SegmentationPipeline:
         w, h = self.input_size
         t0 = time.perf_counter()
         with torch.inference_mode():
-            x = torch.zeros(1, 3, h, w, device=self.device, dtype=self.dtype)
+            x = torch.zeros(1, 3, h, w, device=self.device)
             for _ in range(iterations):
-                self.model(self._layout(x))
+                self.engine(x)  # the first call compiles / captures / exports for this size
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-        _logger.info('warm-up on %s (%s, %dx%d): %.0f ms', self.device, self.precision, w, h,
-                     dt * 1e3)
+        _logger.info('warm-up on %s (%s, %dx%d): %.0f ms', self.device,
+                     self.engine.describe(), w, h, dt * 1e3)
         return dt
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
 
     def _check(self, frame: Frame) -> np.ndarray:
         """Return the frame as (H, W, C) uint8; ValueError if it mismatches its encoding."""
@@ -211,7 +208,7 @@ class SegmentationPipeline:
         with timer('resize'):
             x = torch.cat([self._network_input(r) for r in rgbs])  # (B, 3, h, w)
         with timer('forward'):
-            return self.model(self._layout(x.to(self.dtype))).float()  # (B, K, h, w)
+            return self.engine(x)  # (B, K, h, w) float32
 
     @torch.inference_mode()
     def __call__(self, frames: Sequence[Frame], outputs: Outputs = Outputs(),

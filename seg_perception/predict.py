@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
 from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='where the network runs (auto: CUDA when available)')
     parser.add_argument('--precision', default='fp32', choices=sorted(PRECISIONS),
                         help='network precision (fp16/bf16: CUDA)')
+    parser.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
+                        help='how the network runs; auto: the fastest engine for the device and '
+                        'precision (README, Engines)')
     parser.add_argument('--input-size', type=network_size_arg, metavar='WxH',
                         help="network input size (default: the model's own)")
     parser.add_argument('--output-dir', type=Path, default=DEFAULT_OUTPUT_DIR,
@@ -167,6 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pipeline = SegmentationPipeline(model, info, device=str(device),
                                         precision=args.precision, input_size=args.input_size,
                                         warmup=device.type == 'cuda',
+                                        accelerate=args.accelerate,
                                         label_upsampling=args.label_upsampling)
     except (ModelFileError, RuntimeError, ValueError) as e:
         _logger.error('%s', e)
@@ -174,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _logger.info('%s', describe(info, args.model))
     log_model(info.provenance, args.model, _logger)
     _logger.info('running at %dx%d on %s (%s); %d images -> %s', *pipeline.input_size, device,
-                 args.precision, len(images), args.output_dir)
+                 pipeline.engine.describe(), len(images), args.output_dir)
     done = 0
     with logging_redirect_tqdm():
         for path, prefix in tqdm(images, desc='seg-predict', unit='image'):

@@ -368,3 +368,11 @@ def test_copy_of_input_is_refused(tmp_path, tiny_model_file, capsys):
                    '--output', str(tmp_path / 'drive'), '--topic', '/front/image_raw',
                    '--overwrite'])
     assert rc == 1 and 'output is the input bag' in capsys.readouterr().err
+
+
+def test_engine_that_cannot_run_is_a_clear_error(tmp_path, tiny_model_file, capsys):
+    write_bag(tmp_path / 'drive', 'mcap')
+    rc, err = _run_in_process(capsys, tiny_model_file, tmp_path / 'drive', tmp_path / 'out',
+                              '--accelerate', 'cuda_graphs')
+    assert rc == 1 and 'accelerate cuda_graphs needs a CUDA device' in err
+    assert not (tmp_path / 'out').exists()

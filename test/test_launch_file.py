@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'segment.launch.py'
+ARGUMENTS = {'image', 'model', 'params_file', 'use_sim_time',  # the original four, and
+             'cameras', 'image_name', 'input_transport', 'reliability', 'rviz', 'rviz_config',
+             'camera_frame', 'dds_profile'}
 
 
 def load():
@@ -28,13 +31,14 @@ def test_launch_file_declares_its_arguments_and_the_node():
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             calls.setdefault(node.func.id, []).append(node)
     declared = {c.args[0].value for c in calls['DeclareLaunchArgument']}
-    assert declared == {'image', 'model', 'params_file', 'use_sim_time'}
+    assert declared == ARGUMENTS
     (node,) = calls['Node']
     kwargs = {k.arg: k.value for k in node.keywords}
     assert ast.literal_eval(kwargs['package']) == 'seg_perception'
     assert ast.literal_eval(kwargs['executable']) == 'segmentation_node'
-    env = kwargs['additional_env']
-    assert ast.literal_eval(env) == {'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'}
+    # the Fast DDS settings come from launch_support.dds_environment (tested there)
+    assert ast.unparse(kwargs['additional_env']) == 'dds'
+    assert "dds = ls.dds_environment(arg('dds_profile'))" in LAUNCH.read_text()
     assert 'image' in ast.unparse(kwargs['remappings'])
     # the executable is the console script setup.py installs
     setup = (LAUNCH.parents[1] / 'setup.py').read_text()
@@ -47,4 +51,4 @@ def test_launch_description_where_ros_launch_is_installed():
 
     ld = load().generate_launch_description()
     names = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
-    assert names == {'image', 'model', 'params_file', 'use_sim_time'}
+    assert names == ARGUMENTS

@@ -14,6 +14,7 @@ from rclpy.parameter_client import AsyncParameterClient
 from ros_probe import image_array, LATCHED, make_image, NODE_NAME, start_node
 from std_msgs.msg import String
 
+from seg_perception.engines import cpu_cores
 from seg_perception.image_codec import overlay_encoding
 from seg_perception.pipeline import Frame, Outputs
 from seg_training.classes import ClassTable, CUSTOM8
@@ -183,6 +184,7 @@ def test_diagnostics_report_rate_latency_and_drops(probe, node):
         assert int(values['dropped_malformed']) >= 0
     assert pipeline['device'] == 'cpu'
     assert pipeline['input_size'] == '64x32'
+    assert pipeline['engine'] == 'onnxruntime (CPU provider, %d threads, fp32)' % cpu_cores()
     assert camera['topic'] == INPUT
 
 

@@ -29,15 +29,18 @@ def test_sigint_stops_worker_and_node_cleanly(tiny_model_file, tmp_path, probe):
     log = node.log()
     assert rc == 0, log
     assert 'Traceback' not in log, log
+    assert 'engine onnxruntime (CPU provider' in log, log  # auto on the CPU in fp32
 
 
-def test_node_refuses_to_start_with_a_clear_error(tmp_path):
+def test_node_refuses_to_start_with_a_clear_error(tmp_path, tiny_model_file):
     broken = tmp_path / 'broken.pt'
     broken.write_bytes(b'this is not a torch file')
     cases = {
         'broken': ([f'model:={broken}', 'device:=cpu'], f'cannot run model {broken}'),
         'missing': ([f'model:={tmp_path / "absent.pt"}'], 'model file not found'),
         'device': (['device:=gpu'], "parameter device: 'gpu'"),
+        'engine': ([f'model:={tiny_model_file}', 'device:=cpu', 'accelerate:=cuda_graphs'],
+                   'accelerate cuda_graphs needs a CUDA device'),
         'cameras': ([f'model:={broken}', 'cameras:=[front, /front]'],
                     'name the same topic twice'),
     }

@@ -140,3 +140,10 @@ def test_usage_lists_every_parameter_with_default_and_description():
     assert "  overlay_alpha (double, default 0.5) [0..1; changeable at run time]" in text
     assert "  precision (string, default 'fp32') [fp32 | fp16 | bf16]" in text
     assert '  input_width (integer, default 0) [0..4096 step 8]' in text
+
+
+def test_accelerate_choices_are_the_engines():
+    from seg_perception.engines import ACCELERATIONS
+
+    assert params.ACCELERATIONS == ACCELERATIONS
+    assert params.descriptor('accelerate').read_only

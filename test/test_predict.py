@@ -210,3 +210,19 @@ def test_alpha_outside_0_1_is_a_usage_error(tiny_model_file, capsys):
         main(['--model', str(tiny_model_file), '--alpha', '1.5', 'x.png'])
     assert e.value.code == 2
     assert '--alpha 1.5 outside [0, 1]' in capsys.readouterr().err
+
+
+def test_accelerate_option_runs_the_engine_asked_for(tmp_path, tiny_model_file, caplog):
+    rgb = np.random.default_rng(9).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'frame.png'), rgb)
+    labels = {}
+    for accelerate in ('none', 'onnxruntime'):
+        out = tmp_path / accelerate
+        assert main(['--model', str(tiny_model_file), '--device', 'cpu', '--accelerate',
+                     accelerate, '--output-dir', str(out), str(tmp_path / 'frame.png')]) == 0
+        labels[accelerate] = read(out / 'frame_labels.png')
+    assert np.mean(labels['none'] == labels['onnxruntime']) >= 0.999
+    caplog.clear()
+    assert main(['--model', str(tiny_model_file), '--device', 'cpu', '--accelerate',
+                 'cuda_graphs', str(tmp_path / 'frame.png')]) == 2
+    assert any('cuda_graphs needs a CUDA device' in r.getMessage() for r in caplog.records)

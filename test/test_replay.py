@@ -302,9 +302,14 @@ def test_rviz_config_shows_input_overlay_and_colour():
 
 
 def test_replay_launch_plays_with_clock_and_sim_time():
-    launch = _load_launch_file('replay.launch.py')
-    source = (ROOT / 'launch' / 'replay.launch.py').read_text()
-    strings = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant)}
+    assert callable(_load_launch_file('replay.launch.py').generate_launch_description)
+    # replay.launch.py includes segment.launch.py (node, RViz); both use launch_support's helpers
+    from seg_perception import launch_support as launch
+    strings = set()
+    for path in (ROOT / 'launch' / 'replay.launch.py', ROOT / 'launch' / 'segment.launch.py',
+                 ROOT / 'seg_perception' / 'launch_support.py'):
+        strings |= {n.value for n in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(n, ast.Constant)}
     assert {'ros2', 'bag', 'play', '--clock', '--rate', 'use_sim_time', 'rviz2', '-d'} <= strings
     # The RViz copy follows the played camera and its frame.
     text = launch.rviz_config((ROOT / 'config' / 'segment.rviz').read_text(),
