@@ -273,14 +273,16 @@ def bench_pipeline(model_path: Path, device: torch.device, warmup: int, iteratio
 
 
 def bench_label_upsampling(model_path: Path, device: torch.device, warmup: int, iterations: int,
-                           input_size: Optional[Tuple[int, int]] = None) -> List[Dict]:
+                           input_size: Optional[Tuple[int, int]] = None,
+                           accelerate: str = 'auto') -> List[Dict]:
     """Time the pipeline (all outputs) with each label upsampling mode."""
     frame = Frame(camera_image(*CAMERA_SIZE), 'rgb8')
     results = []
     for mode in LABEL_UPSAMPLING[1:]:  # every mode but auto
         model, info = load_model(model_path)
         pipe = SegmentationPipeline(model, info, device=str(device), warmup=False,
-                                    input_size=input_size, label_upsampling=mode)
+                                    input_size=input_size, label_upsampling=mode,
+                                    accelerate=accelerate)
         timer = StageTimer(pipe.device)
 
         def run() -> None:
@@ -693,7 +695,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report['pipeline'] = bench_pipeline(model_path, device, warmup, iterations, args.accelerate,
                                         size)
     report['label_upsampling'] = bench_label_upsampling(model_path, device, warmup, iterations,
-                                                        size)
+                                                        size, args.accelerate)
     if not args.skip_node:
         with tempfile.TemporaryDirectory(prefix='seg_bench_') as tmp:
             report['node'] = [bench_node(model_path, device, p, args.rate, duration,
