@@ -19,8 +19,6 @@ import struct
 import sys
 from typing import Tuple
 
-from builtin_interfaces.msg import Time
-
 import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
@@ -89,8 +87,9 @@ def frame_from_serialized(data: object) -> Tuple[Header, Frame]:
     ImageFormatError names the bad field, as :func:`frame_from_image` does.
     """
     cdr = _CdrReader(data)
-    sec, nanosec = cdr.i32(), cdr.u32()
-    header = Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=cdr.string())
+    header = Header()
+    header.stamp.sec, header.stamp.nanosec = cdr.i32(), cdr.u32()
+    header.frame_id = cdr.string()
     height, width = cdr.u32(), cdr.u32()
     encoding = cdr.string()
     cdr.u8()  # is_bigendian: 8-bit encodings only
