@@ -6,7 +6,7 @@
 # Steps (all within about 8 minutes; their output goes to OUT/gpu_check.log):
 #   1. install   the wheels in bench/wheels/ (made by bench/fetch_gpu_wheels.sh) into a venv
 #                that sees the machine's torch; check the imports and CUDA;
-#   2. tests     the CUDA tests (pytest -k cuda: engines, pipeline);
+#   2. tests     the CUDA tests (pytest -k cuda: engines, pipeline, postprocess);
 #   3. bench     bench/bench_inference.py: forward (ERFNet 512x256 and 1024x512, batch 1, fp32,
 #                fp16, bf16), pipeline, node end to end 2048x1024 at 30 Hz;
 #   4. engines   bench/bench_engines.py: none / channels_last / cuda_graphs at 1024x512 in fp32,
@@ -155,7 +155,7 @@ if [ "$DRY" = 0 ] && [ ! -x "$WORK/venv/bin/python" ]; then PY="$PYTHON"; fi
 
 # --- 2. tests ------------------------------------------------------------------------------
 run tests 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda test/test_engines.py \
-  test/test_pipeline.py
+  test/test_pipeline.py test/test_postprocess.py
 
 # --- 3-6. benchmarks, most wanted first (a step that would end past the budget is cut) ------
 if [ "$DRY" = 1 ]; then

@@ -196,6 +196,10 @@ class SegmentationPipeline:
                     hosts.append((rgb[0].permute(1, 2, 0).to(torch.uint8), 'rgb8'))
             return rgbs, hosts
 
+    def _to_rgb(self, frame: Frame) -> torch.Tensor:
+        """(1, 3, H', W') float32 RGB in 0..255 for ``_network_input`` (H', W': see _inputs)."""
+        return self._inputs([frame])[0][0]
+
     def _network_input(self, rgb: torch.Tensor) -> torch.Tensor:
         return self.preprocess(rgb, self._norm)  # (1, 3, h, w)
 
