@@ -70,11 +70,11 @@ class Frame:
 
 @dataclass
 class Result:
-    """Per-frame outputs at the frame's own size; None where not asked for."""
+    """Per-frame outputs at the frame's own size (colour, overlay: at output_scale); or None."""
 
     labels: Optional[np.ndarray] = None      # (H, W) uint8 class index
-    color: Optional[np.ndarray] = None       # (H, W, 3) uint8 rgb8
-    overlay: Optional[np.ndarray] = None     # (H, W, C) uint8 in overlay_encoding
+    color: Optional[np.ndarray] = None       # (H', W', 3) uint8 rgb8
+    overlay: Optional[np.ndarray] = None     # (H', W', C) uint8 in overlay_encoding
     overlay_encoding: str = 'rgb8'
     confidence: Optional[np.ndarray] = None  # (H, W) float32 max softmax probability
 
@@ -175,7 +175,10 @@ class SegmentationPipeline:
                     if small is not None:  # (h, w, 3) float32 RGB, already at the network size
                         rgbs.append(torch.from_numpy(small).permute(2, 0, 1)[None])
                     else:
-                        t = torch.from_numpy(np.ascontiguousarray(img))  # (H, W, C) uint8
+                        src = np.ascontiguousarray(img)
+                        if not src.flags.writeable:  # a view on a message's bytes
+                            src = src.copy()
+                        t = torch.from_numpy(src)  # (H, W, C) uint8
                         t = t.index_select(2, self._orders[enc])  # (H, W, 3) RGB
                         rgbs.append(t.permute(2, 0, 1)[None].float())  # (1, 3, H, W)
                 return rgbs, hosts

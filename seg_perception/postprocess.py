@@ -19,7 +19,7 @@ the network's size, at most the camera's, then nearest) and ``auto`` (``bilinear
 ``bilinear_x2`` on the CPU, where a camera-size argmax costs more than the network).
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 import weakref
 
 import cv2
@@ -314,16 +314,3 @@ def _nearest(labels: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     if tuple(labels.shape) == hw:
         return labels
     return F.interpolate(labels[None, None], size=hw, mode='nearest')[0, 0]
-
-
-def stage_names() -> Dict[str, str]:
-    """Name the pipeline stages a timer sees, with what each covers."""
-    return {
-        'upload': 'frame to the device (CUDA) or shrink to the network size in uint8 (CPU)',
-        'resize': 'network input: resize on the device and normalise',
-        'forward': 'the network',
-        'labels': 'logits upsampling and argmax, labels to camera size',
-        'color': 'palette lookup',
-        'overlay': 'alpha blend',
-        'download': 'outputs to the host (CUDA: one copy and one synchronisation)',
-    }
