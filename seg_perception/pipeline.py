@@ -27,6 +27,7 @@ from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
 from seg_training.cli import resolve_device
 from seg_training.model import check_input_size
+from seg_training.tta import TTA, TTAModel
 
 _logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class SegmentationPipeline:
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str = 'auto',
                  precision: str = 'fp32', input_size: Optional[Tuple[int, int]] = None,
                  warmup: bool = True, accelerate: str = 'auto',
-                 label_upsampling: str = 'auto') -> None:
+                 label_upsampling: str = 'auto', tta: Optional[TTA] = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision {precision!r} not in {sorted(PRECISIONS)}')
         if info.encoder_only:
@@ -93,6 +94,9 @@ class SegmentationPipeline:
                              'train the decoder before running the model')
         self.info = info
         self.device = resolve_device(device)
+        if precision == 'fp16' and self.device.type == 'cpu':
+            _logger.warning('precision fp16 on the CPU: no fast half-precision kernels there '
+                            '(seconds per frame); fp32 is the CPU precision')
         self.dtype = PRECISIONS[precision]
         self.precision = precision
         w, h = input_size if input_size else info.input_size
@@ -103,6 +107,9 @@ class SegmentationPipeline:
         # How the network runs (seg_perception/engines.py); it owns the model's device and dtype.
         self.engine = build_engine(model, info, self.device, precision, accelerate)
         self.model = self.engine.model
+        # Test-time augmentation (seg_training.tta) reads as logits too; None: one plain run.
+        self.tta = tta
+        self._net = self.engine if tta is None else TTAModel(self.engine, tta)
         # The one network-input step (seg_training.preprocess), as stored in the model file.
         self.preprocess = info.preprocessing(self.input_size)
         self._norm = self.preprocess.constants(self.device)
@@ -215,7 +222,7 @@ class SegmentationPipeline:
         with timer('resize'):
             x = torch.cat([self._network_input(r) for r in rgbs])  # (B, 3, h, w)
         with timer('forward'):
-            return self.engine(x)  # (B, K, h, w) float32
+            return self._net(x)  # (B, K, h, w) float32
 
     @torch.inference_mode()
     def __call__(self, frames: Sequence[Frame], outputs: Outputs = Outputs(),

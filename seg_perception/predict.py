@@ -29,7 +29,7 @@ from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
 from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import HelpFormatter, network_size_arg, resolve_device
+from seg_training.cli import HelpFormatter, network_size_arg, resolve_device, tta_arg
 from seg_training.provenance import log_model
 
 _logger = logging.getLogger(__name__)
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f'where the PNG files go (default: {DEFAULT_OUTPUT_DIR})')
     parser.add_argument('--alpha', type=float, default=0.5,
                         help='opacity of the class colours in the overlay, 0..1 (default 0.5)')
+    parser.add_argument('--tta', type=tta_arg, default=None, metavar='flip[,S,...]',
+                        help='test-time augmentation: softmax averaged over a mirrored run '
+                        '("flip") and/or input scales, e.g. flip,0.75,1,1.25 (default: off)')
     parser.add_argument('--label-upsampling', default='auto', choices=LABEL_UPSAMPLING,
                         help='labels at image size, as the node (default auto: bilinear on '
                         'CUDA, bilinear_x2 on the CPU)')
@@ -167,19 +170,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _logger.error(message)
     try:
         device = resolve_device(args.device)
+        if args.precision == 'fp16' and device.type == 'cpu':
+            parser.error('--precision fp16 needs CUDA: the CPU has no fast half-precision '
+                         'kernels (about 7 s per image); use fp32 on the CPU')
         model, info = load_model(args.model)
         pipeline = SegmentationPipeline(model, info, device=str(device),
                                         precision=args.precision, input_size=args.input_size,
                                         warmup=device.type == 'cuda',
                                         accelerate=args.accelerate,
-                                        label_upsampling=args.label_upsampling)
+                                        label_upsampling=args.label_upsampling,
+                                        tta=args.tta)
     except (ModelFileError, RuntimeError, ValueError) as e:
         _logger.error('%s', e)
         return 2
     _logger.info('%s', describe(info, args.model))
     log_model(info.provenance, args.model, _logger)
-    _logger.info('running at %dx%d on %s (%s); %d images -> %s', *pipeline.input_size, device,
-                 pipeline.engine.describe(), len(images), args.output_dir)
+    _logger.info('running at %dx%d on %s (%s%s); %d images -> %s', *pipeline.input_size,
+                 device, pipeline.engine.describe(),
+                 f', TTA {args.tta.describe()}' if args.tta else '', len(images), args.output_dir)
     done = 0
     with logging_redirect_tqdm():
         for path, prefix in tqdm(images, desc='seg-predict', unit='image'):

@@ -11,6 +11,8 @@ from typing import Tuple, TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from seg_training.tta import TTA
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Option help that ends with the default where there is one, and marks required options."""
@@ -58,6 +60,15 @@ def network_size_arg(text: str) -> Tuple[int, int]:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return w, h
+
+
+def tta_arg(text: str) -> 'TTA':
+    """Argparse type of --tta: 'flip', scales, or both ('flip,0.75,1,1.25')."""
+    from seg_training.tta import parse_tta
+    try:
+        return parse_tta(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def resolve_device(name: str, local_rank: int = 0) -> 'torch.device':

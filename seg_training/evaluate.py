@@ -35,13 +35,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import HelpFormatter, network_size_arg, resolve_device
+from seg_training.cli import HelpFormatter, network_size_arg, resolve_device, tta_arg
 from seg_training.classes import ClassTable
 from seg_training.data import build_dataset, check_datasets, DATASET_KINDS, DatasetError
 from seg_training.files import atomic_path
 from seg_training.metrics import ConfusionMatrix, evaluate
 from seg_training.model import check_input_size
 from seg_training.transforms import ValTransform
+from seg_training.tta import TTA, TTAModel
 
 _logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def iter_label_predictions(pipeline: Any, ds: Any, batch_size: int = 4, workers:
 
 def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
                             input_size: Tuple[int, int], dev: torch.device, batch_size: int,
-                            workers: int, amp: bool, progress: bool
+                            workers: int, amp: bool, progress: bool, tta: Optional[TTA] = None
                             ) -> Tuple[Dict[str, Any], ConfusionMatrix, List[List[int]]]:
     from seg_perception.pipeline import SegmentationPipeline
 
@@ -131,7 +132,7 @@ def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
                         'score it with --eval-size network')
     precision = 'fp16' if amp and dev.type == 'cuda' else 'fp32'
     pipeline = SegmentationPipeline(model, info, device=str(dev), precision=precision,
-                                    input_size=input_size, warmup=False)
+                                    input_size=input_size, warmup=False, tta=tta)
     cm = ConfusionMatrix(info.num_classes)
     sizes: List[List[int]] = []
     for _, labels, mask in iter_label_predictions(pipeline, ds, batch_size, workers, progress):
@@ -150,13 +151,14 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
                         size: Optional[Tuple[int, int]] = None, workers: int = 0,
                         amp: bool = False, max_samples: Optional[int] = None,
                         plots_dir: Optional[PathLike] = None,
-                        progress: bool = False, eval_size: str = 'label') -> Dict[str, Any]:
+                        progress: bool = False, eval_size: str = 'label',
+                        tta: Optional[TTA] = None) -> Dict[str, Any]:
     """
     Evaluate a model file on a dataset split; returns the JSON-ready report.
 
     ``eval_size`` 'label' scores at the labels' own size, 'network' at the network input size
-    (see the module docstring). NaN metrics (classes absent from ground truth and prediction)
-    are reported as None.
+    (see the module docstring); ``tta`` averages mirrored and rescaled runs. NaN metrics
+    (classes absent from ground truth and prediction) are reported as None.
     """
     if eval_size not in EVAL_SIZES:
         raise EvalError(f'eval size {eval_size!r} not in {list(EVAL_SIZES)}')
@@ -178,12 +180,13 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
     t0 = time.perf_counter()
     if eval_size == 'label':
         metrics, cm, sizes = _evaluate_at_label_size(model, info, ds, input_size, dev,
-                                                     batch_size, workers, amp, progress)
+                                                     batch_size, workers, amp, progress, tta)
         resolution = {'eval_size': 'label', 'label_sizes': sizes, 'method': LABEL_METHOD}
     else:
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                             pin_memory=dev.type == 'cuda')
-        metrics, cm = evaluate(model, loader, info.num_classes, dev, void_index=void, amp=amp,
+        net = model if tta is None else TTAModel(model, tta)
+        metrics, cm = evaluate(net, loader, info.num_classes, dev, void_index=void, amp=amp,
                                progress=progress)
         resolution = {'eval_size': 'network', 'label_sizes': [list(input_size)],
                       'method': 'argmax at the network input size; masks resized with '
@@ -209,6 +212,7 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         'input_size': list(input_size),
         **resolution,
         'preprocess': prep.to_dict(),
+        'tta': tta.describe() if tta else None,
         'device': str(dev),
         'seconds': round(seconds, 3),
         'confusion_matrix': cm.matrix.cpu().tolist(),
@@ -263,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--plots', help='folder for per_class_iou.png and confusion_matrix.png')
     p.add_argument('--workers', type=int, default=2, help='DataLoader worker processes')
     p.add_argument('--amp', action='store_true', help='autocast on CUDA')
+    p.add_argument('--tta', type=tta_arg, default=None, metavar='flip[,S,...]',
+                   help='test-time augmentation: softmax averaged over a mirrored run ("flip") '
+                   'and/or input scales, e.g. flip,0.75,1,1.25 (default: off)')
     p.add_argument('--max-samples', type=int, help='evaluate only this many samples')
     p.add_argument('--full-report', action='store_true',
                    help='print the confusion matrix too (always in the --json file)')
@@ -278,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = evaluate_model_file(
             args.model, args.dataset, args.data_root, args.split, args.device, args.batch_size,
             args.size, max(0, args.workers), args.amp, args.max_samples, args.plots,
-            progress=True, eval_size=args.eval_size)
+            progress=True, eval_size=args.eval_size, tta=args.tta)
     except (ModelFileError, DatasetError, EvalError, FileNotFoundError) as e:
         sys.exit(f'seg-eval: error: {e}')
     if args.json:

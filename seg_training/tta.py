@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Tuple
 
 import torch
+from torch import nn
 import torch.nn.functional as F
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, h, w) -> (B, K, h, w) logits
@@ -68,3 +69,15 @@ def tta_probabilities(forward: Forward, x: torch.Tensor, tta: TTA) -> torch.Tens
             prob = F.interpolate(prob, size=(h, w), mode='bilinear', align_corners=False)
         total = prob if total is None else total + prob
     return total / tta.runs
+
+
+class TTAModel(nn.Module):
+    """``model`` under test-time augmentation: log of the averaged softmax, read as logits."""
+
+    def __init__(self, model: nn.Module, tta: TTA) -> None:
+        super().__init__()
+        self.model = model
+        self.tta = tta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return tta_probabilities(self.model, x, self.tta).clamp_min(1e-12).log()
