@@ -10,6 +10,7 @@ that frame only: it is logged (throttled per topic and kind of fault) and the ot
 """
 
 from dataclasses import dataclass, replace
+import signal
 import sys
 import threading
 import time
@@ -20,11 +21,12 @@ from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
@@ -51,6 +53,7 @@ LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 WARN_PERIOD_S = 5.0
+SPIN_PERIOD_S = 0.1  # longest wait of the spin loop before it looks for a stop request
 MAX_LOGGED_CHARS = 400  # a fault's text in the log is cut to this
 
 
@@ -539,11 +542,19 @@ def main(args: Optional[List[str]] = None) -> int:
     if '-h' in own or '--help' in own:
         print(node_params.usage(NODE_NAME))  # usage on stdout; ROS is not started
         return 0
-    rclpy.init(args=args)
+    # Signals are this function's: the first SIGINT/SIGTERM asks the spin loop to stop, later
+    # ones (Ctrl-C under ros2 launch arrives from the terminal and from launch) change nothing,
+    # so no interrupt can land inside rclpy's executor or the node's shutdown.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    _on_signals(lambda signum, frame: stop.set())
     node = None
     try:
         node = SegmentationNode()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)  # wakes to see a stop request
     except NodeConfigError as e:
         rclpy.logging.get_logger(NODE_NAME).fatal(str(e))
         return 1
@@ -553,7 +564,15 @@ def main(args: Optional[List[str]] = None) -> int:
         if node is not None:
             node.close()
         rclpy.try_shutdown()
+        _on_signals(signal.SIG_IGN)  # also while the interpreter exits, when Python's are gone
     return 0
+
+
+def _on_signals(handler: Any) -> None:
+    """Handle SIGINT and SIGTERM with ``handler`` (only the main thread may set handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == '__main__':

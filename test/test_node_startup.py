@@ -32,6 +32,22 @@ def test_sigint_stops_worker_and_node_cleanly(tiny_model_file, tmp_path, probe):
     assert 'engine onnxruntime (CPU provider' in log, log  # auto on the CPU in fp32
 
 
+def test_ctrl_c_twice_still_shuts_down_cleanly(tiny_model_file, tmp_path, probe):
+    """Ctrl-C under ros2 launch reaches the node twice: from the terminal and from launch."""
+    import signal
+    import time
+
+    node = start_node([f'model:={tiny_model_file}', 'device:=cpu'], tmp_path / 'node.log',
+                      probe, ready_topic='/twice/segmentation/class_table',
+                      ros_args=['-r', '__ns:=/twice'])
+    node.proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # the second one lands while the node is shutting down
+    rc = node.stop(timeout=30.0)
+    log = node.log()
+    assert rc == 0, log
+    assert 'Traceback' not in log and 'KeyboardInterrupt' not in log, log
+
+
 def test_node_refuses_to_start_with_a_clear_error(tmp_path, tiny_model_file):
     broken = tmp_path / 'broken.pt'
     broken.write_bytes(b'this is not a torch file')
