@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 import torch
 
+from bench_inference import cpu_model  # this folder: the benchmarks share it
 from seg_perception.engines import ACCELERATIONS, resolve
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path
@@ -64,17 +65,6 @@ def scene(width: int, height: int, seed: int = 7) -> np.ndarray:
     """Make an (H, W, 3) uint8 RGB seg-synth street view: rendered small, resized up."""
     rgb, _ = render_frame(seed, (min(width, 512), min(height, 256)))
     return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def cpu_model() -> str:
-    """Return the processor's model name from /proc/cpuinfo (or platform as a fallback)."""
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device) -> Dict:
