@@ -27,22 +27,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _official_miou(gts, preds_dir: Path) -> float:
-    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
-
-    args = ev.CArgs()
-    vars(args).update(vars(ev.args))
-    args.evalInstLevelScore = False
-    args.evalPixelAccuracy = False
-    args.JSONOutput = False
-    args.quiet = True
-    args.predictionPath = str(preds_dir)
-    args.predictionWalk = None
-    res = ev.evaluateImgLists([ev.getPrediction(args, str(g)) for g in gts],
-                              [str(g) for g in gts], args)
-    return float(res['averageScoreClasses'])
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--data-root', required=True)
@@ -55,7 +39,7 @@ def main() -> int:
     from seg_perception.predict import main as seg_predict
     from seg_training.classes import cityscapes_label_to_train_id
     from seg_training.evaluate import evaluate_model_file
-    from seg_training.metrics import ConfusionMatrix
+    from seg_training.metrics import cityscapes_evaluator, ConfusionMatrix
     from seg_training.synth import generate
 
     root = Path(args.data_root)
@@ -90,7 +74,7 @@ def main() -> int:
             cm.update(torch.from_numpy(labels), torch.from_numpy(to_train[gt]))
             cv2.imwrite(str(preds_dir / f'{stem}_pred.png'), to_label[labels])
         predict_miou = cm.compute()['miou']
-        official = _official_miou(gts, preds_dir)
+        official = float(cityscapes_evaluator(gts, str(preds_dir))['averageScoreClasses'])
     result = {
         'model': args.model, 'data_root': str(root), 'images': len(gts),
         'label_sizes': label['label_sizes'], 'input_size': label['input_size'],

@@ -17,7 +17,7 @@ ignored labels.
 
 import logging
 import math
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -179,3 +179,25 @@ def evaluate(model: torch.nn.Module, loader: Iterable, num_classes: int, device:
     _logger.info('evaluated %d pixels: mIoU %.4f, pixel accuracy %.4f', metrics['num_pixels'],
                  metrics['miou'], metrics['pixel_accuracy'])
     return metrics, cm
+
+
+def cityscapes_evaluator(gt_paths: Sequence[str], prediction_dir: str) -> Dict[str, Any]:
+    """
+    Score predictions with cityscapesscripts' own pixel-level evaluator (class IoU only).
+
+    ``gt_paths`` are ``*_gtFine_labelIds.png`` files; ``prediction_dir`` holds one labelIds PNG
+    per image, found by the evaluator's own name matching. Returns its result dict
+    (``averageScoreClasses`` is the mIoU, ``classScores`` the IoU by class name).
+    """
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
+
+    args = ev.CArgs()
+    vars(args).update(vars(ev.args))
+    args.evalInstLevelScore = False  # no instanceIds files: class IoU only
+    args.evalPixelAccuracy = False
+    args.JSONOutput = False
+    args.quiet = True
+    args.predictionPath = str(prediction_dir)
+    args.predictionWalk = None
+    gts = [str(g) for g in gt_paths]
+    return ev.evaluateImgLists([ev.getPrediction(args, g) for g in gts], gts, args)

@@ -17,7 +17,7 @@ from seg_training import evaluate as seg_eval
 from seg_training.checkpoint import build_model, ModelInfo, Normalization, save_model
 from seg_training.classes import cityscapes_label_to_train_id, cityscapes_table
 from seg_training.data import build_dataset
-from seg_training.metrics import ConfusionMatrix
+from seg_training.metrics import cityscapes_evaluator, ConfusionMatrix
 
 SIZE = (200, 100)  # the label resolution (W, H); the network runs at 64x32
 STEMS = ('ulm_000000_000019', 'ulm_000001_000019', 'ulm_000002_000019')
@@ -86,19 +86,9 @@ def test_seg_eval_predictions_are_seg_predict_labels(tmp_path, city):
 
 
 def _official(root: Path, results: Path) -> dict:
-    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
-
-    args = ev.CArgs()
-    vars(args).update(vars(ev.args))
-    args.evalInstLevelScore = False
-    args.evalPixelAccuracy = False
-    args.JSONOutput = False
-    args.quiet = True
-    args.predictionPath = str(results)
-    args.predictionWalk = None
     gts = sorted(str(p) for p in (root / 'gtFine' / 'val').glob('*/*_gtFine_labelIds.png'))
     assert len(gts) == len(STEMS)
-    return ev.evaluateImgLists([ev.getPrediction(args, gt) for gt in gts], gts, args)
+    return cityscapes_evaluator(gts, str(results))
 
 
 def test_seg_eval_at_full_resolution_agrees_with_the_cityscapes_evaluator(tmp_path, city):

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from seg_training.classes import cityscapes_label_to_train_id, cityscapes_table
-from seg_training.metrics import ConfusionMatrix, evaluate
+from seg_training.metrics import cityscapes_evaluator, ConfusionMatrix, evaluate
 from seg_training.model import ERFNet, ERFNetConfig
 
 
@@ -218,20 +218,9 @@ def _write_cityscapes_pairs(root: Path, with_void: bool, seed: int):
 
 def _official_scores(root: Path):
     """Run cityscapesscripts' pixel-level evaluator on the files under ``root``."""
-    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
-
-    args = ev.CArgs()
-    vars(args).update(vars(ev.args))
-    args.evalInstLevelScore = False  # no instanceIds files: class IoU only
-    args.evalPixelAccuracy = False
-    args.JSONOutput = False
-    args.quiet = True
-    args.predictionPath = str(root / 'results')
-    args.predictionWalk = None
     gts = sorted(str(p) for p in (root / 'gtFine' / 'val').glob('*/*_gtFine_labelIds.png'))
     assert len(gts) == 3
-    preds = [ev.getPrediction(args, gt) for gt in gts]
-    return ev.evaluateImgLists(preds, gts, args)
+    return cityscapes_evaluator(gts, str(root / 'results'))
 
 
 @pytest.mark.parametrize('with_void', [False, True], ids=['19-classes', '20-with-void'])
