@@ -34,10 +34,14 @@ read by seg_training/formats.py.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+import ctypes
 from dataclasses import dataclass
+import functools
 import logging
 import os
 from pathlib import Path
+import signal
+import sys
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -470,6 +474,48 @@ def worker_seed_transform(worker_id: int) -> None:
     transform = getattr(dataset, 'transform', None)
     if transform is not None and hasattr(transform, 'set_seed'):
         transform.set_seed(torch.initial_seed() % 2 ** 32)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """
+    Make this process end the moment ``parent_pid`` (its parent) does, on Linux.
+
+    A DataLoader worker whose trainer was killed (SIGKILL, the OOM killer) otherwise lives on
+    until its watchdog notices, or for ever when it is blocked writing a batch into a full
+    queue that a sibling worker still holds open: it keeps the trainer's stdout and stderr
+    open, so whoever waits for those waits for ever.
+    """
+    if not sys.platform.startswith('linux'):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
+    except (OSError, AttributeError) as exc:
+        _logger.debug('worker %d will not end with its parent: %s', os.getpid(), exc)
+        return
+    if os.getppid() != parent_pid:  # the parent ended before the signal was armed
+        os._exit(1)
+
+
+def worker_init(parent_pid: int, worker_id: int) -> None:
+    """
+    Prepare a DataLoader worker of this project (its ``worker_init_fn``).
+
+    Bind it to the loader's process: ``functools.partial(worker_init, os.getpid())``. The
+    worker ends with that process (:func:`die_with_parent`) and reseeds the dataset's
+    transform (:func:`worker_seed_transform`).
+    """
+    die_with_parent(parent_pid)
+    worker_seed_transform(worker_id)
+
+
+def loader_worker_init() -> Callable[[int], None]:
+    """Return a ``worker_init_fn`` for DataLoaders of this process (see :func:`worker_init`)."""
+    return functools.partial(worker_init, os.getpid())
 
 
 # ----------------------------------------------------------------------------- up-front check

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import HelpFormatter, network_size_arg, resolve_device, tta_arg
 from seg_training.classes import ClassTable
-from seg_training.data import build_dataset, check_datasets, DATASET_KINDS, DatasetError
+from seg_training.data import (build_dataset, check_datasets, DATASET_KINDS, DatasetError,
+                               loader_worker_init)
 from seg_training.files import atomic_path
 from seg_training.metrics import ConfusionMatrix, evaluate
 from seg_training.model import check_input_size
@@ -94,7 +95,7 @@ LABEL_METHOD = ('seg_perception.pipeline.SegmentationPipeline labels at the imag
 def _raw_batches(ds: Any, batch_size: int, workers: int) -> DataLoader:
     """Batches of raw (RGB (H, W, 3) uint8, mask (H, W) uint8) pairs, as lists."""
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=list)
+                      collate_fn=list, worker_init_fn=loader_worker_init())
 
 
 def iter_label_predictions(pipeline: Any, ds: Any, batch_size: int = 4, workers: int = 0,
@@ -184,7 +185,7 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         resolution = {'eval_size': 'label', 'label_sizes': sizes, 'method': LABEL_METHOD}
     else:
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            pin_memory=dev.type == 'cuda')
+                            pin_memory=dev.type == 'cuda', worker_init_fn=loader_worker_init())
         net = model if tta is None else TTAModel(model, tta)
         metrics, cm = evaluate(net, loader, info.num_classes, dev, void_index=void, amp=amp,
                                progress=progress)

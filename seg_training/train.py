@@ -46,7 +46,7 @@ from seg_training.config import (AMP_DTYPES, apply_overrides, CLASS_WEIGHTINGS,
                                  IMAGENET_STD, load_config, LOSSES, OPTIMIZERS, read_yaml,
                                  save_config, SCHEDULES, stage_epochs, TrainConfig)
 from seg_training.data import (build_dataset, check_datasets, DatasetError, JointDataset,
-                               SegmentationDataset, worker_seed_transform)
+                               loader_worker_init, SegmentationDataset)
 from seg_training.files import atomic_path, NoSpaceError
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.model import ERFNet, ERFNetConfig
@@ -292,7 +292,7 @@ def file_metrics(val: Dict[str, Any], epoch: int, classes: ClassTable) -> Dict[s
 def _loader(ds: SegmentationDataset, cfg: TrainConfig, sampler, generator: torch.Generator,
             device: torch.device) -> DataLoader:
     return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                      pin_memory=device.type == 'cuda', worker_init_fn=worker_seed_transform,
+                      pin_memory=device.type == 'cuda', worker_init_fn=loader_worker_init(),
                       generator=generator, persistent_workers=False)
 
 
