@@ -219,8 +219,13 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         'confusion_matrix': cm.matrix.cpu().tolist(),
     }
     if plots_dir is not None:
-        written = write_plots(plots_dir, info.classes, metrics, cm.matrix)
-        report['plots'] = [str(p) for p in written]
+        try:
+            written = write_plots(plots_dir, info.classes, metrics, cm.matrix)
+        except OSError as e:  # a full disk, a folder that cannot be made: keep the scores
+            _logger.error('plots not written: %s', e)
+            report['plots_error'] = str(e)
+        else:
+            report['plots'] = [str(p) for p in written]
     return report
 
 
@@ -289,13 +294,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             progress=True, eval_size=args.eval_size, tta=args.tta)
     except (ModelFileError, DatasetError, EvalError, FileNotFoundError) as e:
         sys.exit(f'seg-eval: error: {e}')
+    # A report that cannot be saved is still printed: an evaluation is not lost to a full disk.
+    errors = [f'plots: {report["plots_error"]}'] if 'plots_error' in report else []
     if args.json:
-        write_json(report, args.json)
-        _logger.info('wrote %s', args.json)
+        try:
+            write_json(report, args.json)
+        except OSError as e:
+            errors.append(f'--json {args.json}: {e}')
+        else:
+            _logger.info('wrote %s', args.json)
     shown = report if args.full_report else {k: v for k, v in report.items()
                                              if k != 'confusion_matrix'}
     print(json.dumps(shown, indent=2))
-    return 0
+    for e in errors:
+        print(f'seg-eval: error: {e}', file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == '__main__':

@@ -109,6 +109,32 @@ def test_seg_eval_gives_the_miou_computed_directly(tmp_path, tiny_model_file):
     assert np.asarray(report['confusion_matrix']).sum() == valid
 
 
+def test_seg_eval_on_a_full_disk_prints_the_report_and_fails(tmp_path, tiny_model_file,
+                                                             monkeypatch, capsys):
+    import errno
+
+    _folder_dataset(tmp_path / 'data', tiny_model_file, CUSTOM8)
+    out_json = tmp_path / 'eval.json'
+    out_json.write_text('{"previous": true}')
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr('seg_training.files.os.fsync', no_space)
+    rc = seg_eval.main(['--model', str(tiny_model_file), '--dataset', 'folder',
+                        '--data-root', str(tmp_path / 'data'), '--split', 'val',
+                        '--json', str(out_json), '--plots', str(tmp_path / 'plots'),
+                        '--device', 'cpu', '--batch-size', '2', '--workers', '0'])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    shown = json.loads(out)  # the scores reach stdout all the same
+    assert 0.0 <= shown['miou'] <= 1.0 and 'plots' not in shown
+    assert 'no space left on device' in shown['plots_error']
+    assert f'--json {out_json}: {out_json}: no space left on device' in err
+    assert 'seg-eval: error: plots: ' in err and 'Traceback' not in err
+    assert json.loads(out_json.read_text()) == {'previous': True}  # the old file is kept
+    assert not list(tmp_path.glob('.eval.json.*'))  # and no temporary is left
+
+
 def test_seg_eval_resizes_to_the_model_or_given_size(tmp_path, tiny_model_file):
     _folder_dataset(tmp_path / 'data', tiny_model_file, CUSTOM8, n=2, size=(128, 64))
     common = dict(model_path=tiny_model_file, dataset='folder', data_root=tmp_path / 'data',
