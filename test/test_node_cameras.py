@@ -134,7 +134,7 @@ def test_a_frame_with_any_stamp_never_costs_the_other_cameras_frame(probe, node)
 
             probe.spin_until(lambda: all(answered(c) for c in SIZES),
                              f'trial {trial}: answers to both frames (front stamp {stamp})',
-                             timeout=20.0, process=node)
+                             timeout=30.0, process=node)
         rear = probe.wait_status(
             'camera /rear/image',
             lambda v: int(v['frames_processed']) >= int(before['frames_processed']) + 10,

@@ -344,7 +344,9 @@ def test_replay_drives_the_node_on_sim_time(drive, tiny_model_file):
     def on_diagnostics(msg):
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
-            if 'camera' in status.name and int(values.get('frames_processed', 0)) > 0:
+            # 'n/a' while no frame of the rolling window has a latency (none yet, or the
+            # window has passed the last frame)
+            if 'camera' in status.name and values.get('latency_p50_ms', 'n/a') != 'n/a':
                 latency.append(float(values['latency_p50_ms']))
 
     probe.node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
