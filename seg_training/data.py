@@ -527,15 +527,24 @@ def check_image_file(path: Path) -> Tuple[int, int]:
     DatasetError names the path. JPEGs are decoded strictly (PIL): OpenCV silently fills a
     truncated JPEG with grey, which would train on a broken picture.
     """
-    if path.suffix.lower() in ('.jpg', '.jpeg') and path.is_file():
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return im.size
-        except Exception as e:  # PIL raises several types for broken files
-            raise DatasetError(f'{path}: cannot be read as an image: {e}') from e
+    if _is_jpeg_file(path):
+        return check_jpeg_whole(path, 'an image')
     image = read_image(path)  # (H, W, 3)
     return image.shape[1], image.shape[0]
+
+
+def _is_jpeg_file(path: Path) -> bool:
+    return path.suffix.lower() in ('.jpg', '.jpeg') and path.is_file()
+
+
+def check_jpeg_whole(path: Path, what: str) -> Tuple[int, int]:
+    """Decode the JPEG at ``path`` strictly (PIL); return its (W, H) or raise DatasetError."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size
+    except Exception as e:  # PIL raises several types for broken files
+        raise DatasetError(f'{path}: cannot be read as {what}: {e}') from e
 
 
 def check_sample(ds: SegmentationDataset, index: int) -> Tuple[List[str], np.ndarray]:
@@ -553,6 +562,8 @@ def check_sample(ds: SegmentationDataset, index: int) -> Tuple[List[str], np.nda
     except DatasetError as e:
         problems.append(str(e))
     try:
+        if _is_jpeg_file(mask_path):  # a truncated one would decode, grey-filled, too
+            check_jpeg_whole(mask_path, 'a mask image')
         mask = ds._checked_mask(mask_path)  # (H, W) uint8
         counts = np.bincount(mask.ravel(), minlength=256)[:ds.classes.num_classes]
     except DatasetError as e:

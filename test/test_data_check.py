@@ -51,6 +51,37 @@ def test_every_bad_file_of_both_splits_is_listed_at_once(damaged):
     assert 'expected a single-channel mask' in message
 
 
+def test_a_truncated_jpeg_mask_is_found(tmp_path):
+    from seg_training.data import check_datasets
+
+    root = write_folder(tmp_path / 'f', n_train=2, n_val=1)
+    png = root / 'masks' / 'train' / 'frame_0001.png'
+    mask = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+    png.unlink()
+    jpg = png.with_suffix('.jpg')
+    assert cv2.imwrite(str(jpg), np.kron(mask, np.ones((8, 8), np.uint8)))  # big enough to cut
+    # The intact JPEG mask is taken (its size is checked against the image's).
+    problems = _check_problems(check_datasets, build_dataset('folder', root, 'train'))
+    assert problems == [f'{jpg}: mask size 512x256 differs from image '
+                        f'{root / "images" / "train" / "frame_0001.png"} size 64x32']
+    assert cv2.imwrite(str(jpg), mask)
+    data = jpg.read_bytes()
+    jpg.write_bytes(data[: len(data) * 2 // 3])
+    assert cv2.imread(str(jpg), cv2.IMREAD_UNCHANGED) is not None  # OpenCV takes it, grey-filled
+    problems = _check_problems(check_datasets, build_dataset('folder', root, 'train'))
+    assert len(problems) == 1 and problems[0].startswith(f'{jpg}: cannot be read as a mask image')
+    assert 'truncated' in problems[0]
+
+
+def _check_problems(check_datasets, ds) -> list:
+    """Return the problem lines of check_datasets on ``ds`` (none: [])."""
+    try:
+        check_datasets([ds], workers=1)
+    except DatasetError as e:
+        return [line.strip().removeprefix('- ') for line in str(e).splitlines()[1:]]
+    return []
+
+
 def test_check_counts_what_the_label_histogram_counts(tmp_path):
     from seg_training.data import check_datasets
 
