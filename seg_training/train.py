@@ -352,6 +352,34 @@ def run(cfg: TrainConfig, resume: bool = False) -> Optional[Dict[str, Any]]:
         engine.cleanup_distributed()
 
 
+def _check_data(train_ds: Any, val_ds: Any, cfg: TrainConfig,
+                dinfo: engine.DistInfo) -> np.ndarray:
+    """
+    Check every file of both splits once per job; return the training masks' class counts.
+
+    Under DDP rank 0 checks and sends the counts, or its error, to every rank: N ranks on one
+    machine would otherwise each read the whole dataset. (Ranks on other machines train from
+    their own copy of the files unchecked; a bad file there still stops the run, naming it.)
+    """
+    workers = max(2, cfg.workers)
+    if not dinfo.distributed:
+        return check_datasets([train_ds, val_ds], workers=workers, progress=True)[0]
+    import torch.distributed as dist
+
+    shared: List[Any] = [None]
+    if dinfo.is_main:
+        try:
+            shared[0] = check_datasets([train_ds, val_ds], workers=workers, progress=True)[0]
+        except DatasetError as e:
+            shared[0] = str(e)
+    dist.broadcast_object_list(shared, src=0)
+    if isinstance(shared[0], str):
+        raise DatasetError(shared[0] if dinfo.is_main else
+                           f'[rank {dinfo.rank}] the data check of rank 0 failed (its error '
+                           'lists the files)')
+    return shared[0]
+
+
 def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
          device: torch.device) -> Optional[Dict[str, Any]]:
     t_start = time.time()
@@ -379,8 +407,7 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
         raise DatasetError(f'{cfg.data_root}: {cfg.train_split} and {cfg.val_split} splits have '
                            f'different class tables')
     # Every file of both splits, before the first step; the masks' counts give class weights.
-    train_hist, _ = check_datasets([train_ds, val_ds], workers=max(2, cfg.workers),
-                                   progress=main)
+    train_hist = _check_data(train_ds, val_ds, cfg, dinfo)
 
     net = ERFNet(ERFNetConfig(num_classes=classes.num_classes))
     if state is not None:
