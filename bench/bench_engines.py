@@ -29,8 +29,6 @@ import datetime
 import json
 import os
 from pathlib import Path
-import platform
-import re
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -39,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench_inference import cpu_model  # this folder: the benchmarks share it
+from bench_inference import base_environment, device_slug, summarize  # this folder
 from seg_perception.engines import ACCELERATIONS, resolve
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path
@@ -51,16 +49,6 @@ CPU_ENGINES = ('none', 'channels_last', 'compile', 'onnxruntime')
 CUDA_ENGINES = ('none', 'channels_last', 'compile', 'cuda_graphs')
 
 
-def summarize(seconds: Sequence[float]) -> Dict[str, float]:
-    """Return n, median, p90, p99, mean, min and max in ms."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    return {'n': int(ms.size), 'median_ms': round(float(np.median(ms)), 3),
-            'p90_ms': round(float(np.percentile(ms, 90)), 3),
-            'p99_ms': round(float(np.percentile(ms, 99)), 3),
-            'mean_ms': round(float(ms.mean()), 3), 'min_ms': round(float(ms.min()), 3),
-            'max_ms': round(float(ms.max()), 3)}
-
-
 def scene(width: int, height: int, seed: int = 7) -> np.ndarray:
     """Make an (H, W, 3) uint8 RGB seg-synth street view: rendered small, resized up."""
     rgb, _ = render_frame(seed, (min(width, 512), min(height, 256)))
@@ -68,25 +56,13 @@ def scene(width: int, height: int, seed: int = 7) -> np.ndarray:
 
 
 def environment(device: torch.device) -> Dict:
-    """Describe where the numbers were taken."""
+    """Describe where the numbers were taken, with the onnxruntime version."""
     try:
         import onnxruntime
         ort_version = onnxruntime.__version__
     except ImportError:  # not needed on CUDA
         ort_version = None
-    info = {'device': str(device),
-            'device_name': (torch.cuda.get_device_name(device) if device.type == 'cuda'
-                            else cpu_model()),
-            'cpu_model': cpu_model(), 'cpu_count': os.cpu_count(),
-            'torch_threads': torch.get_num_threads(),
-            'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
-            'load_average_1m_at_start': round(os.getloadavg()[0], 2),
-            'python': platform.python_version(), 'torch': torch.__version__,
-            'onnxruntime': ort_version, 'platform': platform.platform()}
-    if device.type == 'cuda':
-        info['cuda'] = torch.version.cuda
-        info['cudnn'] = torch.backends.cudnn.version()
-    return info
+    return {**base_environment(device), 'onnxruntime': ort_version}
 
 
 class Case:
@@ -165,7 +141,7 @@ def bench_group(model_path: str, device: torch.device, engines: Sequence[str], p
         row = dict(case.key, setup_s=case.setup_s, engine_description=case.pipe.engine.describe(),
                    frame='%dx%d rgb8' % case.frames[0].image.shape[1::-1])
         for part in parts:
-            row[part] = summarize(case.times[part])
+            row[part] = summarize(case.times[part], digits=3)
         row.update(compare(case, reference))
         results.append(row)
     base = next((r for r in results if r['engine'] == 'none' and 'forward' in r), None)
@@ -252,9 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print_rows(rows, parts)
                 report['results'].extend(rows)
     env['load_average_1m_at_end'] = round(os.getloadavg()[0], 2)
-    slug = re.sub(r'[^a-z0-9]+', '-', (('cpu-' if not cuda else '') + env['device_name'])
-                  .lower()).strip('-')
-    name = f'engines-{slug}-{datetime.date.today().isoformat()}'
+    name = f'engines-{device_slug(env)}-{datetime.date.today().isoformat()}'
     name += (f'-{args.tag}' if args.tag else '') + ('-quick' if args.quick else '')
     path = args.output / f'{name}.json'
     path.parent.mkdir(parents=True, exist_ok=True)

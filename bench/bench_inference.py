@@ -77,15 +77,16 @@ OUTPUTS = ('labels', 'color', 'overlay')
 TARGET_RATIOS = {'pipeline': 1.3, 'node': 2.0}
 
 
-def summarize(seconds: Sequence[float]) -> Dict[str, float]:
+def summarize(seconds: Sequence[float], digits: int = 2) -> Dict[str, float]:
     """Return median, p90, p99, mean, min and max in ms, and the rate the median allows."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     median = float(np.median(ms))
-    return {'n': int(ms.size), 'median_ms': round(median, 2),
-            'p90_ms': round(float(np.percentile(ms, 90)), 2),
-            'p99_ms': round(float(np.percentile(ms, 99)), 2),
-            'mean_ms': round(float(ms.mean()), 2), 'min_ms': round(float(ms.min()), 2),
-            'max_ms': round(float(ms.max()), 2), 'fps': round(1e3 / median, 2)}
+    return {'n': int(ms.size), 'median_ms': round(median, digits),
+            'p90_ms': round(float(np.percentile(ms, 90)), digits),
+            'p99_ms': round(float(np.percentile(ms, 99)), digits),
+            'mean_ms': round(float(ms.mean()), digits),
+            'min_ms': round(float(ms.min()), digits),
+            'max_ms': round(float(ms.max()), digits), 'fps': round(1e3 / median, 2)}
 
 
 def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iterations: int,
@@ -538,10 +539,8 @@ def package_version(name: str) -> Optional[str]:
         return None
 
 
-def environment(device: torch.device) -> Dict:
-    """Describe where the numbers were taken: device, versions, CPU and ROS middleware."""
-    from rclpy.utilities import get_rmw_implementation_identifier
-
+def base_environment(device: torch.device) -> Dict:
+    """Describe where the numbers were taken: device, CPU, threads, load and versions."""
     info = {
         'device': str(device),
         'device_name': (torch.cuda.get_device_name(device) if device.type == 'cuda'
@@ -551,7 +550,21 @@ def environment(device: torch.device) -> Dict:
         'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
         'load_average_1m_at_start': round(os.getloadavg()[0], 2),
         'python': platform.python_version(), 'torch': torch.__version__,
-        'numpy': np.__version__, 'opencv': cv2.__version__, 'platform': platform.platform(),
+        'platform': platform.platform(),
+    }
+    if device.type == 'cuda':
+        info['cuda'] = torch.version.cuda
+        info['cudnn'] = torch.backends.cudnn.version()
+    return info
+
+
+def environment(device: torch.device) -> Dict:
+    """Describe where the numbers were taken, with the image libraries and ROS middleware."""
+    from rclpy.utilities import get_rmw_implementation_identifier
+
+    return {
+        **base_environment(device),
+        'numpy': np.__version__, 'opencv': cv2.__version__,
         'ros': {'distro': os.environ.get('ROS_DISTRO'),
                 'source': 'ROS install' if os.environ.get('ROS_DISTRO') else 'PyPI wheels',
                 'rclpy': package_version('rclpy'), 'fastdds': package_version('ros-fastdds'),
@@ -560,18 +573,18 @@ def environment(device: torch.device) -> Dict:
                 'FASTDDS_DEFAULT_PROFILES_FILE': ros_environment().get(
                     'FASTDDS_DEFAULT_PROFILES_FILE')},
     }
-    if device.type == 'cuda':
-        info['cuda'] = torch.version.cuda
-        info['cudnn'] = torch.backends.cudnn.version()
-    return info
+
+
+def device_slug(env: Dict) -> str:
+    """Name the device of ``env`` as a lowercase slug (``cpu-`` before a CPU's model)."""
+    kind = 'cpu-' if env['device'] == 'cpu' else ''
+    return re.sub(r'[^a-z0-9]+', '-', (kind + env['device_name']).lower()).strip('-')
 
 
 def result_path(output: Path, env: Dict, quick: bool) -> Path:
     """Return ``<output>/<device>-<date>[-quick].json``, device as a lowercase slug."""
-    kind = 'cpu-' if env['device'] == 'cpu' else ''
-    slug = re.sub(r'[^a-z0-9]+', '-', (kind + env['device_name']).lower()).strip('-')
     date = datetime.date.today().isoformat()
-    return output / f'{slug}-{date}{"-quick" if quick else ""}.json'
+    return output / f'{device_slug(env)}-{date}{"-quick" if quick else ""}.json'
 
 
 def ratios(report: Dict) -> Dict:
