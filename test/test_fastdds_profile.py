@@ -7,10 +7,10 @@ middleware adds a shared-memory transport of the default size (512 KiB) and no 2
 frame arrives without the profile (README, "Large frames and best effort").
 """
 
-import importlib.util
 from pathlib import Path
 import xml.etree.ElementTree as ET
 
+from file_module import load_file
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,13 +18,6 @@ PROFILE = ROOT / 'config' / 'fastdds_large_images.xml'
 SCRIPT = ROOT / 'bench' / 'qos_large_images.py'
 NS = {'f': 'http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles'}
 FRAME_BYTES = 2048 * 1024 * 3
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location('qos_large_images', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_profile_is_the_default_participant_with_a_large_shared_memory_segment():
@@ -53,7 +46,7 @@ def test_setup_installs_the_profile():
 
 @pytest.fixture(scope='module')
 def bench():
-    return _load_script()
+    return load_file(SCRIPT)
 
 
 def test_profile_delivers_large_best_effort_frames_between_processes(bench, tmp_path):

@@ -1,9 +1,9 @@
 """launch/segment.launch.py: loads without ROS's launch packages and asks for what it should."""
 
 import ast
-import importlib.util
 from pathlib import Path
 
+from file_module import load_file
 import pytest
 
 LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'segment.launch.py'
@@ -13,10 +13,7 @@ ARGUMENTS = {'image', 'model', 'params_file', 'use_sim_time',  # the original fo
 
 
 def load():
-    spec = importlib.util.spec_from_file_location('segment_launch', LAUNCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(LAUNCH)
 
 
 def test_launch_file_imports_without_launch_installed():

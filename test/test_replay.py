@@ -1,7 +1,6 @@
 """seg-replay on a real DDS graph: a bag and a folder of frames into a probe subscriber."""
 
 import ast
-import importlib.util
 from pathlib import Path
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import time
 from big_images import zero_png
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
+from file_module import load_file
 import numpy as np
 import pytest
 import rclpy
@@ -284,10 +284,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _load_launch_file(name):
     """Import a launch file as a module (its launch imports are inside functions)."""
-    spec = importlib.util.spec_from_file_location(name.replace('.', '_'), ROOT / 'launch' / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(ROOT / 'launch' / name)
 
 
 def test_rviz_config_shows_input_overlay_and_colour():

@@ -1,9 +1,9 @@
 """bench/soak.py: the malformed frames it sends are malformed for the node, its RSS reading."""
 
-import importlib.util
 import os
 from pathlib import Path
 
+from file_module import load_file
 import pytest
 from std_msgs.msg import Header
 
@@ -15,10 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / 'bench' / 'soak.py'
 
 @pytest.fixture(scope='module')
 def soak():
-    spec = importlib.util.spec_from_file_location('soak', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(SCRIPT)
 
 
 @pytest.mark.parametrize('kind', range(4))

@@ -1,10 +1,10 @@
 """The transfer-learning experiment script: a tiny run end to end, resume, the custom8 view."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import cv2
+from file_module import load_file
 import numpy as np
 import pytest
 
@@ -19,16 +19,9 @@ TINY = ['--quick', '--size', '64x32', '--source-train', '4', '--source-val', '2'
         '--device', 'cpu', '--threads', '1']
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location('transfer_experiment', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def experiment():
-    return _load_script()
+    return load_file(SCRIPT)
 
 
 @pytest.fixture(scope='module')
