@@ -361,15 +361,17 @@ def _check_data(train_ds: Any, val_ds: Any, cfg: TrainConfig,
     machine would otherwise each read the whole dataset. (Ranks on other machines train from
     their own copy of the files unchecked; a bad file there still stops the run, naming it.)
     """
-    workers = max(2, cfg.workers)
+    def check() -> np.ndarray:
+        return check_datasets([train_ds, val_ds], workers=max(2, cfg.workers), progress=True)[0]
+
     if not dinfo.distributed:
-        return check_datasets([train_ds, val_ds], workers=workers, progress=True)[0]
+        return check()
     import torch.distributed as dist
 
     shared: List[Any] = [None]
     if dinfo.is_main:
         try:
-            shared[0] = check_datasets([train_ds, val_ds], workers=workers, progress=True)[0]
+            shared[0] = check()
         except DatasetError as e:
             shared[0] = str(e)
     dist.broadcast_object_list(shared, src=0)
