@@ -6,7 +6,6 @@ for ever when one was blocked writing a batch nobody would read: they held the t
 stdout and stderr open, so a caller waiting for those (a shell pipe, ``subprocess``) hung.
 """
 
-import os
 from pathlib import Path
 import signal
 import subprocess
@@ -51,9 +50,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_workers_end_when_their_process_is_killed():
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(Path(__file__).parents[1]),
-                                                        os.environ.get('PYTHONPATH', '')])}
-    proc = subprocess.Popen([sys.executable, '-c', _SCRIPT], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, '-c', _SCRIPT], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -78,10 +75,9 @@ def test_workers_end_when_their_process_is_killed():
 
 
 def test_a_worker_whose_parent_is_already_gone_exits():
-    env = {**os.environ, 'PYTHONPATH': str(Path(__file__).parents[1])}
     # Bound to a PID that is not this process's parent, as after the parent died.
     code = ('import os; from seg_training.data import die_with_parent; '
             'die_with_parent(os.getppid() + 1); print("still here")')
-    run = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 1 and 'still here' not in run.stdout
