@@ -23,10 +23,10 @@ from seg_perception.postprocess import (cpu_area_input, cpu_camera_labels, cpu_c
                                         cpu_labels, CpuPainter, CudaPainter, CudaUploader,
                                         label_grid, resolve_label_upsampling, scaled_size)
 from seg_perception.timing import NO_TIMER, NoTimer
+from seg_training import architectures
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
 from seg_training.cli import resolve_device
-from seg_training.model import check_input_size
 from seg_training.tta import TTA, TTAModel
 
 _logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class SegmentationPipeline:
         self.dtype = PRECISIONS[precision]
         self.precision = precision
         w, h = input_size if input_size else info.input_size
-        check_input_size(int(h), int(w))
+        info.check_input_size(int(w), int(h))
         self.input_size = (int(w), int(h))
         if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
@@ -109,7 +109,8 @@ class SegmentationPipeline:
         self.model = self.engine.model
         # Test-time augmentation (seg_training.tta) reads as logits too; None: one plain run.
         self.tta = tta
-        self._net = self.engine if tta is None else TTAModel(self.engine, tta)
+        self._net = (self.engine if tta is None
+                     else TTAModel(self.engine, tta, architectures.get(info.arch).stride))
         # The one network-input step (seg_training.preprocess), as stored in the model file.
         self.preprocess = info.preprocessing(self.input_size)
         self._norm = self.preprocess.constants(self.device)

@@ -5,9 +5,10 @@ A project model file is a plain dict (loadable with ``torch.load(weights_only=Tr
 
     format          'seg_perception.model'
     format_version  1
-    arch            'erfnet'
-    arch_config     {'num_classes': int, 'encoder_only': bool}
-    state_dict      ERFNet state_dict (no 'module.' prefix)
+    arch            'erfnet' | 'espnetv2' (seg_training.architectures)
+    arch_config     {'num_classes': int, 'encoder_only': bool} (ERFNet) or
+                    {'num_classes': int, 'scale': float, 'proj_planes': int} (ESPNetv2)
+    state_dict      the network's state_dict (no 'module.' prefix)
     classes         ClassTable.to_dict()
     normalization   {'mean': [r, g, b], 'std': [r, g, b]} applied to pixels scaled to [0, 1]
     input_size      [width, height] the network runs at
@@ -26,6 +27,16 @@ Also understood, as published by the ERFNet authors:
   1024x512.
 * ``erfnet_encoder_pretrained.pth.tar``: ``{'state_dict': ...}`` of the ImageNet classifier, keys
   ``module.features.encoder.*`` (encoder only: used to initialise training, not to run).
+
+and as published by the ESPNetv2 authors (github.com/sacmehta/EdgeNets, MIT):
+
+* ``espnetv2_s_{0.5,1.0,1.25,1.5,2.0}_city_*.pth``: a bare state_dict (``base_net.*``,
+  ``bu_dec_l*``, ...; a ``module.`` prefix is stripped), 20 outputs (19 Cityscapes train ids,
+  index 19 = background), inputs in [0, 1] with the ImageNet mean/std, PIL bilinear resize,
+  run at 1024x512. The width scale is read off the tensor shapes.
+
+Whatever the format, float weights below the smallest normal float32 (denormals) are flushed to
+zero on load: on the CPU they slow a forward pass by an order of magnitude and change no output.
 """
 
 from dataclasses import dataclass, field
@@ -36,9 +47,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
+from seg_training import architectures
 from seg_training.classes import ClassTable, cityscapes_table
+from seg_training.espnetv2 import scale_of_state_dict
 from seg_training.files import atomic_path
-from seg_training.model import ERFNet, ERFNetConfig, check_input_size
 from seg_training.preprocess import (DEFAULT_RESIZE, legacy_resize, OFFICIAL_RESIZE,
                                      Preprocessing, Resize)
 
@@ -46,8 +58,10 @@ _logger = logging.getLogger(__name__)
 
 FORMAT = 'seg_perception.model'
 FORMAT_VERSION = 1
-OFFICIAL_INPUT_SIZE = (1024, 512)  # (W, H) of the official Cityscapes model
+OFFICIAL_INPUT_SIZE = (1024, 512)  # (W, H) of the official Cityscapes models (both archs)
 IMAGENET_ENCODER_PREFIX = 'module.features.encoder.'
+ESPNETV2_HEAD = 'bu_dec_l4.merge_layer.3.weight'
+TINY = torch.finfo(torch.float32).tiny  # smallest normal float32
 PathLike = Union[str, os.PathLike]
 MAX_INPUT_SIDE = 8192               # network input width or height a model file may ask for
 MAX_INPUT_PIXELS = 32 * 2 ** 20     # and width x height (8192x4096)
@@ -86,10 +100,24 @@ class ModelInfo:
     metrics: Dict = field(default_factory=dict)
     resize: Resize = DEFAULT_RESIZE
     provenance: Optional[Dict] = None  # None: not recorded
+    arch: str = 'erfnet'
+    arch_options: Dict = field(default_factory=dict)  # arch_config besides the class count
 
     @property
     def num_classes(self) -> int:
         return self.classes.num_classes
+
+    @property
+    def arch_config(self) -> Dict[str, Any]:
+        """The complete, checked ``arch_config`` of this model."""
+        cfg = dict(self.arch_options, num_classes=self.num_classes)
+        if self.arch == 'erfnet':
+            cfg['encoder_only'] = self.encoder_only
+        return architectures.normalize_config(self.arch, cfg)
+
+    def check_input_size(self, width: int, height: int) -> None:
+        """Raise ValueError unless the architecture runs at ``width`` x ``height``."""
+        architectures.check_input_size(self.arch, int(height), int(width))
 
     def preprocessing(self, size: Optional[Tuple[int, int]] = None) -> Preprocessing:
         """Return the network-input step of this model at ``size`` (W, H) or its own size."""
@@ -98,12 +126,12 @@ class ModelInfo:
         return Preprocessing((int(w), int(h)), tuple(norm.mean), tuple(norm.std), self.resize)
 
 
-def build_model(info: ModelInfo) -> ERFNet:
-    """Build an ERFNet with the architecture ``info`` describes (random weights)."""
-    return ERFNet(ERFNetConfig(num_classes=info.num_classes, encoder_only=info.encoder_only))
+def build_model(info: ModelInfo) -> torch.nn.Module:
+    """Build the network ``info`` describes (random weights)."""
+    return architectures.build(info.arch, info.arch_config)
 
 
-def model_file_dict(model: ERFNet, info: ModelInfo, extra: Optional[Dict] = None,
+def model_file_dict(model: torch.nn.Module, info: ModelInfo, extra: Optional[Dict] = None,
                     half: bool = False) -> Dict[str, Any]:
     """Return the dict that :func:`save_model` writes; ``half`` stores floats as fp16."""
     sd = {}
@@ -113,8 +141,8 @@ def model_file_dict(model: ERFNet, info: ModelInfo, extra: Optional[Dict] = None
     d: Dict[str, Any] = {
         'format': FORMAT,
         'format_version': FORMAT_VERSION,
-        'arch': 'erfnet',
-        'arch_config': {'num_classes': info.num_classes, 'encoder_only': info.encoder_only},
+        'arch': info.arch,
+        'arch_config': info.arch_config,
         'state_dict': sd,
         'classes': info.classes.to_dict(),
         'normalization': info.normalization.to_dict(),
@@ -141,8 +169,8 @@ def atomic_save(obj: Any, path: PathLike) -> None:
         torch.save(obj, f)
 
 
-def save_model(model: ERFNet, info: ModelInfo, path: PathLike, extra: Optional[Dict] = None,
-               half: bool = False) -> None:
+def save_model(model: torch.nn.Module, info: ModelInfo, path: PathLike,
+               extra: Optional[Dict] = None, half: bool = False) -> None:
     """Write a project model file atomically."""
     atomic_save(model_file_dict(model, info, extra, half), path)
 
@@ -232,15 +260,43 @@ def check_state_dict(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
     if shapes:
         problems.append(f'mis-shaped keys {shapes}')
     if problems:
-        raise ModelFileError(f'{source}: state_dict does not fit ERFNet: ' + '; '.join(problems))
+        raise ModelFileError(f'{source}: state_dict does not fit the network: '
+                             + '; '.join(problems))
     check_finite(sd, source)
+
+
+def flush_denormals(sd: Mapping[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+    """
+    ``sd`` with float values below the smallest normal float32 set to zero (logged with a count).
+
+    Denormal weights (seen by the thousand in published ESPNet files) make CPU convolutions an
+    order of magnitude slower and are too small to change any output.
+    """
+    out: Dict[str, torch.Tensor] = {}
+    flushed = 0
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            tiny = (v != 0) & (v.abs() < TINY)
+            n = int(tiny.sum())
+            if n:
+                v = v.masked_fill(tiny, 0.0)
+                flushed += n
+        out[k] = v
+    if flushed:
+        _logger.info('%s: %d denormal weights flushed to zero', source, flushed)
+    return out
 
 
 def load_state_dict_checked(module: torch.nn.Module, sd: Mapping[str, torch.Tensor],
                             source: str) -> None:
-    """Load ``sd`` into ``module`` after :func:`check_state_dict`; dtypes follow the module."""
+    """
+    Load ``sd`` into ``module`` after :func:`check_state_dict`; dtypes follow the module.
+
+    Denormals are flushed to zero first (:func:`flush_denormals`).
+    """
     own = module.state_dict()
     check_state_dict(own, sd, source)
+    sd = flush_denormals(sd, source)
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
 
 
@@ -250,7 +306,12 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 
 def detect_format(obj: Any) -> str:
-    """'project', 'official' (full ERFNet state_dict) or 'imagenet-encoder'."""
+    """
+    Name the format of a loaded file.
+
+    'project', 'official' (full ERFNet state_dict), 'espnetv2' (the ESPNetv2 authors'
+    state_dict), 'imagenet-encoder' or 'unknown'.
+    """
     if isinstance(obj, Mapping) and obj.get('format') == FORMAT:
         return 'project'
     sd = obj.get('state_dict') if isinstance(obj, Mapping) and 'state_dict' in obj else obj
@@ -261,18 +322,27 @@ def detect_format(obj: Any) -> str:
         stripped = strip_prefix(sd, 'module.')
         if any(k.startswith('decoder.') for k in stripped):
             return 'official'
+        if ESPNETV2_HEAD in stripped and any(k.startswith('base_net.') for k in stripped):
+            return 'espnetv2'
     return 'unknown'
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = 'cpu'
-               ) -> Tuple[ERFNet, ModelInfo]:
-    """Load a runnable model (project file or official ``erfnet_pretrained.pth``) in eval mode."""
+               ) -> Tuple[torch.nn.Module, ModelInfo]:
+    """
+    Load a runnable model in eval mode.
+
+    A project file, the official ``erfnet_pretrained.pth`` or an ESPNetv2 authors' Cityscapes
+    file.
+    """
     obj = read_file(path)
     kind = detect_format(obj)
     if kind == 'project':
         model, info = _from_project_dict(obj, str(path))
     elif kind == 'official':
         model, info = _from_official_state_dict(obj, str(path))
+    elif kind == 'espnetv2':
+        model, info = _from_espnetv2_state_dict(obj, str(path))
     elif kind == 'imagenet-encoder':
         raise ModelFileError(
             f'{path}: is an ImageNet-pretrained ERFNet encoder (keys {IMAGENET_ENCODER_PREFIX}*),'
@@ -280,11 +350,11 @@ def load_model(path: PathLike, device: Union[str, torch.device] = 'cpu'
             '(seg-train --pretrained-encoder)')
     else:
         raise ModelFileError(
-            f'{path}: not a seg_perception model file nor an ERFNet state_dict '
+            f'{path}: not a seg_perception model file nor an ERFNet or ESPNetv2 state_dict '
             f'(top-level keys: {sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj)})')
     model.to(device).eval()
-    _logger.info('loaded %s model %s: %d classes, input %dx%d', info.source_format, path,
-                 info.num_classes, *info.input_size)
+    _logger.info('loaded %s model %s (%s): %d classes, input %dx%d', info.source_format, path,
+                 info.arch, info.num_classes, *info.input_size)
     return model, info
 
 
@@ -294,15 +364,20 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
         if d.get('format_version', 0) > FORMAT_VERSION:
             raise ModelFileError(f'{source}: model file format_version {d["format_version"]} is '
                                  f'newer than this software reads ({FORMAT_VERSION})')
-        if d.get('arch') != 'erfnet':
-            raise ModelFileError(f'{source}: unsupported architecture {d.get("arch")!r}')
+        arch_name = d.get('arch')
+        if not isinstance(arch_name, str) or arch_name not in architectures.ARCHITECTURES:
+            raise ModelFileError(f'{source}: unsupported architecture {arch_name!r}; known: '
+                                 f'{sorted(architectures.ARCHITECTURES)}')
         classes = ClassTable.from_dict(d['classes'])
         arch = d['arch_config']
-        if int(arch['num_classes']) != classes.num_classes:
+        if not isinstance(arch, Mapping):
+            raise ModelFileError(f'{source}: arch_config is {type(arch).__name__}, not a dict')
+        arch = architectures.normalize_config(arch_name, arch)
+        if arch['num_classes'] != classes.num_classes:
             raise ModelFileError(f'{source}: arch_config.num_classes {arch["num_classes"]} != '
                                  f'{classes.num_classes} classes in the class table')
         w, h = (int(v) for v in d['input_size'])
-        check_input_size(h, w)
+        architectures.check_input_size(arch_name, h, w)
         check_input_bound(w, h, 'input_size')
         resize = (Resize.from_dict(d['preprocess']) if d.get('preprocess') is not None
                   else legacy_resize(FORMAT))
@@ -316,7 +391,10 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
                          source_format=FORMAT,
                          train_config=dict(d.get('train_config') or {}),
                          metrics=dict(d.get('metrics') or {}), resize=resize,
-                         provenance=dict(provenance) if provenance is not None else None)
+                         provenance=dict(provenance) if provenance is not None else None,
+                         arch=arch_name, arch_options={k: v for k, v in arch.items()
+                                                       if k not in ('num_classes',
+                                                                    'encoder_only')})
     except KeyError as e:
         raise ModelFileError(f'{source}: model file lacks field {e.args[0]!r}') from None
     except ValueError as e:
@@ -325,7 +403,7 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
         raise ModelFileError(f'{source}: {e}') from None
 
 
-def _from_project_dict(d: Mapping, source: str) -> Tuple[ERFNet, ModelInfo]:
+def _from_project_dict(d: Mapping, source: str) -> Tuple[torch.nn.Module, ModelInfo]:
     info = info_from_dict(d, source)
     model = build_model(info)
     load_state_dict_checked(model, d['state_dict'], source)
@@ -341,7 +419,7 @@ def official_info() -> ModelInfo:
                      resize=OFFICIAL_RESIZE, provenance=official_provenance())
 
 
-def _from_official_state_dict(obj: Mapping, source: str) -> Tuple[ERFNet, ModelInfo]:
+def _from_official_state_dict(obj: Mapping, source: str) -> Tuple[torch.nn.Module, ModelInfo]:
     sd = obj['state_dict'] if 'state_dict' in obj and _is_tensor_dict(obj['state_dict']) else obj
     sd = strip_prefix(sd, 'module.')
     head = sd.get('decoder.output_conv.weight')
@@ -359,7 +437,45 @@ def _from_official_state_dict(obj: Mapping, source: str) -> Tuple[ERFNet, ModelI
     return model, info
 
 
-def load_imagenet_encoder(path: PathLike, model: ERFNet) -> None:
+def espnetv2_info(sd: Mapping[str, torch.Tensor], source: str) -> ModelInfo:
+    """
+    Describe an ESPNetv2 authors' Cityscapes state_dict (keys without prefix).
+
+    20 outputs are the 19 Cityscapes classes plus background (index 19, not a class), 19 outputs
+    the classes alone; the inputs were resized with PIL bilinear to 1024x512 and normalised with
+    the ImageNet mean and std.
+    """
+    from seg_training.provenance import espnetv2_provenance
+
+    scale = scale_of_state_dict(sd)
+    if scale is None:
+        raise ModelFileError(f'{source}: ESPNetv2 state_dict with level widths that match no '
+                             f'known scale')
+    num_classes = int(sd[ESPNETV2_HEAD].shape[0])
+    if num_classes not in (19, 20):
+        raise ModelFileError(
+            f'{source}: ESPNetv2 state_dict with {num_classes} outputs; only the Cityscapes '
+            'models (19 classes, + background) have a known class table')
+    classes = cityscapes_table(with_void=num_classes == 20)
+    proj = int(sd['bu_dec_l1.projection_layer.cbr.0.weight'].shape[0])
+    mean, std = architectures.IMAGENET_MEAN, architectures.IMAGENET_STD
+    return ModelInfo(classes=classes, input_size=OFFICIAL_INPUT_SIZE,
+                     normalization=Normalization(mean, std), source_format='espnetv2_authors',
+                     resize=OFFICIAL_RESIZE, provenance=espnetv2_provenance(scale),
+                     arch='espnetv2', arch_options={'scale': scale, 'proj_planes': proj})
+
+
+def _from_espnetv2_state_dict(obj: Mapping, source: str
+                              ) -> Tuple[torch.nn.Module, ModelInfo]:
+    sd = obj['state_dict'] if 'state_dict' in obj and _is_tensor_dict(obj['state_dict']) else obj
+    sd = strip_prefix(sd, 'module.')
+    info = espnetv2_info(sd, source)
+    model = build_model(info)
+    load_state_dict_checked(model, sd, source)
+    return model, info
+
+
+def load_imagenet_encoder(path: PathLike, model: torch.nn.Module) -> None:
     """Copy the official ImageNet-pretrained encoder into ``model.encoder`` (head untouched)."""
     obj = read_file(path)
     sd = obj.get('state_dict', obj) if isinstance(obj, Mapping) else None
@@ -370,7 +486,10 @@ def load_imagenet_encoder(path: PathLike, model: ERFNet) -> None:
            if k.startswith(IMAGENET_ENCODER_PREFIX)}
     # The classifier head (module.classifier.*) is dropped on purpose; the encoder's own
     # output_conv is not in the file and keeps its fresh initialisation.
-    encoder = unwrap(model).encoder
+    net = unwrap(model)
+    if architectures.config_of(net)[0] != 'erfnet':
+        raise ModelFileError(f'{path}: the ImageNet ERFNet encoder initialises ERFNet only')
+    encoder = net.encoder
     body = {k: v for k, v in encoder.state_dict().items() if not k.startswith('output_conv.')}
     check_state_dict(body, enc, str(path))
     encoder.load_state_dict({k: v.to(body[k].dtype) for k, v in enc.items()}, strict=False)

@@ -26,6 +26,8 @@ DATASETS = ('cityscapes', 'folder', 'bdd100k', 'mmseg', 'camvid', 'cvat')
 LOSSES = ('ce', 'focal', 'dice', 'ce_dice')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('single', 'two-stage')
+ARCHS = ('erfnet', 'espnetv2')
+ESPNETV2_SCALES = (0.5, 1.0, 1.25, 1.5, 2.0)
 CLASS_WEIGHTINGS = ('enet', 'none')
 AMP_DTYPES = ('bf16', 'fp16')
 # ImageNet statistics: the default input normalisation of a model trained from scratch.
@@ -70,6 +72,10 @@ class TrainConfig:
     # official ImageNet encoder file.
     init: Optional[str] = None
     pretrained_encoder: Optional[str] = None
+    # Network: erfnet | espnetv2 (null: the --init model's, else erfnet); arch_scale is the
+    # ESPNetv2 width trained from scratch (an --init file brings its own).
+    arch: Optional[str] = None
+    arch_scale: float = 2.0
     # Reference recipe (Romera et al.): Adam, poly decay, ENet class weights, 150 epochs.
     epochs: int = 150
     batch_size: int = 6
@@ -163,7 +169,7 @@ def _check_value(name: str, value: Any, default: Any, source: str) -> Any:
 _OPTIONAL_TYPES: Dict[str, Any] = {
     'encoder_epochs': 0, 'max_train_samples': 0, 'max_val_samples': 0,
     'mean': [0.0, 0.0, 0.0], 'std': [1.0, 1.0, 1.0],
-    'init': '', 'pretrained_encoder': '', 'data_root': '', 'output_dir': '',
+    'init': '', 'pretrained_encoder': '', 'data_root': '', 'output_dir': '', 'arch': '',
 }
 
 
@@ -252,6 +258,12 @@ def validate(cfg: TrainConfig, source: str = 'config') -> None:
     if cfg.dice_weight < 0 or not 0 <= cfg.momentum < 1:
         raise ConfigError(f'{source}: dice_weight must be >= 0 and momentum in [0, 1)')
     _choice(cfg.schedule, SCHEDULES, 'schedule', source)
+    if cfg.arch is not None:
+        _choice(cfg.arch, ARCHS, 'arch', source)
+    _choice(cfg.arch_scale, ESPNETV2_SCALES, 'arch_scale', source)
+    if cfg.arch == 'espnetv2' and (cfg.schedule == 'two-stage' or cfg.pretrained_encoder):
+        raise ConfigError(f'{source}: the two-stage schedule and pretrained_encoder are ERFNet\'s '
+                          '(its encoder-only stage and ImageNet encoder); ESPNetv2 trains whole')
     _choice(cfg.class_weighting, CLASS_WEIGHTINGS, 'class_weighting', source)
     _choice(cfg.amp_dtype, AMP_DTYPES, 'amp_dtype', source)
     w, h = cfg.size

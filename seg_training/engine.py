@@ -23,6 +23,7 @@ from tqdm import tqdm
 from seg_training import metrics
 from seg_training.cli import resolve_device
 from seg_training.config import TrainConfig
+from seg_training import architectures
 from seg_training.model import ERFNet
 
 _logger = logging.getLogger(__name__)
@@ -118,42 +119,50 @@ class EncoderOnly(nn.Module):
         return self.net.encoder(x, predict=True)  # (B, K, H/8, W/8)
 
 
-def stage_module(net: ERFNet, stage: str) -> nn.Module:
+def _arch(net: nn.Module) -> architectures.Architecture:
+    return architectures.get(architectures.config_of(net)[0])
+
+
+def stage_module(net: nn.Module, stage: str) -> nn.Module:
     """Return the module whose forward the stage ``stage`` trains."""
     assert stage in STAGES, stage
+    if stage == 'encoder' and not _arch(net).two_stage:
+        raise ValueError(f'{_arch(net).name} has no encoder-only stage')
     return EncoderOnly(net) if stage == 'encoder' else net
 
 
-def set_trainable(net: ERFNet, stage: str, freeze_encoder: bool) -> None:
+def set_trainable(net: nn.Module, stage: str, freeze_encoder: bool) -> None:
     """
     requires_grad per stage: only what the stage's forward uses (DDP needs that).
 
     encoder stage: the encoder with its head; full stage: the encoder body (unless frozen) and
-    the decoder (the encoder head is unused and kept as is).
+    the decoder (ERFNet's encoder head is unused and kept as is).
     """
+    arch = _arch(net)
     for name, p in net.named_parameters():
         if stage == 'encoder':
-            p.requires_grad_(name.startswith('encoder.'))
-        elif name.startswith('encoder.output_conv.'):
+            p.requires_grad_(name.startswith(arch.encoder_prefix))
+        elif arch.encoder_head_prefix and name.startswith(arch.encoder_head_prefix):
             p.requires_grad_(False)
-        elif name.startswith('encoder.'):
+        elif name.startswith(arch.encoder_prefix):
             p.requires_grad_(not freeze_encoder)
         else:
             p.requires_grad_(True)
 
 
-def set_train_mode(net: ERFNet, freeze_encoder: bool) -> None:
+def set_train_mode(net: nn.Module, freeze_encoder: bool) -> None:
     """Training mode, with a frozen encoder kept in eval mode (BN statistics and dropout fixed)."""
     net.train()
     if freeze_encoder:
-        net.encoder.eval()
+        getattr(net, _arch(net).encoder_prefix.rstrip('.')).eval()
 
 
-def param_groups(net: ERFNet, lr: float, encoder_lr_scale: float) -> List[Dict[str, Any]]:
+def param_groups(net: nn.Module, lr: float, encoder_lr_scale: float) -> List[Dict[str, Any]]:
     """Parameter groups: the encoder at ``lr * encoder_lr_scale``, the rest at ``lr``."""
-    enc = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith('encoder.')]
+    prefix = _arch(net).encoder_prefix
+    enc = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith(prefix)]
     rest = [p for n, p in net.named_parameters()
-            if p.requires_grad and not n.startswith('encoder.')]
+            if p.requires_grad and not n.startswith(prefix)]
     groups = []
     if enc:
         groups.append({'params': enc, 'lr': lr * encoder_lr_scale, 'name': 'encoder'})

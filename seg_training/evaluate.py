@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from seg_training import architectures
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import HelpFormatter, network_size_arg, resolve_device, tta_arg
 from seg_training.classes import ClassTable
@@ -41,7 +42,6 @@ from seg_training.data import (build_dataset, check_datasets, DATASET_KINDS, Dat
                                loader_worker_init)
 from seg_training.files import atomic_path
 from seg_training.metrics import ConfusionMatrix, evaluate
-from seg_training.model import check_input_size
 from seg_training.transforms import ValTransform
 from seg_training.tta import TTA, TTAModel
 
@@ -169,7 +169,7 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         _logger.warning('%s is an encoder-only model: logits at 1/8 resolution are upsampled',
                         model_path)
     input_size = tuple(size) if size else tuple(info.input_size)
-    check_input_size(input_size[1], input_size[0])
+    info.check_input_size(input_size[0], input_size[1])
     prep = info.preprocessing(input_size)
     transform = None if eval_size == 'label' else ValTransform(prep)
     ds = build_dataset(dataset, data_root, split, transform, max_samples=max_samples)
@@ -186,7 +186,8 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
     else:
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                             pin_memory=dev.type == 'cuda', worker_init_fn=loader_worker_init())
-        net = model if tta is None else TTAModel(model, tta)
+        net = (model if tta is None
+               else TTAModel(model, tta, architectures.get(info.arch).stride))
         metrics, cm = evaluate(net, loader, info.num_classes, dev, void_index=void, amp=amp,
                                progress=progress)
         resolution = {'eval_size': 'network', 'label_sizes': [list(input_size)],

@@ -36,7 +36,6 @@ import torch
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import HelpFormatter, network_size_arg
 from seg_training.evaluate import write_json
-from seg_training.model import check_input_size
 
 _logger = logging.getLogger(__name__)
 
@@ -190,7 +189,7 @@ def export_model(model_path: PathLike, fmt: str, output: Optional[PathLike] = No
         raise ModelFileError(f'{model_path}: encoder-only model (1/8 resolution, a training '
                              'stage); train the decoder before exporting')
     size = tuple(size) if size else tuple(info.input_size)
-    check_input_size(size[1], size[0])
+    info.check_input_size(size[0], size[1])
     out = Path(output) if output else default_output(model_path, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()

@@ -39,6 +39,10 @@ PathLike = Union[str, os.PathLike]
 SYNTH_MARKER = 'seg_synth.json'
 MAX_SIZES = 20  # distinct image sizes listed per dataset
 OFFICIAL_SOURCE = ('github.com/Eromera/erfnet_pytorch, trained_models/erfnet_pretrained.pth')
+ESPNETV2_SOURCE = ('github.com/sacmehta/EdgeNets, model/segmentation/model_zoo/espnetv2/'
+                   'espnetv2_s_{scale}_city_1024x512.pth (MIT)')
+# Cityscapes val mIoU the ESPNetv2 authors report for their models, by width scale.
+ESPNETV2_REPORTED = {0.5: 53.9, 1.0: 60.1, 1.5: 63.8, 2.0: 66.4}
 
 
 def dataset_is_synthetic(root: PathLike) -> bool:
@@ -98,6 +102,17 @@ def official_provenance() -> Dict[str, Any]:
             'note': 'the authors report 72.1 val IoU for it, scored at 1024x512'}
 
 
+def espnetv2_provenance(scale: float) -> Dict[str, Any]:
+    """Describe an ESPNetv2 authors' Cityscapes model of width ``scale`` as they do."""
+    reported = ESPNETV2_REPORTED.get(float(scale))
+    note = (f'the authors report {reported} Cityscapes val mIoU for it' if reported is not None
+            else 'Cityscapes model of the ESPNetv2 authors')
+    return {'datasets': [{'role': 'train', 'dataset': 'cityscapes', 'split': 'train',
+                          'synthetic': False, 'images': 2975, 'image_sizes': [[2048, 1024]]}],
+            'init': None, 'source': ESPNETV2_SOURCE.format(scale=float(scale)), 'epochs': None,
+            'best_epoch': None, 'best_val_miou': None, 'real_images': True, 'note': note}
+
+
 def init_record(source: str, provenance: Optional[Mapping]) -> Dict[str, Any]:
     """Make the ``init`` entry of a run that started from ``source``."""
     return {'source': source, 'provenance': dict(provenance) if provenance else None}
@@ -114,6 +129,10 @@ def file_provenance(path: PathLike) -> Optional[Dict[str, Any]]:
         return dict(prov) if isinstance(prov, Mapping) else None
     if kind == 'official':
         return official_provenance()
+    if kind == 'espnetv2':
+        from seg_training.checkpoint import espnetv2_info, strip_prefix
+        sd = obj['state_dict'] if isinstance(obj.get('state_dict'), Mapping) else obj
+        return espnetv2_info(strip_prefix(sd, 'module.'), str(path)).provenance
     if kind == 'imagenet-encoder':
         return {'datasets': [{'role': 'train', 'dataset': 'imagenet', 'synthetic': False}],
                 'init': None, 'real_images': True, 'source': str(path)}

@@ -1,8 +1,9 @@
 """
-seg-train: train ERFNet on a labelled dataset, from scratch or by transfer.
+seg-train: train ERFNet or ESPNetv2 on a labelled dataset, from scratch or by transfer.
 
     seg-train --dataset cityscapes|folder|bdd100k|mmseg|camvid|cvat --data-root D --output-dir O
-              [--init CKPT] [--pretrained-encoder F] [--epochs N] [--device D] [--seed S]
+              [--init CKPT] [--pretrained-encoder F] [--arch A] [--epochs N] [--device D]
+              [--seed S]
               [--batch-size B] [--resume] [--config YAML] [--size WxH] [--lr LR]
               [--freeze-encoder | --encoder-lr-scale F] [--schedule single|two-stage]
               [--optimizer adam|adamw|sgd] [--loss ce|focal|dice|ce_dice] [--patience N]
@@ -27,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,13 +36,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from seg_training import engine, provenance
-from seg_training.checkpoint import (atomic_save, load_imagenet_encoder,
-                                     load_state_dict_checked, model_file_dict, ModelFileError,
-                                     ModelInfo, Normalization, read_file)
+from seg_training import architectures, engine, provenance
+from seg_training.checkpoint import (atomic_save, info_from_dict, load_imagenet_encoder,
+                                     load_model, load_state_dict_checked, model_file_dict,
+                                     ModelFileError, ModelInfo, Normalization, read_file,
+                                     unwrap)
 from seg_training.classes import ClassTable
 from seg_training.cli import network_size_arg
-from seg_training.config import (AMP_DTYPES, apply_overrides, CLASS_WEIGHTINGS,
+from seg_training.config import (AMP_DTYPES, apply_overrides, ARCHS, CLASS_WEIGHTINGS,
                                  config_from_dict, ConfigError, DATASETS, IMAGENET_MEAN,
                                  IMAGENET_STD, load_config, LOSSES, OPTIMIZERS, read_yaml,
                                  save_config, SCHEDULES, stage_epochs, TrainConfig)
@@ -49,9 +51,8 @@ from seg_training.data import (build_dataset, check_datasets, DatasetError, Join
                                loader_worker_init, SegmentationDataset)
 from seg_training.files import atomic_path, NoSpaceError
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
-from seg_training.model import ERFNet, ERFNetConfig
 from seg_training.preprocess import DEFAULT_RESIZE
-from seg_training.transfer import init_from_file
+from seg_training.transfer import init_from_file, read_source
 from seg_training.transforms import denormalize, train_transform, val_transform
 
 _logger = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog='seg-train',
-        description='Train or fine-tune ERFNet on a labelled dataset; writes best.pt, last.pt, '
+        description='Train or fine-tune ERFNet or ESPNetv2 on a labelled dataset; writes '
+        'best.pt, last.pt, '
         'summary.json, metrics.csv, TensorBoard events and plots into --output-dir.',
         epilog='Defaults come from config/train.yaml, then --config, then these options. '
         '--data-root and --output-dir are required (unless --resume, or set by --config).',
@@ -104,8 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         'erfnet_pretrained.pth', default='random weights')
     opt(g, '--pretrained-encoder', dest='pretrained_encoder', metavar='FILE',
         help='official erfnet_encoder_pretrained.pth.tar (ImageNet)', default='none')
+    opt(g, '--arch', choices=ARCHS, help='network to train', default="the --init model's, "
+        'else erfnet')
+    opt(g, '--arch-scale', dest='arch_scale', type=float, metavar='S',
+        help='ESPNetv2 width from scratch: 0.5, 1.0, 1.25, 1.5 or 2.0')
     opt(g, '--size', type=lambda t: list(network_size_arg(t)), metavar='WxH',
-        help='network input size, multiples of 8', default='x'.join(map(str, d.size)))
+        help='network input size, multiples of 8 (ESPNetv2: 16)',
+        default='x'.join(map(str, d.size)))
     enc = g.add_mutually_exclusive_group()
     enc.add_argument('--freeze-encoder', dest='freeze_encoder', action='store_true',
                      help='train only the decoder (default: off)')
@@ -245,17 +252,47 @@ class RunLog:
 
 
 def model_info(cfg: TrainConfig, classes: ClassTable, metrics: Optional[Dict] = None,
-               provenance: Optional[Dict] = None) -> ModelInfo:
+               provenance: Optional[Dict] = None,
+               net: Optional[torch.nn.Module] = None) -> ModelInfo:
     """
-    Describe, for the model file, the network this run trains.
+    Describe, for the model file, the network this run trains (``net``; ERFNet if None).
 
     Its network-input step is preprocess.DEFAULT_RESIZE (area when shrinking), the resize the
     training augmentation shrinks with, and validation runs the same step.
     """
+    arch, arch_cfg = ('erfnet', {}) if net is None else architectures.config_of(unwrap(net))
+    options = {k: v for k, v in arch_cfg.items() if k not in ('num_classes', 'encoder_only')}
     return ModelInfo(classes=classes, input_size=(cfg.size[0], cfg.size[1]),
                      normalization=Normalization(tuple(cfg.mean), tuple(cfg.std)),
                      train_config=cfg.to_dict(), metrics=dict(metrics or {}),
-                     resize=DEFAULT_RESIZE, provenance=provenance)
+                     resize=DEFAULT_RESIZE, provenance=provenance, arch=arch,
+                     arch_options=options)
+
+
+def build_network(cfg: TrainConfig, classes: ClassTable,
+                  saved: Optional[Mapping[str, Any]] = None) -> torch.nn.Module:
+    """
+    Build the network of this run, random weights.
+
+    Its architecture is the one of ``saved`` (a resumed run's last.pt), else ``cfg.arch``, else
+    the ``--init`` file's (ESPNetv2: its width and pyramid too, so its body fits), else ERFNet.
+    """
+    if saved is not None:
+        info = info_from_dict(saved, 'last.pt')
+        return architectures.build(info.arch, info.arch_config)
+    options: Dict[str, Any] = {}
+    arch = cfg.arch
+    if cfg.init:
+        src = read_source(cfg.init)
+        if arch is None or arch == src.arch:
+            arch, options = src.arch, dict(src.arch_options)
+        else:
+            raise ConfigError(f'--init {cfg.init} is an {src.arch} model but --arch is {arch}')
+    arch = arch or 'erfnet'
+    if arch == 'espnetv2':
+        options.setdefault('scale', cfg.arch_scale)
+    architectures.check_input_size(arch, cfg.size[1], cfg.size[0])
+    return architectures.build(arch, dict(options, num_classes=classes.num_classes))
 
 
 def _data_records(cfg: TrainConfig, train_ds: Any, val_ds: SegmentationDataset
@@ -311,7 +348,7 @@ def _class_weights(cfg: TrainConfig, ds: SegmentationDataset, state: Optional[Di
     return w
 
 
-def _initialise(net: ERFNet, cfg: TrainConfig, classes: ClassTable) -> Optional[Dict]:
+def _initialise(net: torch.nn.Module, cfg: TrainConfig, classes: ClassTable) -> Optional[Dict]:
     """Apply --init / --pretrained-encoder; fill in cfg.mean/std; return what was done."""
     report = None
     source_norm = None
@@ -329,7 +366,7 @@ def _initialise(net: ERFNet, cfg: TrainConfig, classes: ClassTable) -> Optional[
     return report
 
 
-def _sample_panels(net: ERFNet, ds: SegmentationDataset, cfg: TrainConfig,
+def _sample_panels(net: torch.nn.Module, ds: SegmentationDataset, cfg: TrainConfig,
                    device: torch.device, out_png: Path) -> None:
     from seg_training import plots
     n = min(cfg.val_panels, len(ds))
@@ -387,10 +424,10 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     t_start = time.time()
     out = Path(cfg.output_dir)
     main = dinfo.is_main
-    state, saved_sd = None, None
+    state, saved_sd, saved_obj = None, None, None
     if resume:
-        obj = read_file(out / 'last.pt')
-        state, saved_sd = obj['training_state'], obj['state_dict']
+        saved_obj = read_file(out / 'last.pt')
+        state, saved_sd = saved_obj['training_state'], saved_obj['state_dict']
         if state.get('interrupted'):
             _logger.warning('%s was saved by an interrupted epoch: that epoch starts over from '
                             'the weights it had reached', out / 'last.pt')
@@ -411,7 +448,10 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     # Every file of both splits, before the first step; the masks' counts give class weights.
     train_hist = _check_data(train_ds, val_ds, cfg, dinfo)
 
-    net = ERFNet(ERFNetConfig(num_classes=classes.num_classes))
+    try:
+        net = build_network(cfg, classes, saved_obj)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if state is not None:
         load_state_dict_checked(net, saved_sd, str(out / 'last.pt'))
         progress = engine.Progress.from_dict(state['progress'])
@@ -472,7 +512,7 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     def save_last(interrupted: bool = False) -> None:
         clock()
         ts = engine.training_state(progress, opt, sched, scaler, cfg_dict, weights, interrupted)
-        info_last = model_info(cfg, classes, provenance=prov(progress.epoch))
+        info_last = model_info(cfg, classes, provenance=prov(progress.epoch), net=net)
         atomic_save(model_file_dict(net, info_last, {'training_state': ts}), out / 'last.pt')
 
     _logger.info('training %d epochs (%s) on %s: %d train / %d val samples, %d classes, %dx%d',
@@ -531,7 +571,7 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
                 log.epoch(row, by_name(classes.names, val['per_class_iou'], classes.void_index))
                 if improved:
                     info = model_info(cfg, classes, file_metrics(val, e + 1, classes),
-                                      prov(e + 1))
+                                      prov(e + 1), net)
                     atomic_save(model_file_dict(net, info), out / 'best.pt')
                 save_last()
                 if cfg.plots and cfg.plots_every_epoch:
@@ -554,7 +594,7 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
         progress.best_metrics = {**val, 'confusion': cm.matrix.cpu().tolist()}
         if main:
             info = model_info(cfg, classes, file_metrics(val, progress.epoch, classes),
-                              prov(progress.epoch))
+                              prov(progress.epoch), net)
             atomic_save(model_file_dict(net, info), out / 'best.pt')
             save_last()
     log.close()
@@ -643,9 +683,8 @@ def _final_plots(out: Path, cfg: TrainConfig, progress: engine.Progress, classes
         plots.plot_confusion(matrix.numpy(), names, out / 'plots' / 'confusion.png')
     best_path = out / 'best.pt'
     if best_path.is_file():
-        net = ERFNet(ERFNetConfig(num_classes=classes.num_classes))
-        load_state_dict_checked(net, read_file(best_path)['state_dict'], str(best_path))
-        _sample_panels(net.to(device), val_ds, cfg, device, out / 'plots' / 'samples.png')
+        net = load_model(best_path, device)[0]
+        _sample_panels(net, val_ds, cfg, device, out / 'plots' / 'samples.png')
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -1,8 +1,9 @@
 """
-Initialising a model from another one: a project model file or the official ERFNet files.
+Initialising a model from another one of the same architecture (project or published files).
 
-Everything but the two class heads (``encoder.output_conv`` and ``decoder.output_conv``) is copied
-as is. When the class sets are equal the heads are copied too; otherwise the new heads keep their
+Everything but the class heads (ERFNet: ``encoder.output_conv`` and ``decoder.output_conv``;
+ESPNetv2: ``bu_dec_l4.merge_layer.3``, see :mod:`seg_training.architectures`) is copied as is.
+When the class sets are equal the heads are copied too; otherwise the new heads keep their
 fresh initialisation except for the rows of target classes that exist in the source by name (or
 by an alias of :data:`seg_training.classes.CLASS_ALIASES`, e.g. ``vehicle`` from ``car``).
 """
@@ -14,22 +15,18 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
+from seg_training import architectures
 from seg_training.checkpoint import (check_finite, check_state_dict, detect_format,
-                                     info_from_dict, ModelFileError, Normalization, read_file,
-                                     strip_prefix, unwrap)
+                                     espnetv2_info, flush_denormals, info_from_dict,
+                                     ModelFileError, Normalization, read_file, strip_prefix,
+                                     unwrap)
 from seg_training.classes import CLASS_ALIASES, ClassTable, cityscapes_table
-from seg_training.model import ERFNet
 
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-# Parameters with one entry per class, and the dimension that indexes the class.
-HEAD_KEYS: Dict[str, int] = {
-    'encoder.output_conv.weight': 0,  # Conv2d (K, 128, 1, 1)
-    'encoder.output_conv.bias': 0,    # (K,)
-    'decoder.output_conv.weight': 1,  # ConvTranspose2d (16, K, 2, 2)
-    'decoder.output_conv.bias': 0,    # (K,)
-}
+# ERFNet's parameters with one entry per class, and the dimension that indexes the class.
+HEAD_KEYS: Dict[str, int] = dict(architectures.get('erfnet').head_keys)
 
 
 @dataclass
@@ -75,51 +72,82 @@ def _official_classes(sd: Mapping[str, torch.Tensor]) -> Optional[ClassTable]:
     return None
 
 
-def _load_source(path: PathLike):
-    """(state_dict without prefix, class table or None, normalisation or None, format)."""
+@dataclass
+class Source:
+    """A model file read for initialisation."""
+
+    state_dict: Dict[str, torch.Tensor]  # without prefix, denormals flushed
+    classes: Optional[ClassTable]
+    normalization: Optional[Normalization]
+    source_format: str
+    arch: str
+    arch_options: Dict = field(default_factory=dict)  # arch_config besides the class count
+
+
+def read_source(path: PathLike) -> Source:
+    """Read a model file for :func:`init_from_file`; ModelFileError names what is wrong."""
     obj = read_file(path)
     kind = detect_format(obj)
     if kind == 'project':
         info = info_from_dict(obj, str(path))
         if info.encoder_only:
             _logger.warning('%s is an encoder-only model: its decoder was never trained', path)
-        return dict(obj['state_dict']), info.classes, info.normalization, 'project'
-    if kind == 'official':
+        src = Source(dict(obj['state_dict']), info.classes, info.normalization, 'project',
+                     info.arch, dict(info.arch_options))
+    elif kind in ('official', 'espnetv2'):
         sd = obj['state_dict'] if isinstance(obj.get('state_dict'), Mapping) else obj
         sd = strip_prefix(sd, 'module.')
-        # The official Cityscapes model was trained on [0, 1] inputs without mean/std.
-        return sd, _official_classes(sd), Normalization(), 'erfnet_pretrained'
-    if kind == 'imagenet-encoder':
+        if kind == 'official':
+            # The official Cityscapes model was trained on [0, 1] inputs without mean/std.
+            src = Source(sd, _official_classes(sd), Normalization(), 'erfnet_pretrained',
+                         'erfnet')
+        else:
+            info = espnetv2_info(sd, str(path))
+            src = Source(sd, info.classes, info.normalization, 'espnetv2_authors', 'espnetv2',
+                         dict(info.arch_options))
+    elif kind == 'imagenet-encoder':
         raise ModelFileError(f'{path}: is the ImageNet-pretrained encoder file; pass it with '
                              '--pretrained-encoder, not --init')
-    raise ModelFileError(f'{path}: neither a seg_perception model file nor an ERFNet state_dict')
+    else:
+        raise ModelFileError(f'{path}: neither a seg_perception model file nor an ERFNet or '
+                             'ESPNetv2 state_dict')
+    check_finite(src.state_dict, str(path))  # heads too: their rows skip check_state_dict
+    src.state_dict = flush_denormals(src.state_dict, str(path))
+    return src
 
 
-def init_from_file(model: ERFNet, path: PathLike, classes: ClassTable) -> InitReport:
+def init_from_file(model: torch.nn.Module, path: PathLike, classes: ClassTable) -> InitReport:
     """
     Copy the weights of the model file at ``path`` into ``model``, adapting the class heads.
 
-    ``classes`` is the class table of ``model``; the report says what was copied.
+    ``classes`` is the class table of ``model``; the report says what was copied. The source
+    must have the architecture of ``model`` (ESPNetv2: also its width scale).
     """
     net = unwrap(model)
     if net.num_classes != classes.num_classes:
         raise ValueError(f'model has {net.num_classes} outputs but the class table '
                          f'{classes.num_classes}')
-    sd, src_classes, norm, fmt = _load_source(path)
-    check_finite(sd, str(path))  # the heads too, whose rows are copied without check_state_dict
+    arch_name = architectures.config_of(net)[0]
+    src = read_source(path)
+    if src.arch != arch_name:
+        raise ModelFileError(f'{path}: is an {src.arch} model; it cannot initialise an '
+                             f'{arch_name} (leave the architecture unset to train the one of '
+                             'the --init file)')
+    head_keys = architectures.get(arch_name).head_keys
+    sd, src_classes, norm, fmt = src.state_dict, src.classes, src.normalization, src.source_format
     own = net.state_dict()
-    body = {k: v for k, v in sd.items() if k not in HEAD_KEYS}
-    own_body = {k: v for k, v in own.items() if k not in HEAD_KEYS}
+    body = {k: v for k, v in sd.items() if k not in head_keys}
+    own_body = {k: v for k, v in own.items() if k not in head_keys}
     check_state_dict(own_body, body, str(path))
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in body.items()}, strict=False)
 
-    heads = {k: sd.get(k) for k in HEAD_KEYS}
+    heads = {k: sd.get(k) for k in head_keys}
     if any(v is None for v in heads.values()):
         missing = [k for k, v in heads.items() if v is None]
         raise ModelFileError(f'{path}: state_dict lacks the class heads {missing}')
     same = src_classes is not None and src_classes.names == classes.names
     if same:
-        check_state_dict({k: own[k] for k in HEAD_KEYS}, heads, str(path))
+        check_state_dict({k: own[k] for k in head_keys}, heads, str(path))
         net.load_state_dict({k: v.to(own[k].dtype) for k, v in heads.items()}, strict=False)
         head, rows = 'copied', {n: n for n in classes.names}
     elif src_classes is None:
@@ -129,15 +157,15 @@ def init_from_file(model: ERFNet, path: PathLike, classes: ClassTable) -> InitRe
     else:
         matched = match_classes(classes, src_classes)
         with torch.no_grad():
-            for key, dim in HEAD_KEYS.items():
+            for key, dim in head_keys.items():
                 dst = own[key]
-                src = heads[key].to(dst.dtype)
-                if src.shape[dim] != src_classes.num_classes:
-                    raise ModelFileError(f'{path}: {key} has {src.shape[dim]} outputs but the '
+                src_t = heads[key].to(dst.dtype)
+                if src_t.shape[dim] != src_classes.num_classes:
+                    raise ModelFileError(f'{path}: {key} has {src_t.shape[dim]} outputs but the '
                                          f'class table {src_classes.num_classes}')
                 for t, s in matched.items():
-                    dst.select(dim, t).copy_(src.select(dim, s))
-        net.load_state_dict({k: own[k] for k in HEAD_KEYS}, strict=False)
+                    dst.select(dim, t).copy_(src_t.select(dim, s))
+        net.load_state_dict({k: own[k] for k in head_keys}, strict=False)
         rows = {n: (src_classes.names[matched[i]] if i in matched else None)
                 for i, n in enumerate(classes.names)}
         head = 'matched'

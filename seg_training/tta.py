@@ -2,7 +2,7 @@
 Test-time augmentation: softmax averaged over horizontal flips and input scales.
 
 The network input ``x`` (already resized and normalised, ``(B, 3, h, w)``) is resized to each
-scale (sides rounded to multiples of 8, as ERFNet needs), run as it is and mirrored, and the
+scale (sides rounded to multiples of the architecture's stride), run as it is and mirrored, and the
 softmax of every run is brought back to ``(h, w)`` (bilinear) and averaged. With ``flip`` the
 result is exactly mirror-symmetric: the prediction of a mirrored image is the mirrored prediction.
 """
@@ -50,16 +50,22 @@ def parse_tta(text: str) -> TTA:
     return TTA(scales, flip)
 
 
-def _scaled_size(h: int, w: int, scale: float) -> Tuple[int, int]:
-    return max(8, int(round(h * scale / 8)) * 8), max(8, int(round(w * scale / 8)) * 8)
+def _scaled_size(h: int, w: int, scale: float, stride: int = 8) -> Tuple[int, int]:
+    return (max(stride, int(round(h * scale / stride)) * stride),
+            max(stride, int(round(w * scale / stride)) * stride))
 
 
-def tta_probabilities(forward: Forward, x: torch.Tensor, tta: TTA) -> torch.Tensor:
-    """(B, K, h, w) float32 softmax averaged over ``tta``'s runs of ``forward`` on ``x``."""
+def tta_probabilities(forward: Forward, x: torch.Tensor, tta: TTA,
+                      stride: int = 8) -> torch.Tensor:
+    """
+    (B, K, h, w) float32 softmax averaged over ``tta``'s runs of ``forward`` on ``x``.
+
+    Rescaled inputs have sides that are multiples of ``stride`` (the network's).
+    """
     h, w = x.shape[-2:]
     total = None
     for scale in tta.scales:
-        size = _scaled_size(h, w, scale)
+        size = _scaled_size(h, w, scale, stride)
         xs = x if size == (h, w) else F.interpolate(x, size=size, mode='bilinear',
                                                     align_corners=False)
         prob = torch.softmax(forward(xs).float(), dim=1)  # (B, K, h', w')
@@ -74,10 +80,11 @@ def tta_probabilities(forward: Forward, x: torch.Tensor, tta: TTA) -> torch.Tens
 class TTAModel(nn.Module):
     """``model`` under test-time augmentation: log of the averaged softmax, read as logits."""
 
-    def __init__(self, model: nn.Module, tta: TTA) -> None:
+    def __init__(self, model: nn.Module, tta: TTA, stride: int = 8) -> None:
         super().__init__()
         self.model = model
         self.tta = tta
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return tta_probabilities(self.model, x, self.tta).clamp_min(1e-12).log()
+        return tta_probabilities(self.model, x, self.tta, self.stride).clamp_min(1e-12).log()
