@@ -23,6 +23,9 @@ _logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 # Dataset layouts: this project's two (data.py) and other tools' (formats.py).
 DATASETS = ('cityscapes', 'folder', 'bdd100k', 'mmseg', 'camvid', 'cvat')
+# Frames without labels (a folder of images): distillation alone (seg_training.distill).
+UNLABELLED_DATASETS = ('images',)
+TRAIN_DATASETS = DATASETS + UNLABELLED_DATASETS
 LOSSES = ('ce', 'focal', 'dice', 'ce_dice')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('single', 'two-stage')
@@ -65,6 +68,10 @@ class TrainConfig:
     output_dir: Optional[str] = None
     train_split: str = 'train'
     val_split: str = 'val'
+    # Validation from another labelled dataset (null: dataset / data_root); required when the
+    # training frames have no labels (dataset: images).
+    val_dataset: Optional[str] = None
+    val_data_root: Optional[str] = None
     # More roots of the same dataset kind and class names whose training split joins the
     # main one (e.g. source and target domains trained together); validation uses data_root.
     extra_train_roots: List[str] = field(default_factory=list)
@@ -76,6 +83,13 @@ class TrainConfig:
     # ESPNetv2 width trained from scratch (an --init file brings its own).
     arch: Optional[str] = None
     arch_scale: float = 2.0
+    # Knowledge distillation (seg_training.distill): a teacher model file, the temperature of its
+    # soft targets, the weight a of loss = (1 - a) CE + a KD where labels exist, and an optional
+    # YAML map of student classes to the teacher classes summed into them.
+    teacher: Optional[str] = None
+    teacher_class_map: Optional[str] = None
+    kd_temperature: float = 2.0
+    kd_weight: float = 0.5
     # Reference recipe (Romera et al.): Adam, poly decay, ENet class weights, 150 epochs.
     epochs: int = 150
     batch_size: int = 6
@@ -169,7 +183,9 @@ def _check_value(name: str, value: Any, default: Any, source: str) -> Any:
 _OPTIONAL_TYPES: Dict[str, Any] = {
     'encoder_epochs': 0, 'max_train_samples': 0, 'max_val_samples': 0,
     'mean': [0.0, 0.0, 0.0], 'std': [1.0, 1.0, 1.0],
-    'init': '', 'pretrained_encoder': '', 'data_root': '', 'output_dir': '', 'arch': '',
+    'init': '', 'pretrained_encoder': '', 'data_root': '', 'output_dir': '',
+    'val_dataset': '', 'val_data_root': '', 'teacher': '', 'teacher_class_map': '',
+    'arch': '',
 }
 
 
@@ -252,7 +268,8 @@ def _choice(value: str, choices, name: str, source: str) -> None:
 
 def validate(cfg: TrainConfig, source: str = 'config') -> None:
     """Raise ConfigError for values no training run can use."""
-    _choice(cfg.dataset, DATASETS, 'dataset', source)
+    _choice(cfg.dataset, TRAIN_DATASETS, 'dataset', source)
+    _validate_distillation(cfg, source)
     _choice(cfg.loss, LOSSES, 'loss', source)
     _choice(cfg.optimizer, OPTIMIZERS, 'optimizer', source)
     if cfg.dice_weight < 0 or not 0 <= cfg.momentum < 1:
@@ -307,6 +324,26 @@ def validate(cfg: TrainConfig, source: str = 'config') -> None:
     for name in ('hflip_p', 'rotate_p', 'blur_p', 'color_p'):
         if not 0.0 <= getattr(a, name) <= 1.0:
             raise ConfigError(f'{source}: augment.{name} must be a probability in [0, 1]')
+
+
+def _validate_distillation(cfg: TrainConfig, source: str) -> None:
+    """Raise ConfigError for distillation and validation-set settings no run can use."""
+    if cfg.val_dataset is not None:
+        _choice(cfg.val_dataset, DATASETS, 'val_dataset (a labelled layout)', source)
+    if cfg.dataset in UNLABELLED_DATASETS:
+        if not cfg.teacher:
+            raise ConfigError(f'{source}: dataset {cfg.dataset} has no labels; it trains by '
+                              'distillation alone: give --teacher MODEL')
+        if cfg.val_dataset is None or cfg.val_data_root is None:
+            raise ConfigError(f'{source}: dataset {cfg.dataset} has no labels to validate on: '
+                              'give --val-dataset KIND --val-data-root DIR (a labelled set with '
+                              'the classes to learn)')
+    if cfg.teacher_class_map and not cfg.teacher:
+        raise ConfigError(f'{source}: teacher_class_map needs a teacher (--teacher MODEL)')
+    if not cfg.kd_temperature > 0:
+        raise ConfigError(f'{source}: kd_temperature must be positive, got {cfg.kd_temperature}')
+    if not 0.0 <= cfg.kd_weight <= 1.0:
+        raise ConfigError(f'{source}: kd_weight must be in [0, 1], got {cfg.kd_weight}')
 
 
 def stage_epochs(cfg: TrainConfig) -> Dict[str, int]:

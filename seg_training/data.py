@@ -30,7 +30,8 @@ Folder dataset::
 ``values`` defaults to ``[i]`` (index, palette) or ``[color]`` (rgb) for class ``i``. Instead of
 ``classes``, ``preset: cityscapes19`` takes Cityscapes' 19 classes (mask value = train id). Every
 bad file is an error that names its path. BDD100K, mmsegmentation, CamVid and CVAT layouts are
-read by seg_training/formats.py.
+read by seg_training/formats.py. Frames without labels (``images``: every image under a folder)
+train by distillation alone (:class:`ImageFolderDataset`).
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -143,14 +144,15 @@ class SegmentationDataset(Dataset):
     """Base: a list of (image, mask) files, a class table, and the mask decoding of subclasses."""
 
     def __init__(self, root: PathLike, split: str, classes: ClassTable,
-                 samples: Sequence[Tuple[Path, Path]], transform: Optional[Transform] = None,
+                 samples: Sequence[Tuple[Path, Optional[Path]]],
+                 transform: Optional[Transform] = None,
                  max_samples: Optional[int] = None) -> None:
         self.root = Path(root)
         self.split = split
         self.classes = classes
         self.transform = transform
-        self.samples: List[Tuple[Path, Path]] = [samples[i] for i in
-                                                 _spread(len(samples), max_samples)]
+        self.samples: List[Tuple[Path, Optional[Path]]] = [
+            samples[i] for i in _spread(len(samples), max_samples)]
         _logger.info('%s %s split %s: %d samples, %d classes', type(self).__name__, self.root,
                      split, len(self.samples), classes.num_classes)
 
@@ -447,9 +449,49 @@ class JointDataset(Dataset):
         return hist
 
 
+class ImageFolderDataset(SegmentationDataset):
+    """
+    Frames without labels: every image under ``root``, sub-folders included (no split).
+
+    Each sample's mask is all ignore (255): the training augmentation runs as for labelled
+    frames and only a teacher's soft targets teach (seg_training.distill). The folder has no
+    class table of its own; ``classes`` is the student's.
+    """
+
+    SPLIT = 'all'
+
+    def __init__(self, root: PathLike, classes: ClassTable, transform: Optional[Transform] = None,
+                 max_samples: Optional[int] = None) -> None:
+        root = Path(root)
+        images = _relative_stems(root, 'image')
+        if not images:
+            raise DatasetError(f'{root}: no {"/".join(IMAGE_SUFFIXES)} images')
+        super().__init__(root, self.SPLIT, classes, [(p, None) for p in images.values()],
+                         transform, max_samples)
+
+    def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Raw ``(image (H, W, 3) uint8 RGB, mask (H, W) uint8 all ignore)`` of ``index``."""
+        image = read_image(self.samples[index][0])  # (H, W, 3)
+        return image, np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
+
+    def label_histogram(self, workers: int = 2,
+                        indices: Optional[Sequence[int]] = None) -> np.ndarray:
+        """(K,) zeros: no pixel is labelled."""
+        return np.zeros(self.classes.num_classes, dtype=np.int64)
+
+
 def build_dataset(kind: str, root: PathLike, split: str, transform: Optional[Transform] = None,
-                  max_samples: Optional[int] = None) -> SegmentationDataset:
-    """Open the dataset of ``kind`` (one of DATASET_KINDS) at ``root``, split ``split``."""
+                  max_samples: Optional[int] = None,
+                  classes: Optional[ClassTable] = None) -> SegmentationDataset:
+    """
+    Open the dataset of ``kind`` (one of DATASET_KINDS, or images) at ``root``, split ``split``.
+
+    ``classes`` is the class table of a kind without one of its own (images; split unused).
+    """
+    if kind == 'images':
+        if classes is None:
+            raise ValueError('an images dataset needs the class table of the model it trains')
+        return ImageFolderDataset(root, classes, transform, max_samples)
     if kind == 'cityscapes':
         return CityscapesDataset(root, split, transform, max_samples)
     if kind == 'folder':
@@ -561,6 +603,8 @@ def check_sample(ds: SegmentationDataset, index: int) -> Tuple[List[str], np.nda
         size = check_image_file(image_path)
     except DatasetError as e:
         problems.append(str(e))
+    if mask_path is None:  # frames without labels (ImageFolderDataset)
+        return problems, counts
     try:
         if _is_jpeg_file(mask_path):  # a truncated one would decode, grey-filled, too
             check_jpeg_whole(mask_path, 'a mask image')

@@ -9,9 +9,10 @@ Nothing here writes files; train.py decides what goes where.
 
 from dataclasses import dataclass
 import logging
+import math
 import os
 import random
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +30,10 @@ from seg_training.model import ERFNet
 _logger = logging.getLogger(__name__)
 
 STAGES = ('encoder', 'full')
+PARTS = ('ce', 'kd')  # parts of a distillation loss, logged per epoch
+# (logits, targets, images) -> (loss, {part: detached value}): seg_training.distill.DistillLoss
+PartsLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                     Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
 
 # ----------------------------------------------------------------------------- devices and DDP
@@ -248,14 +253,19 @@ def train_one_epoch(module: nn.Module, loader: Iterable, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device,
                     precision: Precision = Precision(),
                     scaler: Optional[torch.amp.GradScaler] = None,
-                    desc: str = 'train', progress: bool = True) -> float:
+                    desc: str = 'train', progress: bool = True,
+                    distill: Optional[PartsLoss] = None) -> Dict[str, float]:
     """
-    One pass over ``loader``; returns the mean loss per sample over all ranks.
+    One pass over ``loader``; returns the mean losses per sample over all ranks.
 
     ``module`` returns logits (B, K, h, w); targets are resized to (h, w) by nearest neighbour when
     the logits are smaller (the encoder stage trains against labels at 1/8 resolution).
+    ``distill`` (seg_training.distill.DistillLoss), if given, replaces ``criterion``: it also sees
+    the images and returns the loss with its parts. The result holds ``loss`` and each part
+    (``ce``, ``kd``) averaged over the samples of the batches that had it.
     """
-    total, count = 0.0, 0
+    sums: Dict[str, float] = {'loss': 0.0}
+    counts: Dict[str, float] = {'loss': 0.0}
     bar = tqdm(loader, desc=desc, unit='batch', leave=False, disable=not progress,
                dynamic_ncols=True)
     for images, targets in bar:
@@ -266,7 +276,11 @@ def train_one_epoch(module: nn.Module, loader: Iterable, criterion: nn.Module,
         with torch.autocast(device_type=device.type, dtype=precision.dtype,
                             enabled=precision.amp):
             logits = module(images)  # (B, K, h, w)
-            loss = criterion(logits.float(), resize_target(targets, logits.shape[-2:]))
+            target = resize_target(targets, logits.shape[-2:])  # (B, h, w)
+            if distill is None:
+                loss, parts = criterion(logits.float(), target), {}
+            else:
+                loss, parts = distill(logits.float(), target, images)
         if not torch.isfinite(loss):
             raise FloatingPointError(f'{desc}: loss is {loss.item()}; lower the learning rate '
                                      'or check the labels')
@@ -279,11 +293,18 @@ def train_one_epoch(module: nn.Module, loader: Iterable, criterion: nn.Module,
             loss.backward()
             optimizer.step()
         n = images.shape[0]
-        total += loss.item() * n
-        count += n
-        bar.set_postfix(loss=f'{total / count:.4f}')
-    total, count = _all_reduce_sum([total, float(count)], device)
-    return total / max(count, 1.0)
+        for key, value in {'loss': loss, **parts}.items():
+            sums[key] = sums.get(key, 0.0) + value.item() * n
+            counts[key] = counts.get(key, 0.0) + n
+        bar.set_postfix(loss=f'{sums["loss"] / counts["loss"]:.4f}')
+    keys = ['loss', *PARTS] if distill is not None else ['loss']  # the same on every rank
+    reduced = _all_reduce_sum([sums.get(k, 0.0) for k in keys]
+                              + [counts.get(k, 0.0) for k in keys], device)
+    means = {}
+    for i, k in enumerate(keys):
+        total, count = reduced[i], reduced[len(keys) + i]
+        means[k] = total / count if count else (0.0 if k == 'loss' else math.nan)
+    return means
 
 
 def sync_buffers(net: nn.Module, src: int = 0) -> None:

@@ -25,7 +25,7 @@ _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, torch.Tensor]
-LOSS_COLUMNS = ('train_loss', 'val_loss')
+LOSS_COLUMNS = ('train_loss', 'train_ce', 'train_kd', 'val_loss')  # ce, kd: distillation
 MIOU_COLUMNS = ('val_miou', 'train_miou')
 
 
@@ -79,7 +79,8 @@ def plot_curves(csv_path: PathLike, out_png: PathLike) -> Path:
     if n == 0:
         raise ValueError(f'{csv_path}: training CSV has no rows to plot')
     epochs = cols.get('epoch') or list(range(1, n + 1))
-    panels = [('loss', [c for c in LOSS_COLUMNS if c in cols]),
+    logged = [c for c in cols if any(math.isfinite(v) for v in cols[c])]
+    panels = [('loss', [c for c in LOSS_COLUMNS if c in logged]),
               ('mIoU', [c for c in MIOU_COLUMNS if c in cols]),
               ('learning rate', ['lr'] if 'lr' in cols else [])]
     panels = [(title, names) for title, names in panels if names]

@@ -8,15 +8,20 @@ What a model was trained on: the ``provenance`` entry of a model file, and its l
                       'root': str, 'split': str, 'synthetic': bool, 'images': int,
                       'image_sizes': [[w, h], ...]}, ...],
         'init': None | {'source': str, 'provenance': dict | None},  # --init, --pretrained-encoder
+        'teacher': None | {'source': str, 'state_sha256': str,     # --teacher (distillation)
+                           'class_map': {student class: [teacher classes]},
+                           'provenance': dict | None},
         'epochs': int,              # epochs trained when the file was written
         'best_epoch': int, 'best_val_miou': float | None,  # validation at the network size
         'real_images': True | False | None,   # None: unknown (a parent without provenance)
     }
 
 A dataset root is synthetic when it holds ``seg_synth.json``, the record ``seg-synth`` writes in
-every output root (:data:`SYNTH_MARKER`). The official ERFNet Cityscapes model gets
-:func:`official_provenance`. ``python -m seg_training.provenance MODEL --set RECORD.json`` adds a
-provenance record to an existing project model file in place, its weights untouched (that is how
+every output root (:data:`SYNTH_MARKER`); a folder of unlabelled images also when a folder above
+it does. A model learnt from real images when a dataset, its starting model or its teacher
+did. The official ERFNet Cityscapes model gets :func:`official_provenance`.
+``python -m seg_training.provenance MODEL --set RECORD.json`` adds a provenance record to an
+existing project model file in place, its weights untouched (that is how
 ``models/erfnet_synth.pt`` got its record, ``models/erfnet_synth.provenance.json``).
 """
 
@@ -32,6 +37,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 from PIL import Image
 
 from seg_training.cli import HelpFormatter
+from seg_training.config import UNLABELLED_DATASETS
 
 _logger = logging.getLogger(__name__)
 
@@ -45,9 +51,14 @@ ESPNETV2_SOURCE = ('github.com/sacmehta/EdgeNets, model/segmentation/model_zoo/e
 ESPNETV2_REPORTED = {0.5: 53.9, 1.0: 60.1, 1.5: 63.8, 2.0: 66.4}
 
 
-def dataset_is_synthetic(root: PathLike) -> bool:
-    """Tell whether seg-synth wrote ``root`` (it holds :data:`SYNTH_MARKER`)."""
-    return (Path(root) / SYNTH_MARKER).is_file()
+def dataset_is_synthetic(root: PathLike, within: bool = False) -> bool:
+    """
+    Tell whether seg-synth wrote ``root`` (it holds :data:`SYNTH_MARKER`).
+
+    ``within``: also when a folder above ``root`` holds it (a sub-folder of seg-synth's output).
+    """
+    root = Path(root).absolute()
+    return any((d / SYNTH_MARKER).is_file() for d in ([root, *root.parents] if within else [root]))
 
 
 def image_sizes(paths: Iterable[PathLike]) -> List[List[int]]:
@@ -66,31 +77,47 @@ def image_sizes(paths: Iterable[PathLike]) -> List[List[int]]:
 def dataset_record(ds: Any, kind: str, role: str) -> Dict[str, Any]:
     """Describe one dataset split (a SegmentationDataset: ``root``, ``split``, ``samples``)."""
     return {'role': role, 'dataset': kind, 'root': str(ds.root), 'split': ds.split,
-            'synthetic': dataset_is_synthetic(ds.root), 'images': len(ds.samples),
+            'synthetic': dataset_is_synthetic(ds.root, within=kind in UNLABELLED_DATASETS),
+            'images': len(ds.samples),
             'image_sizes': image_sizes(img for img, _ in ds.samples)}
 
 
-def real_images(datasets: Sequence[Mapping], init: Optional[Mapping]) -> Optional[bool]:
-    """Tell whether training (or its starting model) used real images; None if unknown."""
+def real_images(datasets: Sequence[Mapping], init: Optional[Mapping],
+                teacher: Optional[Mapping] = None) -> Optional[bool]:
+    """
+    Tell whether training used real images; None if unknown.
+
+    Real images: a real dataset, or a starting model (``init``) or teacher that saw some.
+    """
     if any(not d.get('synthetic', True) for d in datasets):
         return True
-    if init is None:
-        return False
-    parent = init.get('provenance')
-    if parent is None:
-        return None
-    return parent.get('real_images')
+    flags = [None if parent.get('provenance') is None
+             else parent['provenance'].get('real_images')
+             for parent in (init, teacher) if parent is not None]
+    if True in flags:
+        return True
+    return None if None in flags else False
+
+
+def teacher_record(source: str, state_sha256: str, class_map: Mapping[str, Sequence[str]],
+                   provenance: Optional[Mapping]) -> Dict[str, Any]:
+    """Make the ``teacher`` entry of a run distilled from the model file ``source``."""
+    return {'source': source, 'state_sha256': state_sha256,
+            'class_map': {k: list(v) for k, v in class_map.items()},
+            'provenance': dict(provenance) if provenance else None}
 
 
 def training_provenance(datasets: Sequence[Mapping], init: Optional[Mapping], epochs: int,
-                        best_epoch: int, best_val_miou: Optional[float]) -> Dict[str, Any]:
+                        best_epoch: int, best_val_miou: Optional[float],
+                        teacher: Optional[Mapping] = None) -> Dict[str, Any]:
     """Assemble the provenance entry of a model file written by seg-train."""
     miou = None if best_val_miou is None or not math.isfinite(best_val_miou) else best_val_miou
     return {'datasets': [dict(d) for d in datasets],
             'init': dict(init) if init is not None else None,
+            'teacher': dict(teacher) if teacher is not None else None,
             'epochs': int(epochs), 'best_epoch': int(best_epoch),
             'best_val_miou': None if miou is None else float(miou),
-            'real_images': real_images(datasets, init)}
+            'real_images': real_images(datasets, init, teacher)}
 
 
 def official_provenance() -> Dict[str, Any]:
@@ -157,6 +184,9 @@ def describe(provenance: Optional[Mapping]) -> str:
     init = provenance.get('init')
     if init:
         text += f"; started from {init.get('source')}"
+    teacher = provenance.get('teacher')
+    if teacher:
+        text += f"; distilled from {teacher.get('source')}"
     if provenance.get('epochs') is not None:
         text += f"; {provenance['epochs']} epochs"
     if provenance.get('best_val_miou') is not None:

@@ -1,9 +1,11 @@
 """
 seg-train: train ERFNet or ESPNetv2 on a labelled dataset, from scratch or by transfer.
 
-    seg-train --dataset cityscapes|folder|bdd100k|mmseg|camvid|cvat --data-root D --output-dir O
+    seg-train --dataset cityscapes|folder|bdd100k|mmseg|camvid|cvat|images --data-root D
+              --output-dir O [--val-dataset KIND --val-data-root D]
               [--init CKPT] [--pretrained-encoder F] [--arch A] [--epochs N] [--device D]
               [--seed S]
+              [--teacher MODEL [--kd-temperature T] [--kd-weight A] [--teacher-class-map F]]
               [--batch-size B] [--resume] [--config YAML] [--size WxH] [--lr LR]
               [--freeze-encoder | --encoder-lr-scale F] [--schedule single|two-stage]
               [--optimizer adam|adamw|sgd] [--loss ce|focal|dice|ce_dice] [--patience N]
@@ -36,7 +38,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from seg_training import architectures, engine, provenance
+from seg_training import architectures, distill, engine, provenance
 from seg_training.checkpoint import (atomic_save, info_from_dict, load_imagenet_encoder,
                                      load_model, load_state_dict_checked, model_file_dict,
                                      ModelFileError, ModelInfo, Normalization, read_file,
@@ -46,7 +48,8 @@ from seg_training.cli import network_size_arg
 from seg_training.config import (AMP_DTYPES, apply_overrides, ARCHS, CLASS_WEIGHTINGS,
                                  config_from_dict, ConfigError, DATASETS, IMAGENET_MEAN,
                                  IMAGENET_STD, load_config, LOSSES, OPTIMIZERS, read_yaml,
-                                 save_config, SCHEDULES, stage_epochs, TrainConfig)
+                                 save_config, SCHEDULES, stage_epochs, TRAIN_DATASETS,
+                                 TrainConfig, UNLABELLED_DATASETS)
 from seg_training.data import (build_dataset, check_datasets, DatasetError, JointDataset,
                                loader_worker_init, SegmentationDataset)
 from seg_training.files import atomic_path, NoSpaceError
@@ -58,10 +61,12 @@ from seg_training.transforms import denormalize, train_transform, val_transform
 _logger = logging.getLogger(__name__)
 
 # Keys a resumed run may change; anything else must match the interrupted run.
-RESUME_OVERRIDABLE = ('epochs', 'patience', 'workers', 'device', 'data_root',
+RESUME_OVERRIDABLE = ('epochs', 'patience', 'workers', 'device', 'data_root', 'val_data_root',
                       'extra_train_roots', 'output_dir', 'plots', 'plots_every_epoch')
-CSV_COLUMNS = ('epoch', 'stage', 'lr', 'train_loss', 'val_miou', 'val_pixel_accuracy',
-               'val_mean_accuracy', 'val_fw_iou', 'val_mean_dice', 'time_s')
+# train_ce, train_kd: the parts of a distillation loss (--teacher); empty otherwise.
+CSV_COLUMNS = ('epoch', 'stage', 'lr', 'train_loss', 'train_ce', 'train_kd', 'val_miou',
+               'val_pixel_accuracy', 'val_mean_accuracy', 'val_fw_iou', 'val_mean_dice',
+               'time_s')
 
 
 # ----------------------------------------------------------------------------- command line
@@ -88,12 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     opt(p, '--config', help='YAML with any of the keys of config/train.yaml', default='none')
     g = p.add_argument_group('data')
-    opt(g, '--dataset', choices=DATASETS, help='dataset layout')
+    opt(g, '--dataset', choices=TRAIN_DATASETS,
+        help='dataset layout; images: a folder of frames without labels, trained by '
+        '--teacher alone')
     opt(g, '--data-root', dest='data_root', metavar='DIR', help='dataset root folder (required)')
     opt(g, '--output-dir', dest='output_dir', metavar='DIR',
         help='folder for the run (required; must not hold a run unless --resume)')
     opt(g, '--train-split', dest='train_split', help='training split')
     opt(g, '--val-split', dest='val_split', help='validation split')
+    opt(g, '--val-dataset', dest='val_dataset', choices=DATASETS,
+        help='validate on another labelled layout (needed by --dataset images)',
+        default='--dataset')
+    opt(g, '--val-data-root', dest='val_data_root', metavar='DIR',
+        help='root of the validation dataset', default='--data-root')
     opt(g, '--extra-train-root', dest='extra_train_roots', action='append', metavar='DIR',
         help='another root whose training split joins the main one (repeatable; same '
              '--dataset and class names)', default='none')
@@ -122,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         help='two-stage: encoder alone at 1/8 resolution, then the whole network')
     opt(g, '--encoder-epochs', dest='encoder_epochs', type=int, metavar='N',
         help='two-stage: epochs of the encoder stage', default='half of --epochs')
+    g = p.add_argument_group('distillation')
+    opt(g, '--teacher', metavar='MODEL', help='model file whose soft targets teach the network '
+        '(any model file seg-predict runs; at its own input size and normalisation)',
+        default='none')
+    opt(g, '--kd-temperature', dest='kd_temperature', type=float, metavar='T',
+        help='temperature of the soft targets (the KD term is scaled by T^2)')
+    opt(g, '--kd-weight', dest='kd_weight', type=float, metavar='A',
+        help='loss = (1 - A) CE + A KD where labels exist (KD alone on frames without)')
+    opt(g, '--teacher-class-map', dest='teacher_class_map', metavar='FILE',
+        help='YAML "student_class: [teacher_class, ...]" (probabilities summed)',
+        default='teacher classes by name')
     g = p.add_argument_group('optimisation')
     opt(g, '--epochs', type=int, metavar='N', help='epochs in all')
     opt(g, '--batch-size', dest='batch_size', type=int, metavar='B', help='images per step')
@@ -300,7 +323,7 @@ def _data_records(cfg: TrainConfig, train_ds: Any, val_ds: SegmentationDataset
     """Provenance records of the training parts and the validation split."""
     parts = train_ds.parts if isinstance(train_ds, JointDataset) else [train_ds]
     return ([provenance.dataset_record(p, cfg.dataset, 'train') for p in parts]
-            + [provenance.dataset_record(val_ds, cfg.dataset, 'val')])
+            + [provenance.dataset_record(val_ds, cfg.val_dataset or cfg.dataset, 'val')])
 
 
 def _init_record(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
@@ -337,7 +360,7 @@ def _class_weights(cfg: TrainConfig, ds: SegmentationDataset, state: Optional[Di
                    hist: Optional[np.ndarray] = None) -> Optional[torch.Tensor]:
     if state is not None:
         return state.get('class_weights')
-    if cfg.class_weighting == 'none':
+    if cfg.class_weighting == 'none' or cfg.dataset in UNLABELLED_DATASETS:
         return None
     t0 = time.time()
     if hist is None:
@@ -424,27 +447,37 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     t_start = time.time()
     out = Path(cfg.output_dir)
     main = dinfo.is_main
-    state, saved_sd, saved_obj = None, None, None
+    state, saved_sd, saved_obj, saved_prov = None, None, None, None
     if resume:
         saved_obj = read_file(out / 'last.pt')
         state, saved_sd = saved_obj['training_state'], saved_obj['state_dict']
+        saved_prov = saved_obj.get('provenance')
         if state.get('interrupted'):
             _logger.warning('%s was saved by an interrupted epoch: that epoch starts over from '
                             'the weights it had reached', out / 'last.pt')
     engine.seed_everything(cfg.seed)
 
-    if cfg.extra_train_roots:
-        parts = [build_dataset(cfg.dataset, r, cfg.train_split)
+    val_root = cfg.val_data_root or cfg.data_root
+    val_ds = build_dataset(cfg.val_dataset or cfg.dataset, val_root, cfg.val_split, None,
+                           cfg.max_val_samples)
+    if cfg.extra_train_roots:  # (frames without labels take the validation set's classes)
+        parts = [build_dataset(cfg.dataset, r, cfg.train_split, classes=val_ds.classes)
                  for r in [cfg.data_root, *cfg.extra_train_roots]]
         train_ds = JointDataset(parts, cfg.max_train_samples)
     else:
         train_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, None,
-                                 cfg.max_train_samples)
-    val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, None, cfg.max_val_samples)
+                                 cfg.max_train_samples, classes=val_ds.classes)
     classes = train_ds.classes
     if val_ds.classes != classes:
-        raise DatasetError(f'{cfg.data_root}: {cfg.train_split} and {cfg.val_split} splits have '
-                           f'different class tables')
+        raise DatasetError(f'{cfg.data_root} ({cfg.train_split}) and {val_root} '
+                           f'({cfg.val_split}) have different class tables')
+    teacher = None
+    if cfg.teacher:  # before the data check: a bad teacher file fails at once
+        teacher = distill.load_teacher(
+            cfg.teacher, classes, device, cfg.teacher_class_map,
+            f'the classes of {val_root}', cfg.channels_last and device.type == 'cuda')
+        if state is not None:
+            distill.check_resumed_teacher(teacher, saved_prov, out / 'last.pt')
     # Every file of both splits, before the first step; the masks' counts give class weights.
     train_hist = _check_data(train_ds, val_ds, cfg, dinfo)
 
@@ -477,6 +510,8 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     weights = _class_weights(cfg, train_ds, state, train_hist)
     criterion = build_loss(cfg.loss, weights.to(device) if weights is not None else None,
                            cfg.focal_gamma, dice_weight=cfg.dice_weight)
+    kd = (distill.DistillLoss(criterion, teacher, cfg.kd_temperature, cfg.kd_weight, cfg.mean,
+                              cfg.std) if teacher is not None else None)
 
     train_gen = torch.Generator()
     if dinfo.distributed:
@@ -495,11 +530,12 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     log = RunLog(out, main, progress.epoch)
     records = _data_records(cfg, train_ds, val_ds) if main else []
     init_prov = _init_record(cfg) if main else None
+    teacher_prov = teacher.record() if main and teacher is not None else None
 
     def prov(epochs: int) -> Dict[str, Any]:
         best = progress.best_miou if progress.best_epoch else None
         return provenance.training_provenance(records, init_prov, epochs, progress.best_epoch,
-                                              best)
+                                              best, teacher_prov)
     cfg_dict = cfg.to_dict()
     opt = sched = scaler = module = None
     opt_stage = None
@@ -547,10 +583,11 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
                 train_sampler.set_epoch(e)
             engine.set_train_mode(net, cfg.freeze_encoder and stage == 'full')
             lr = opt.param_groups[-1]['lr']
-            loss = engine.train_one_epoch(module, train_loader, criterion, opt, device,
-                                          precision, scaler,
-                                          desc=f'epoch {e + 1}/{len(schedule)} {stage}',
-                                          progress=main)
+            losses = engine.train_one_epoch(module, train_loader, criterion, opt, device,
+                                            precision, scaler,
+                                            desc=f'epoch {e + 1}/{len(schedule)} {stage}',
+                                            progress=main, distill=kd)
+            loss = losses['loss']
             sched.step()
             engine.sync_buffers(net)
             val, cm = engine.validate(net, stage, val_loader, classes.num_classes, device,
@@ -568,6 +605,8 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
                        'val_miou': val['miou'], 'val_pixel_accuracy': val['pixel_accuracy'],
                        'val_mean_accuracy': val['mean_accuracy'], 'val_fw_iou': val['fw_iou'],
                        'val_mean_dice': val['mean_dice'], 'time_s': round(progress.time_s, 3)}
+                row.update({f'train_{k}': v for k, v in losses.items()
+                            if k in engine.PARTS and math.isfinite(v)})
                 log.epoch(row, by_name(classes.names, val['per_class_iou'], classes.void_index))
                 if improved:
                     info = model_info(cfg, classes, file_metrics(val, e + 1, classes),

@@ -1,5 +1,6 @@
 """DDP: seg-train under torchrun with 2 CPU processes (gloo) trains and writes one set of files."""
 
+import csv
 import json
 import os
 import subprocess
@@ -13,11 +14,11 @@ from seg_training.evaluate import evaluate_model_file
 from training_data import write_folder
 
 
-def _torchrun(root, out) -> subprocess.CompletedProcess:
+def _torchrun(root, out, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
            '2', '-m', 'seg_training.train', '--dataset', 'folder', '--data-root', str(root),
            '--output-dir', str(out), '--epochs', '1', '--size', '64x32', '--batch-size', '2',
-           '--workers', '0', '--device', 'cpu', '--no-plots']
+           '--workers', '0', '--device', 'cpu', '--no-plots', *extra]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -53,3 +54,17 @@ def test_torchrun_checks_the_data_once_and_every_rank_stops(tmp_path):
     assert done.stderr.count(f'{bad}: cannot be read as an image') == 1, done.stderr[-4000:]
     assert '[rank 1] the data check of rank 0 failed' in done.stderr
     assert not (tmp_path / 'out' / 'last.pt').exists()
+
+
+def test_torchrun_distils_on_every_rank(tmp_path, tiny_model_file):
+    # Frames without labels: a rank without the teacher would have no loss at all.
+    root = write_folder(tmp_path / 'f', n_train=8, n_val=2)
+    out = tmp_path / 'out'
+    done = _torchrun(root / 'images' / 'train', out, '--dataset', 'images', '--val-dataset',
+                     'folder', '--val-data-root', str(root), '--teacher', str(tiny_model_file))
+    assert done.returncode == 0, done.stderr[-4000:]
+    with open(out / 'metrics.csv') as f:
+        row = next(csv.DictReader(f))
+    assert float(row['train_kd']) == float(row['train_loss']) > 0 and row['train_ce'] == ''
+    _, info = load_model(out / 'best.pt')
+    assert info.provenance['teacher']['source'] == str(tiny_model_file)

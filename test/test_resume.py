@@ -1,12 +1,16 @@
 """
 Resume: a run killed with SIGKILL and resumed ends bit for bit where an uninterrupted one does.
 
+With a teacher too (distillation), which a resumed run must have unchanged.
+
 Every run is a real seg-train process; the interrupted one is killed right after its first
 last.pt appears, in the middle of the second epoch.
 """
 
+import csv
 import os
 from pathlib import Path
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,14 +72,24 @@ def _final_state(out: Path):
     return obj['state_dict'], obj['training_state']
 
 
-@pytest.mark.parametrize('workers', [0, 2])
-def test_sigkill_then_resume_is_bit_exact(data_root, tmp_path, workers):
+def _teacher_args(tmp_path: Path, name: str, model_file: Path):
+    """--teacher options with a copy of ``model_file`` of the run's own (it may be changed)."""
+    teacher = tmp_path / name
+    shutil.copyfile(model_file, teacher)
+    return ['--teacher', str(teacher), '--kd-temperature', '2', '--kd-weight', '0.5']
+
+
+@pytest.mark.parametrize('workers, with_teacher', [(0, False), (2, False), (0, True)])
+def test_sigkill_then_resume_is_bit_exact(data_root, tmp_path, workers, with_teacher,
+                                          tiny_model_file):
     ref, cut = tmp_path / 'ref', tmp_path / 'cut'
+    ref_kd = _teacher_args(tmp_path, 'ref_teacher.pt', tiny_model_file) if with_teacher else []
+    cut_kd = _teacher_args(tmp_path, 'teacher.pt', tiny_model_file) if with_teacher else []
     # The uninterrupted reference runs alongside (one thread each on two cores).
-    reference = subprocess.Popen(_cmd(data_root, ref, workers), env=_env(),
+    reference = subprocess.Popen(_cmd(data_root, ref, workers, *ref_kd), env=_env(),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        proc = _start_and_signal(_cmd(data_root, cut, workers), cut / 'last.pt',
+        proc = _start_and_signal(_cmd(data_root, cut, workers, *cut_kd), cut / 'last.pt',
                                  signal.SIGKILL)
         assert proc.returncode == -signal.SIGKILL
         _, state = _final_state(cut)
@@ -84,6 +98,17 @@ def test_sigkill_then_resume_is_bit_exact(data_root, tmp_path, workers):
         if workers == 0:  # a resumed run may not change the recipe
             refused = _run(_cmd(data_root, cut, workers, '--resume', '--lr', '0.1'))
             assert refused.returncode == 2 and 'lr' in refused.stderr
+        if with_teacher:  # nor its teacher: the weights' hash is checked
+            teacher = Path(cut_kd[1])
+            obj = read_file(teacher)
+            obj['state_dict'] = {k: v + 1 if v.is_floating_point() else v
+                                 for k, v in obj['state_dict'].items()}
+            torch.save(obj, teacher)
+            refused = _run(_cmd(data_root, cut, workers, '--resume'))
+            assert refused.returncode == 2
+            assert f'teacher {teacher} differs from the one the run started with' in \
+                refused.stderr
+            shutil.copyfile(tiny_model_file, teacher)
 
         resumed = _run(_cmd(data_root, cut, workers, '--resume'))
         assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -109,6 +134,11 @@ def test_sigkill_then_resume_is_bit_exact(data_root, tmp_path, workers):
     assert all(torch.equal(best_ref[k], best_cut[k]) for k in best_ref)
     rows = (cut / 'metrics.csv').read_text().strip().splitlines()
     assert [r.split(',')[0] for r in rows[1:]] == [str(e) for e in range(1, EPOCHS + 1)]
+    if with_teacher:  # the loss is (1 - a) CE + a KD, both logged
+        with open(cut / 'metrics.csv') as f:
+            for r in csv.DictReader(f):
+                assert float(r['train_loss']) == pytest.approx(
+                    0.5 * float(r['train_ce']) + 0.5 * float(r['train_kd']), rel=1e-6)
 
 
 def test_ctrl_c_saves_last_checkpoint(data_root, tmp_path):

@@ -150,9 +150,9 @@ def test_encoder_stage_trains_the_encoder_at_one_eighth():
     targets = torch.randint(0, 3, (2, 32, 64))
     module = engine.stage_module(net, 'encoder')
     assert module(images).shape == (2, 3, 4, 8)
-    loss = engine.train_one_epoch(module, [(images, targets)], build_loss('ce'), opt,
-                                  torch.device('cpu'), progress=False)
-    assert loss > 0
+    losses = engine.train_one_epoch(module, [(images, targets)], build_loss('ce'), opt,
+                                    torch.device('cpu'), progress=False)
+    assert list(losses) == ['loss'] and losses['loss'] > 0
     assert not torch.equal(head, net.encoder.output_conv.weight)
     for k, v in net.decoder.state_dict().items():
         assert torch.equal(v, decoder[k]), k
