@@ -33,6 +33,7 @@ from std_msgs.msg import Header, String
 from seg_perception import label_info
 from seg_perception import params as node_params
 from seg_perception import ros_image
+from seg_perception.parameter_service import GuardedParameterService
 from seg_perception.diagnostics import (FAR_STAMP_S, NodeStats, OUTPUT_NAMES, stamp_age,
                                         statistics_line, Throttle)
 from seg_perception.image_codec import (check_compressed, check_pixels, decode_compressed,
@@ -41,6 +42,7 @@ from seg_perception.pipeline import class_table_json, Frame, Outputs, Segmentati
 from seg_perception.resources import default_model_path, ResourceNotFoundError
 from seg_perception.timing import NO_TIMER, StageTimer
 from seg_training.checkpoint import load_model, ModelFileError
+from seg_training.logtext import loggable
 from seg_training.provenance import log_model
 
 NODE_NAME = 'segmentation_node'
@@ -54,7 +56,6 @@ LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 WARN_PERIOD_S = 5.0
 SPIN_PERIOD_S = 0.1  # longest wait of the spin loop before it looks for a stop request
-MAX_LOGGED_CHARS = 400  # a fault's text in the log is cut to this
 
 
 class NodeConfigError(RuntimeError):
@@ -139,7 +140,10 @@ class SegmentationNode(Node):
     """Segments camera topics with ERFNet; see the package README for topics and parameters."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
+        services = kwargs.pop('start_parameter_services', True)
+        super().__init__(NODE_NAME, start_parameter_services=False, **kwargs)
+        if services:  # rclpy's, refusing what a peer sends instead of raising on it
+            self._parameter_service = GuardedParameterService(self)
         try:
             self.params = node_params.declare(self)
         except (ParameterException, ValueError, TypeError) as e:
@@ -274,7 +278,7 @@ class SegmentationNode(Node):
         if allowed:
             more = f' ({held} more like it since the last warning)' if held else ''
             self.get_logger().warning(
-                f'{cam.topic}: dropped malformed {cam.msg_type}: {_cut(str(error))}{more}')
+                f'{cam.topic}: dropped malformed {cam.msg_type}: {loggable(error)}{more}')
 
     def _failed(self, cam: _Camera, header: Header, stage: str, error: Exception) -> None:
         self.stats.failed(cam.topic)
@@ -284,7 +288,7 @@ class SegmentationNode(Node):
             stamp = f'{header.stamp.sec}.{header.stamp.nanosec:09d}'
             more = f' ({held} more like it since the last error)' if held else ''
             self.get_logger().error(f'{cam.topic}: frame stamped {stamp} lost, {stage} failed: '
-                                    f'{type(error).__name__}: {_cut(str(error))}{more}')
+                                    f'{type(error).__name__}: {loggable(error)}{more}')
 
     def _coerce_parameters(self, parameters: List[Parameter]) -> List[Parameter]:
         # `ros2 param set ... overlay_alpha 1` sends an integer: store the double it means.
@@ -324,7 +328,8 @@ class SegmentationNode(Node):
                 allowed, held = self._throttle.allow(('worker', type(e).__name__),
                                                      time.monotonic())
                 if allowed:
-                    self.get_logger().error(f'segmentation failed: {type(e).__name__}: {e}')
+                    self.get_logger().error(
+                        f'segmentation failed: {type(e).__name__}: {loggable(e)}')
 
     def _camera(self, topic: str) -> _Camera:
         return next(c for c in self._cameras if c.topic == topic)
@@ -529,10 +534,6 @@ def _status(name: str, hardware_id: str, level: bytes, message: str,
             values: Dict[str, str]) -> DiagnosticStatus:
     return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
                             values=[KeyValue(key=k, value=v) for k, v in values.items()])
-
-
-def _cut(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
-    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
 
 
 def main(args: Optional[List[str]] = None) -> int:
