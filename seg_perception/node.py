@@ -42,7 +42,7 @@ from seg_perception.pipeline import class_table_json, Frame, Outputs, Segmentati
 from seg_perception.resources import default_model_path, ResourceNotFoundError
 from seg_perception.timing import NO_TIMER, StageTimer
 from seg_training.checkpoint import load_model, ModelFileError
-from seg_training.logtext import loggable
+from seg_training.logtext import loggable, MAX_LINE_CHARS
 from seg_training.provenance import log_model
 
 NODE_NAME = 'segmentation_node'
@@ -557,7 +557,7 @@ def main(args: Optional[List[str]] = None) -> int:
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)  # wakes to see a stop request
     except NodeConfigError as e:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(e))
+        rclpy.logging.get_logger(NODE_NAME).fatal(loggable(e, MAX_LINE_CHARS))
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -11,6 +11,7 @@ bound, saying how long it was.
 from typing import Any
 
 MAX_LOGGED_CHARS = 400  # one value in a log line is cut to this
+MAX_LINE_CHARS = 4000  # and a line made of several such values
 
 
 def loggable(value: Any, limit: int = MAX_LOGGED_CHARS) -> str:
