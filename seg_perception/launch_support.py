@@ -99,12 +99,13 @@ def params_cameras(params: Dict[str, Any]) -> List[str]:
 def _check_name(name: str, kind: str, what: str, made: bool = False) -> str:
     """Return ``name`` if rcl takes it as a ``kind`` name, else raise an error naming ``what``."""
     reason = ros_args.name_error(name, kind)
-    if reason:
-        shown = f"'{loggable(name)}'"
-        raise LaunchSetupError(f"{what}: the node's {kind} {shown} would not be a valid ROS name: "
-                               f'{reason}' if made else
-                               f'{what}: {shown} is not a valid ROS {kind} name: {reason}')
-    return name
+    if reason is None:
+        return name
+    shown = f"'{loggable(name)}'"
+    if made:  # a name the node makes from the argument
+        raise LaunchSetupError(f"{what}: the node's {kind} {shown} would not be a valid ROS "
+                               f'name: {reason}')
+    raise LaunchSetupError(f'{what}: {shown} is not a valid ROS {kind} name: {reason}')
 
 
 def camera_topics(image: str, cameras: Sequence[str], image_name: str) -> List[str]:
