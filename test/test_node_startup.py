@@ -94,11 +94,16 @@ def test_ros_arguments_the_node_cannot_take_are_one_line_errors(tmp_path, tiny_m
     }
     procs = {name: NodeProcess(model, tmp_path / f'{name}.log', ros_args=args)
              for name, (args, _, _) in cases.items()}
-    for name, (_, status, words) in cases.items():
-        rc = procs[name].wait(timeout=90.0)
-        log = procs[name].log()
-        assert rc == status, f'{name}: {log}'
-        assert 'Traceback' not in log, f'{name}: {log}'
-        ours = [line for line in log.splitlines()
-                if line.startswith('segmentation_node: error:') or '[FATAL]' in line]
-        assert len(ours) == 1 and words in ours[0], f'{name}: {log}'
+    try:
+        for name, (_, status, words) in cases.items():
+            rc = procs[name].wait(timeout=90.0)
+            log = procs[name].log()
+            assert rc == status, f'{name}: {log}'
+            assert 'Traceback' not in log, f'{name}: {log}'
+            ours = [line for line in log.splitlines()
+                    if line.startswith('segmentation_node: error:') or '[FATAL]' in line]
+            assert len(ours) == 1 and words in ours[0], f'{name}: {log}'
+    finally:
+        for proc in procs.values():  # one that started after all is stopped with the test
+            if proc.proc.poll() is None:
+                proc.stop()
