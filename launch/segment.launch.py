@@ -82,15 +82,10 @@ def _segmentation_node(context):
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context).strip()
 
-    params_file = arg('params_file')
-    try:
-        with open(params_file, encoding='utf-8') as f:
-            params_text = f.read()
-    except OSError as e:
-        raise ls.LaunchSetupError(f'params_file: cannot read {params_file}: {e}') from None
+    params_text = ls.read_params_file(arg('params_file'))
     # cameras:=front,rear wins over the params file's list; a one-camera node takes image.
     cameras = (ls.camera_list(arg('cameras'))
-               or list(ls.node_parameters(params_text).get('cameras') or []))
+               or ls.params_cameras(ls.node_parameters(params_text)))
     namespace, image_remappings, topics = ls.node_layout(arg('image'), cameras,
                                                          arg('image_name'))
     parameters = ls.node_parameters(params_text, namespace)

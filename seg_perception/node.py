@@ -10,6 +10,7 @@ that frame only: it is logged (throttled per topic and kind of fault) and the ot
 """
 
 from dataclasses import dataclass, replace
+import re
 import signal
 import sys
 import threading
@@ -20,8 +21,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import NameValidationException, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
@@ -33,17 +35,21 @@ from std_msgs.msg import Header, String
 from seg_perception import label_info
 from seg_perception import params as node_params
 from seg_perception import ros_image
+from seg_perception.parameter_service import GuardedParameterService
 from seg_perception.diagnostics import (FAR_STAMP_S, NodeStats, OUTPUT_NAMES, stamp_age,
                                         statistics_line, Throttle)
 from seg_perception.image_codec import (check_compressed, check_pixels, decode_compressed,
                                         ImageFormatError)
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path, ResourceNotFoundError
+from seg_perception.ros_args import name_error, read_params_file
 from seg_perception.timing import NO_TIMER, StageTimer
 from seg_training.checkpoint import load_model, ModelFileError
+from seg_training.logtext import loggable, MAX_LINE_CHARS
 from seg_training.provenance import log_model
 
 NODE_NAME = 'segmentation_node'
+RCLError = _rclpy.RCLError
 # Outputs are reliable so both RViz (reliable) and best-effort subscribers match.
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                         reliability=ReliabilityPolicy.RELIABLE,
@@ -53,12 +59,19 @@ LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 WARN_PERIOD_S = 5.0
+# Every topic of a camera, relative to it (_make_camera); the longest decide whether names fit.
+TOPIC_NAMES = ('image', 'image/compressed', 'segmentation/labels', 'segmentation/color',
+               'segmentation/overlay', 'segmentation/overlay/compressed',
+               'segmentation/confidence', 'segmentation/class_table', 'segmentation/label_info')
 SPIN_PERIOD_S = 0.1  # longest wait of the spin loop before it looks for a stop request
-MAX_LOGGED_CHARS = 400  # a fault's text in the log is cut to this
 
 
 class NodeConfigError(RuntimeError):
     """Parameters or a model that keep the node from starting; the message says which."""
+
+
+class NodeArgumentError(NodeConfigError):
+    """A ROS command-line argument (params file, remapping, namespace) the node cannot take."""
 
 
 def input_qos(params: node_params.NodeParams) -> QoSProfile:
@@ -139,12 +152,20 @@ class SegmentationNode(Node):
     """Segments camera topics with ERFNet; see the package README for topics and parameters."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
+        services = kwargs.pop('start_parameter_services', True)
+        try:
+            super().__init__(NODE_NAME, start_parameter_services=False, **kwargs)
+        except (NameValidationException, RCLError) as e:  # a namespace or name given with -r
+            raise NodeArgumentError(f'invalid ROS arguments: {_rcl_reason(e)}') from None
+        if services:  # rclpy's, refusing what a peer sends instead of raising on it
+            self._parameter_service = GuardedParameterService(self)
         try:
             self.params = node_params.declare(self)
         except (ParameterException, ValueError, TypeError) as e:
             raise NodeConfigError(f'invalid parameter: {e}') from None
         names = self.params.cameras or ('',)
+        for name in names:
+            self._check_topic_names(name)
         topics = [self._input_topic(name) for name in names]
         if len(set(topics)) != len(topics):
             raise NodeConfigError(f'parameter cameras: {list(names)} name the same topic twice '
@@ -205,6 +226,18 @@ class SegmentationNode(Node):
                                         label_upsampling=self.params.label_upsampling)
         except (ModelFileError, OSError, RuntimeError, ValueError) as e:
             raise NodeConfigError(f'cannot run model {self.model_path}: {e}') from None
+
+    def _check_topic_names(self, camera: str) -> None:
+        """Resolve each topic of a camera; NodeConfigError says which one rcl refuses, and why."""
+        prefix = f'{camera}/' if camera else ''
+        for name in TOPIC_NAMES:
+            try:
+                self.resolve_topic_name(prefix + name)
+            except RCLError as e:
+                where = (f"parameter cameras: '{loggable(camera)}'" if camera
+                         else f'namespace {self.get_namespace()}')
+                raise NodeConfigError(f'{where}: topic {loggable(prefix + name)} is not a valid '
+                                      f'ROS name: {_rcl_reason(e)}') from None
 
     def _input_topic(self, camera: str) -> str:
         prefix = f'{camera}/' if camera else ''
@@ -274,7 +307,7 @@ class SegmentationNode(Node):
         if allowed:
             more = f' ({held} more like it since the last warning)' if held else ''
             self.get_logger().warning(
-                f'{cam.topic}: dropped malformed {cam.msg_type}: {_cut(str(error))}{more}')
+                f'{cam.topic}: dropped malformed {cam.msg_type}: {loggable(error)}{more}')
 
     def _failed(self, cam: _Camera, header: Header, stage: str, error: Exception) -> None:
         self.stats.failed(cam.topic)
@@ -284,7 +317,7 @@ class SegmentationNode(Node):
             stamp = f'{header.stamp.sec}.{header.stamp.nanosec:09d}'
             more = f' ({held} more like it since the last error)' if held else ''
             self.get_logger().error(f'{cam.topic}: frame stamped {stamp} lost, {stage} failed: '
-                                    f'{type(error).__name__}: {_cut(str(error))}{more}')
+                                    f'{type(error).__name__}: {loggable(error)}{more}')
 
     def _coerce_parameters(self, parameters: List[Parameter]) -> List[Parameter]:
         # `ros2 param set ... overlay_alpha 1` sends an integer: store the double it means.
@@ -324,7 +357,8 @@ class SegmentationNode(Node):
                 allowed, held = self._throttle.allow(('worker', type(e).__name__),
                                                      time.monotonic())
                 if allowed:
-                    self.get_logger().error(f'segmentation failed: {type(e).__name__}: {e}')
+                    self.get_logger().error(
+                        f'segmentation failed: {type(e).__name__}: {loggable(e)}')
 
     def _camera(self, topic: str) -> _Camera:
         return next(c for c in self._cameras if c.topic == topic)
@@ -531,21 +565,57 @@ def _status(name: str, hardware_id: str, level: bytes, message: str,
                             values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
 
-def _cut(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
-    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
+def _rcl_reason(error: Exception) -> str:
+    """Return an rcl error's message on one line, without rcl's source locations."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r',? at \S+\.\w+:\d+', '', text).replace('failed to initialize rcl: ', '')
+    return loggable(text.strip())
+
+
+def _argument_error(argv: Sequence[str]) -> Optional[str]:
+    """
+    Check what rcl would take badly: ``--params-file`` files and a ``__ns`` namespace.
+
+    A parameter file must be readable and bounded (rcl parses it); a namespace must be valid
+    (rcl refuses it only when the node is made). Returns the first problem, or None.
+    """
+    for flag, value in zip(argv, argv[1:]):
+        if flag == '--params-file':
+            try:
+                read_params_file(value)
+            except ValueError as e:
+                return f'--params-file: {loggable(e)}'
+        if flag in ('-r', '--remap') and value.split(':=')[0].split(':')[-1] == '__ns':
+            reason = name_error(value.split(':=', 1)[-1], 'namespace')
+            if reason:
+                return f'{flag} {loggable(value)}: not a valid ROS namespace: {reason}'
+    return None
 
 
 def main(args: Optional[List[str]] = None) -> int:
-    """Run the node until shutdown; return 1 when it cannot start (error logged)."""
+    """
+    Run the node until shutdown; return 1 when it cannot start (error logged).
+
+    ROS arguments it cannot take (a parameter file that cannot be read or parsed, a remapping or
+    namespace that is not a valid ROS name) return 2, with one line naming the argument.
+    """
     argv = sys.argv if args is None else args
     own = argv[1:argv.index('--ros-args')] if '--ros-args' in argv else argv[1:]
     if '-h' in own or '--help' in own:
         print(node_params.usage(NODE_NAME))  # usage on stdout; ROS is not started
         return 0
+    error = _argument_error(argv)
+    if error is not None:
+        print(f'{NODE_NAME}: error: {error}', file=sys.stderr)
+        return 2
     # Signals are this function's: the first SIGINT/SIGTERM asks the spin loop to stop, later
     # ones (Ctrl-C under ros2 launch arrives from the terminal and from launch) change nothing,
     # so no interrupt can land inside rclpy's executor or the node's shutdown.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except RCLError as e:  # rcl parses the ROS arguments: params files, remappings
+        print(f'{NODE_NAME}: error: invalid ROS arguments: {_rcl_reason(e)}', file=sys.stderr)
+        return 2
     stop = threading.Event()
     _on_signals(lambda signum, frame: stop.set())
     node = None
@@ -556,8 +626,8 @@ def main(args: Optional[List[str]] = None) -> int:
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)  # wakes to see a stop request
     except NodeConfigError as e:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(e))
-        return 1
+        rclpy.logging.get_logger(NODE_NAME).fatal(loggable(e, MAX_LINE_CHARS))
+        return 2 if isinstance(e, NodeArgumentError) else 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

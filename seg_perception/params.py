@@ -18,9 +18,9 @@ from rclpy.parameter import Parameter
 
 from seg_perception.image_codec import MAX_INPUT_PIXELS
 from seg_perception.postprocess import LABEL_UPSAMPLING
+from seg_perception.ros_args import check_camera
 
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
-CAMERA_PATTERN = re.compile(r'^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$')
 MAX_INPUT_SIDE = 4096
 # Engine settings of seg_perception.engines.ACCELERATIONS (repeated so this module needs no torch).
 ACCELERATIONS = ('auto', 'none', 'channels_last', 'compile', 'cuda_graphs', 'onnxruntime')
@@ -129,8 +129,10 @@ def check_value(name: str, value: Any) -> None:
         raise ValueError(f'parameter device: {value!r} is not auto, cpu, cuda or cuda:N')
     if name == 'cameras':
         for cam in value:
-            if not isinstance(cam, str) or not CAMERA_PATTERN.match(cam):
-                raise ValueError(f'parameter cameras: {cam!r} is not a valid ROS namespace')
+            try:
+                check_camera(cam)
+            except ValueError as e:
+                raise ValueError(f'parameter cameras: {e}') from None
 
 
 def is_float(name: str) -> bool:

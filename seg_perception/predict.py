@@ -30,12 +30,14 @@ from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipel
 from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import HelpFormatter, network_size_arg, resolve_device, tta_arg
+from seg_training.logtext import loggable, MAX_LINE_CHARS
 from seg_training.provenance import log_model
 
 _logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ('.bmp', '.jpeg', '.jpg', '.png')
 DEFAULT_OUTPUT_DIR = Path('out/predict')
+MAX_NAME_CHARS = 60  # a class name in the log is cut to this
 
 
 class ImageReadError(ValueError):
@@ -119,10 +121,10 @@ def describe(info: ModelInfo, path: str) -> str:
     """Summarise a model for the log: format, classes, input size, resize, normalisation."""
     w, h = info.input_size
     norm = info.normalization
-    return (f'model {path} ({info.source_format}): {info.num_classes} classes '
-            f'[{", ".join(info.classes.names)}], network input {w}x{h}, '
-            f'resize {info.resize.describe()}, '
-            f'normalisation mean {list(norm.mean)} std {list(norm.std)}')
+    names = ', '.join(loggable(n, MAX_NAME_CHARS) for n in info.classes.names)
+    return loggable(f'model {loggable(path)} ({info.source_format}): {info.num_classes} classes '
+                    f'[{names}], network input {w}x{h}, resize {info.resize.describe()}, '
+                    f'normalisation mean {list(norm.mean)} std {list(norm.std)}', MAX_LINE_CHARS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                         label_upsampling=args.label_upsampling,
                                         tta=args.tta)
     except (ModelFileError, RuntimeError, ValueError) as e:
-        _logger.error('%s', e)
+        _logger.error('%s', loggable(e, MAX_LINE_CHARS))
         return 2
     _logger.info('%s', describe(info, args.model))
     log_model(info.provenance, args.model, _logger)

@@ -53,6 +53,7 @@ from seg_training.espnetv2 import scale_of_state_dict
 from seg_training.files import atomic_path
 from seg_training.preprocess import (DEFAULT_RESIZE, legacy_resize, OFFICIAL_RESIZE,
                                      Preprocessing, Resize)
+from seg_training.provenance import check_provenance
 
 _logger = logging.getLogger(__name__)
 
@@ -382,9 +383,8 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
         resize = (Resize.from_dict(d['preprocess']) if d.get('preprocess') is not None
                   else legacy_resize(FORMAT))
         provenance = d.get('provenance')
-        if provenance is not None and not isinstance(provenance, Mapping):
-            raise ModelFileError(f'{source}: provenance is {type(provenance).__name__}, '
-                                 'not a dict')
+        if provenance is not None:
+            check_provenance(provenance)  # ValueError naming the field
         return ModelInfo(classes=classes, input_size=(w, h),
                          normalization=Normalization.from_dict(d['normalization']),
                          encoder_only=bool(arch.get('encoder_only', False)),

@@ -16,6 +16,11 @@ What a model was trained on: the ``provenance`` entry of a model file, and its l
         'real_images': True | False | None,   # None: unknown (a parent without provenance)
     }
 
+Every field may be null (absent or unknown) but not of another type: :func:`check_provenance`
+refuses a record naming the field (``provenance.datasets[0].images``), and the model file
+loaders call it. A record's text is someone else's: its log line goes through
+:func:`seg_training.logtext.loggable` (escaped, bounded).
+
 A dataset root is synthetic when it holds ``seg_synth.json``, the record ``seg-synth`` writes in
 every output root (:data:`SYNTH_MARKER`); a folder of unlabelled images also when a folder above
 it does. A model learnt from real images when a dataset, its starting model or its teacher
@@ -38,6 +43,7 @@ from PIL import Image
 
 from seg_training.cli import HelpFormatter
 from seg_training.config import UNLABELLED_DATASETS
+from seg_training.logtext import loggable, MAX_LINE_CHARS
 
 _logger = logging.getLogger(__name__)
 
@@ -49,6 +55,58 @@ ESPNETV2_SOURCE = ('github.com/sacmehta/EdgeNets, model/segmentation/model_zoo/e
                    'espnetv2_s_{scale}_city_1024x512.pth (MIT)')
 # Cityscapes val mIoU the ESPNetv2 authors report for their models, by width scale.
 ESPNETV2_REPORTED = {0.5: 53.9, 1.0: 60.1, 1.5: 63.8, 2.0: 66.4}
+MAX_INIT_DEPTH = 32  # models started from models started from ...: deeper records are refused
+_TEXT = ('a string', lambda v: isinstance(v, str))
+_FLAG = ('true or false', lambda v: isinstance(v, bool))
+_COUNT = ('an integer', lambda v: isinstance(v, int) and not isinstance(v, bool))
+_NUMBER = ('a finite number', lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+           and math.isfinite(v))
+_SIZE = ('a list of [width, height] pairs', lambda v: isinstance(v, (list, tuple)) and all(
+    isinstance(s, (list, tuple)) and len(s) == 2 and all(_COUNT[1](x) for x in s) for s in v))
+# field -> (what it must be, test); every field may also be null or absent
+RECORD_FIELDS = {'epochs': _COUNT, 'best_epoch': _COUNT, 'best_val_miou': _NUMBER,
+                 'real_images': _FLAG, 'source': _TEXT, 'note': _TEXT}
+DATASET_FIELDS = {'role': _TEXT, 'dataset': _TEXT, 'root': _TEXT, 'split': _TEXT,
+                  'synthetic': _FLAG, 'images': _COUNT, 'image_sizes': _SIZE}
+
+
+def check_provenance(record: Any, where: str = 'provenance', depth: int = 0) -> None:
+    """
+    Raise ValueError naming the first field of ``record`` that is not of its documented type.
+
+    ``where`` is the record's name in the message (``provenance``, then
+    ``provenance.init.provenance`` for the starting model's record, checked the same way).
+    """
+    if not isinstance(record, Mapping):
+        raise ValueError(f'{where} is {type(record).__name__}, not a mapping')
+    _check_fields(record, RECORD_FIELDS, where)
+    datasets = record.get('datasets')
+    if datasets is not None:
+        if not isinstance(datasets, (list, tuple)):
+            raise ValueError(f'{where}.datasets is {type(datasets).__name__}, not a list')
+        for i, d in enumerate(datasets):
+            if not isinstance(d, Mapping):
+                raise ValueError(f'{where}.datasets[{i}] is {type(d).__name__}, not a mapping')
+            _check_fields(d, DATASET_FIELDS, f'{where}.datasets[{i}]')
+    init = record.get('init')
+    if init is not None:
+        if not isinstance(init, Mapping):
+            raise ValueError(f'{where}.init is {type(init).__name__}, not a mapping')
+        _check_fields(init, {'source': _TEXT}, f'{where}.init')
+        if init.get('provenance') is not None:
+            if depth >= MAX_INIT_DEPTH:
+                raise ValueError(f'{where}.init: starting models nested more than '
+                                 f'{MAX_INIT_DEPTH} deep')
+            check_provenance(init['provenance'], f'{where}.init.provenance', depth + 1)
+
+
+def _check_fields(record: Mapping, fields: Mapping[str, tuple], where: str) -> None:
+    for name, (what, test) in fields.items():
+        value = record.get(name)
+        if value is not None and not test(value):
+            shown = (f'{type(value).__name__} {loggable(repr(value), 40)}'
+                     if isinstance(value, (str, int, float)) else type(value).__name__)
+            raise ValueError(f'{where}.{name} is {shown}, not {what}')
 
 
 def dataset_is_synthetic(root: PathLike, within: bool = False) -> bool:
@@ -153,7 +211,15 @@ def file_provenance(path: PathLike) -> Optional[Dict[str, Any]]:
     kind = detect_format(obj)
     if kind == 'project':
         prov = obj.get('provenance')
-        return dict(prov) if isinstance(prov, Mapping) else None
+        if prov is None:
+            return None
+        try:
+            check_provenance(prov)
+        except ValueError as e:
+            from seg_training.checkpoint import ModelFileError
+
+            raise ModelFileError(f'{path}: {e}') from None
+        return dict(prov)
     if kind == 'official':
         return official_provenance()
     if kind == 'espnetv2':
@@ -167,7 +233,11 @@ def file_provenance(path: PathLike) -> Optional[Dict[str, Any]]:
 
 
 def describe(provenance: Optional[Mapping]) -> str:
-    """One line: datasets (real or synthetic, sizes), epochs, best validation mIoU."""
+    """
+    One line: datasets (real or synthetic, sizes), epochs, best validation mIoU.
+
+    The record's text fields are shown through :func:`loggable` (escaped, each bounded).
+    """
     if provenance is None:
         return 'training data not recorded in the model file'
     parts = []
@@ -176,8 +246,8 @@ def describe(provenance: Optional[Mapping]) -> str:
         size = ', '.join('%dx%d' % tuple(s) for s in sizes[:3])
         size += ' ...' if len(sizes) > 3 else ''
         n = d.get('images')
-        parts.append(f"{d.get('role', 'train')} {d.get('dataset')}"
-                     f"{':' + d['split'] if d.get('split') else ''} "
+        split = f":{loggable(d['split'])}" if d.get('split') else ''
+        parts.append(f"{loggable(d.get('role', 'train'))} {loggable(d.get('dataset'))}{split} "
                      f"({'synthetic' if d.get('synthetic') else 'real'}"
                      f"{f', {n} images' if n is not None else ''}{f', {size}' if size else ''})")
     text = 'trained on ' + ('; '.join(parts) if parts else 'unknown data')
@@ -187,14 +257,15 @@ def describe(provenance: Optional[Mapping]) -> str:
     teacher = provenance.get('teacher')
     if teacher:
         text += f"; distilled from {teacher.get('source')}"
+        text += f"; started from {loggable(init.get('source'))}"
     if provenance.get('epochs') is not None:
         text += f"; {provenance['epochs']} epochs"
     if provenance.get('best_val_miou') is not None:
         text += f"; best val mIoU {provenance['best_val_miou']:.3f}"
     if provenance.get('source'):
-        text += f"; published at {provenance['source']}"
+        text += f"; published at {loggable(provenance['source'])}"
     if provenance.get('note'):
-        text += f" ({provenance['note']})"
+        text += f" ({loggable(provenance['note'])})"
     return text
 
 
@@ -211,7 +282,8 @@ def log_model(provenance: Optional[Mapping], model: str, logger: Any) -> None:
 
     ``logger`` is a ``logging.Logger`` or an rclpy logger (both have info and warning).
     """
-    logger.info(f'model {model}: {describe(provenance)}')
+    model = loggable(model)
+    logger.info(loggable(f'model {model}: {describe(provenance)}', MAX_LINE_CHARS))
     if never_saw_real_images(provenance):
         logger.warning(f'model {model} has never seen a real image (synthetic training data '
                        'only): expect poor results on camera frames; fine-tune it on real '

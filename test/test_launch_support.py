@@ -1,5 +1,6 @@
 """seg_perception/launch_support.py: topics, namespaces, parameters and checks for launch."""
 
+import datetime
 import os
 from pathlib import Path
 import re
@@ -163,7 +164,7 @@ def test_the_rviz_copy_is_a_private_temporary_file():
 
 def test_dds_environment_sets_the_profile_unless_the_user_did(tmp_path):
     profile = tmp_path / 'profile.xml'
-    profile.write_text('<dds/>')
+    profile.write_text('<dds><profiles/></dds>')
     env = ls.dds_environment(str(profile), {})
     assert env == {'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA',
                    'FASTDDS_DEFAULT_PROFILES_FILE': str(profile)}
@@ -172,3 +173,137 @@ def test_dds_environment_sets_the_profile_unless_the_user_did(tmp_path):
     assert 'FASTDDS_DEFAULT_PROFILES_FILE' not in ls.dds_environment('', {})
     with pytest.raises(ls.LaunchSetupError, match='dds_profile: .*missing.xml does not exist'):
         ls.dds_environment(str(tmp_path / 'missing.xml'), {})
+
+
+# --- hostile launch arguments: each a LaunchSetupError naming the argument, on one line ----------
+
+BAD_IMAGES = ['a b', '/front/../image', '~/image', '/front/{node}', '/9front/image',
+              '/' + 'a' * 300, '/' + 'a' * 220 + '/image_raw']  # the last: outputs too long
+
+
+@pytest.mark.parametrize('image', BAD_IMAGES, ids=range(len(BAD_IMAGES)))
+def test_bad_image_topics_are_refused_by_rcl_rules(image):
+    with pytest.raises(ls.LaunchSetupError, match='launch argument image') as e:
+        ls.node_layout(image, [], 'image_raw')
+    assert '\n' not in str(e.value) and 'valid ROS' in str(e.value)
+
+
+BAD_CAMERAS = {'space': (['a b'], 'image_raw', 'cameras'),
+               'dots': (['front/..'], 'image_raw', 'cameras'),
+               'tilde': (['~front'], 'image_raw', 'cameras'),
+               'long': (['c' * 300], 'image_raw', 'cameras'),
+               'long topics': (['c' * 230], 'image_raw', 'cameras and image_name'),
+               'empty name': (['front'], '', 'image_name is empty'),
+               'name with space': (['front'], 'image raw', 'image_name'),
+               'name up': (['front'], '../image', 'image_name'),
+               'private name': (['front'], '~/image', 'image_name')}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_CAMERAS))
+def test_bad_camera_and_image_names_are_refused_by_rcl_rules(case):
+    cameras, image_name, argument = BAD_CAMERAS[case]
+    with pytest.raises(ls.LaunchSetupError, match=argument) as e:
+        ls.node_layout('/camera/image_raw', ls.checked_cameras(cameras, 'launch argument cameras'),
+                       image_name)
+    assert '\n' not in str(e.value)
+
+
+def test_good_names_at_the_bounds_pass():
+    # rcl: names up to 255 - 8; the node's longest is its parameter service in the namespace
+    longest = 'c' * (247 - len(f'//{ls.NODE_NAME}/{ls.LONGEST_SERVICE}'))
+    namespace, _, topics = ls.node_layout(f'/{longest}/image_raw', [], 'image_raw')
+    assert namespace == '/' + longest
+    with pytest.raises(ls.LaunchSetupError, match="the node's service '/c+/segmentation_node/"):
+        ls.node_layout(f'/{longest}c/image_raw', [], 'image_raw')
+    assert ls.node_layout('', ['front', 'robot/rear'], 'image_raw')[2] == [
+        '/front/image_raw', '/robot/rear/image_raw']
+
+
+def _params(text):
+    return ls.node_parameters(text, '/front')
+
+
+def test_a_camera_list_in_the_params_file_must_be_a_list_of_names():
+    assert ls.params_cameras(_params(SEGMENT_YAML.read_text())) == []
+    good = _params('segmentation_node:\n  ros__parameters:\n    cameras: [front, rear]\n')
+    assert ls.params_cameras(good) == ['front', 'rear']
+    for value, words in (('front', 'cameras is str'), ('3', 'cameras is int'),
+                         ('[front, 3]', "3 is int, not a camera name"),
+                         ('[front, "a b"]', 'not a valid ROS namespace'),
+                         ('[front, front]', 'twice')):
+        params = _params(f'segmentation_node:\n  ros__parameters:\n    cameras: {value}\n')
+        with pytest.raises(ls.LaunchSetupError, match='params_file: cameras') as e:
+            ls.params_cameras(params)
+        assert words in str(e.value)
+
+
+def alias_bomb(levels=9):
+    """Return a YAML document of about 550 bytes that expands to 9**levels strings."""
+    lines = ['a0: &a0 "lol"']
+    for i in range(1, levels + 1):
+        lines.append(f'a{i}: &a{i} [{", ".join([f"*a{i - 1}"] * 9)}]')
+    return '\n'.join(lines) + f'\nsegmentation_node:\n  ros__parameters:\n    model: *a{levels}\n'
+
+
+def test_yaml_aliases_are_refused_before_they_expand():
+    text = alias_bomb()
+    assert len(text) < 600
+    with pytest.raises(ls.LaunchSetupError, match='params_file: .*alias \\*a0 is not allowed'):
+        _params(text)
+    # anchors alone (no alias) are plain YAML
+    assert _params('segmentation_node:\n  ros__parameters:\n    depth: &d 2\n') == {'depth': 2}
+
+
+@pytest.mark.parametrize('text,words', [
+    ('segmentation_node: [1, 2]\n', "'segmentation_node' is list, not a mapping"),
+    ('segmentation_node:\n  ros__parameters: [1]\n',
+     "'segmentation_node.ros__parameters' is list"),
+    ("'/**': 3\n", "'/**' is int"),
+    ('segmentation_node:\n  ros__parameters:\n    1: x\n', 'parameter name 1'),
+    ('segmentation_node:\n  ros__parameters: {depth: [1\n', 'not a parameters YAML file'),
+    ('just text\n', 'expected a mapping of node names, not str'),
+], ids=range(6))
+def test_structurally_wrong_params_files_are_refused_naming_the_entry(text, words):
+    with pytest.raises(ls.LaunchSetupError, match='params_file') as e:
+        _params(text)
+    assert words in str(e.value)
+
+
+def test_params_files_are_bounded_and_read_as_utf8(tmp_path):
+    big = tmp_path / 'big.yaml'
+    big.write_text('# ' + 'x' * (2 << 20) + '\n')
+    latin = tmp_path / 'latin.yaml'
+    latin.write_bytes('segmentation_node:\n  ros__parameters:\n    model: caf\xe9\n'
+                      .encode('latin-1'))
+    for path, words in ((big, 'more than the 1048576'), (latin, 'not UTF-8'),
+                        (tmp_path / 'missing.yaml', 'cannot read'), (tmp_path, 'not a file')):
+        with pytest.raises(ls.LaunchSetupError, match='launch argument params_file') as e:
+            ls.read_params_file(str(path))
+        assert words in str(e.value)
+    assert ls.read_params_file(str(SEGMENT_YAML)) == SEGMENT_YAML.read_text()
+
+
+@pytest.mark.parametrize('value', [datetime.date(2024, 1, 2), b'bytes', [1, 2.5], [[1]],
+                                   ['a', 1], float('nan')], ids=range(6))
+def test_parameter_values_rcl_cannot_take_are_refused_by_name(value):
+    if isinstance(value, float):  # a number YAML writes as .nan: passed on, the node checks it
+        assert ls.parameter_arguments({'overlay_alpha': value})
+        return
+    with pytest.raises(ls.LaunchSetupError, match='parameter odd: cannot pass'):
+        ls.parameter_arguments({'odd': value})
+
+
+def test_a_dds_profile_must_be_a_fast_dds_xml_profile(tmp_path):
+    shipped = ROOT / 'config' / 'fastdds_large_images.xml'
+    assert ls.dds_environment(str(shipped), {})['FASTDDS_DEFAULT_PROFILES_FILE'] == str(shipped)
+    cases = {'text.xml': ('not xml at all', 'is not XML'),
+             'html.xml': ('<html><body/></html>', 'root element is <html>'),
+             'empty.xml': ('<dds xmlns="http://www.eprosima.com"/>', '<dds> holds no <profiles>'),
+             'big.xml': ('<profiles>' + ' ' * (2 << 20) + '</profiles>', 'more than')}
+    for name, (text, words) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ls.LaunchSetupError, match='launch argument dds_profile') as e:
+            ls.dds_environment(str(tmp_path / name), {})
+        assert words in str(e.value), name
+    (tmp_path / 'bare.xml').write_text('<profiles><participant profile_name="p"/></profiles>')
+    assert ls.dds_environment(str(tmp_path / 'bare.xml'), {})

@@ -35,21 +35,28 @@ def _huge_input(obj) -> None:
     obj['input_size'] = [100000, 100000]
 
 
+def _wrong_provenance(obj) -> None:
+    obj['provenance'] = {'datasets': 3, 'init': None, 'real_images': True,
+                         'best_val_miou': '0.9'}
+
+
 @pytest.fixture(scope='module')
 def bad_models(tmp_path_factory, tiny_model_file):
-    """{kind: path} of a NaN/Inf model, a huge input size, an empty file and a folder."""
+    """{kind: path}: NaN/Inf, huge input, wrong-type provenance, an empty file, a folder."""
     d = tmp_path_factory.mktemp('bad_models')
     empty = d / 'empty.pt'
     empty.write_bytes(b'')
     (d / 'folder.pt').mkdir()
     return {'nan': _edited(tiny_model_file, d / 'nan.pt', _poison),
             'huge': _edited(tiny_model_file, d / 'huge.pt', _huge_input),
+            'provenance': _edited(tiny_model_file, d / 'provenance.pt', _wrong_provenance),
             'empty': empty, 'folder': d / 'folder.pt'}
 
 
 EXPECTED = {
     'nan': [NAN_TENSOR, '1 NaN', INF_TENSOR, '1 Inf', 'not finite in 2 tensors'],
     'huge': ['100000x100000', 'exceeds the bound of 8192 pixels per side'],
+    'provenance': ["provenance.best_val_miou is str '0.9', not a finite number"],
     'empty': ['is empty (0 bytes)'],
     'folder': ['is a directory, not a model file'],
 }
@@ -111,7 +118,7 @@ def _tool_error(tool: str, model: Path, tmp: Path, capsys, caplog) -> str:
 
 
 @pytest.mark.parametrize('tool', ['seg-predict', 'seg-bag', 'seg-eval', 'seg-export'])
-@pytest.mark.parametrize('kind', ['nan', 'huge'])
+@pytest.mark.parametrize('kind', ['nan', 'huge', 'provenance'])
 def test_every_tool_refuses_at_load(bad_models, tmp_path, capsys, caplog, tool, kind):
     said = _tool_error(tool, bad_models[kind], tmp_path, capsys, caplog)
     for words in EXPECTED[kind]:

@@ -67,3 +67,43 @@ def test_node_refuses_to_start_with_a_clear_error(tmp_path, tiny_model_file):
         assert rc == 1, log
         assert message in log, log
         assert '[FATAL]' in log and 'Traceback' not in log, log
+
+
+def test_ros_arguments_the_node_cannot_take_are_one_line_errors(tmp_path, tiny_model_file):
+    """Parameter files and names given to the node itself: exit 2 (arguments) or 1 (values)."""
+    files = {'broken': 'a: [\n', 'list': 'segmentation_node: [1, 2]\n',
+             'alias': ('segmentation_node:\n  ros__parameters:\n    model: &m x\n'
+                       '    device: *m\n'),
+             'big': '# ' + 'x' * (2 << 20) + '\n',
+             'long_camera': ('segmentation_node:\n  ros__parameters:\n'
+                             f'    cameras: [{"c" * 230}]\n')}
+    for name, text in files.items():
+        (tmp_path / f'{name}.yaml').write_text(text)
+    model = [f'model:={tiny_model_file}', 'device:=cpu']
+    cases = {
+        'missing': (['--params-file', str(tmp_path / 'absent.yaml')], 2, '--params-file'),
+        'broken': (['--params-file', str(tmp_path / 'broken.yaml')], 2, 'broken.yaml'),
+        'list': (['--params-file', str(tmp_path / 'list.yaml')], 2, 'list.yaml'),
+        'alias': (['--params-file', str(tmp_path / 'alias.yaml')], 2, 'aliasing'),
+        'big': (['--params-file', str(tmp_path / 'big.yaml')], 2, 'more than the 1048576'),
+        'remap': (['-r', 'image:=a b'], 2, "'-r image:=a b'"),
+        'namespace': (['-r', '__ns:=/front/../x'], 2, '__ns:=/front/../x'),
+        'long namespace': (['-r', '__ns:=/' + 'n' * 300], 2, 'not a valid ROS namespace'),
+        'long camera': (['--params-file', str(tmp_path / 'long_camera.yaml')], 1,
+                        'parameter cameras'),
+    }
+    procs = {name: NodeProcess(model, tmp_path / f'{name}.log', ros_args=args)
+             for name, (args, _, _) in cases.items()}
+    try:
+        for name, (_, status, words) in cases.items():
+            rc = procs[name].wait(timeout=90.0)
+            log = procs[name].log()
+            assert rc == status, f'{name}: {log}'
+            assert 'Traceback' not in log, f'{name}: {log}'
+            ours = [line for line in log.splitlines()
+                    if line.startswith('segmentation_node: error:') or '[FATAL]' in line]
+            assert len(ours) == 1 and words in ours[0], f'{name}: {log}'
+    finally:
+        for proc in procs.values():  # one that started after all is stopped with the test
+            if proc.proc.poll() is None:
+                proc.stop()

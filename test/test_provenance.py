@@ -138,3 +138,107 @@ def test_node_logs_the_provenance_and_warns_for_the_bundled_model(tmp_path):
     assert 'erfnet_synth.pt: trained on train cityscapes:train (synthetic' in log, log
     warn = [line for line in log.splitlines() if 'has never seen a real image' in line]
     assert warn and '[WARN]' in warn[0], log
+
+
+def _with_provenance(src: Path, dst: Path, record, names=None) -> Path:
+    obj = read_file(src)
+    obj['provenance'] = record
+    if names is not None:
+        obj['classes']['names'][:len(names)] = names
+    torch.save(obj, dst)
+    return dst
+
+
+WRONG_TYPES = {
+    'miou text': ({'best_val_miou': '0.9'}, "provenance.best_val_miou is str '0.9'"),
+    'miou nan': ({'best_val_miou': float('nan')}, 'provenance.best_val_miou is float nan'),
+    'datasets int': ({'datasets': 3}, 'provenance.datasets is int, not a list'),
+    'dataset text': ({'datasets': ['city']}, 'provenance.datasets[0] is str, not a mapping'),
+    'images': ({'datasets': [dict(REAL, images='800')]}, 'provenance.datasets[0].images is str'),
+    'sizes': ({'datasets': [dict(REAL, image_sizes=[[64]])]},
+              'provenance.datasets[0].image_sizes is list, not a list of [width, height]'),
+    'synthetic': ({'datasets': [dict(REAL, synthetic='no')]},
+                  'provenance.datasets[0].synthetic is str'),
+    'epochs': ({'epochs': True}, 'provenance.epochs is bool'),
+    'real_images': ({'real_images': 1}, 'provenance.real_images is int 1, not true or false'),
+    'init': ({'init': 'city.pt'}, 'provenance.init is str, not a mapping'),
+    'parent': ({'init': {'source': 'a.pt', 'provenance': {'epochs': 'ten'}}},
+               "provenance.init.provenance.epochs is str 'ten'"),
+    'record': ('trained well', 'provenance is str, not a mapping'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(WRONG_TYPES))
+def test_provenance_fields_of_the_wrong_type_are_refused_at_load(tmp_path, tiny_model_file,
+                                                                 case):
+    fields, message = WRONG_TYPES[case]
+    record = dict({'datasets': [REAL], 'init': None, 'real_images': True}, **fields) if (
+        isinstance(fields, dict)) else fields
+    path = _with_provenance(tiny_model_file, tmp_path / 'model.pt', record)
+    for read in (load_model, provenance.file_provenance):
+        with pytest.raises(ModelFileError) as e:
+            read(path)
+        assert str(e.value).startswith(f'{path}: {message}'), str(e.value)
+        assert '\n' not in str(e.value)
+
+
+def test_a_deep_chain_of_starting_models_is_refused(tmp_path, tiny_model_file):
+    record = {'datasets': [REAL], 'real_images': True, 'init': None}
+    for i in range(provenance.MAX_INIT_DEPTH + 1):
+        record = {'datasets': [SYNTH], 'init': provenance.init_record(f'{i}.pt', record)}
+    path = _with_provenance(tiny_model_file, tmp_path / 'model.pt', record)
+    with pytest.raises(ModelFileError, match='nested more than 32 deep'):
+        load_model(path)
+    provenance.check_provenance(record['init']['provenance'])  # one level less is fine
+
+
+FORGED = '\n[FATAL] [1700000000.000000000] [segmentation_node]: forged'
+ANSI = '\x1b[2J\x1b[31mred'
+LONG = 'y' * 2_000_000
+
+
+def _hostile_metadata_model(src: Path, dst: Path) -> Path:
+    """Write a model whose class names and provenance hold forged lines, ANSI codes, 2 MB."""
+    record = {'datasets': [dict(REAL, dataset='folder' + FORGED, root=LONG, split=ANSI)],
+              'init': provenance.init_record('parent.pt' + FORGED, None), 'real_images': True,
+              'note': ANSI + FORGED, 'source': LONG}
+    return _with_provenance(src, dst, record, names=['road' + FORGED, ANSI, LONG])
+
+
+def _check_log_text(text: str) -> None:
+    assert '\x1b' not in text
+    assert not [line for line in text.splitlines() if 'forged' in line and (
+        line.startswith('[FATAL]') or line.startswith('forged'))], text[:3000]
+    assert max(len(line) for line in text.splitlines()) < 5000
+    assert r'\n[FATAL] [1700000000.000000000] [segmentation_node]: forged' in text  # escaped
+    assert r'\x1b[2J\x1b[31mred' in text
+    assert '(2000000 characters)' in text
+
+
+def test_seg_predict_logs_model_metadata_escaped_and_bounded(tmp_path, tiny_model_file):
+    model = _hostile_metadata_model(tiny_model_file, tmp_path / 'hostile.pt')
+    cv2.imwrite(str(tmp_path / 'frame.png'), np.full((32, 64, 3), 90, np.uint8))
+    done = subprocess.run([sys.executable, '-m', 'seg_perception.predict', '--model', str(model),
+                           '--device', 'cpu', '--output-dir', str(tmp_path / 'out'),
+                           str(tmp_path / 'frame.png')], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check_log_text(done.stderr)
+    assert 'classes [road\\n[FATAL]' in done.stderr  # class names too
+
+
+def test_node_logs_model_metadata_escaped_and_bounded(tmp_path, tiny_model_file):
+    from ros_probe import Probe, start_node
+
+    model = _hostile_metadata_model(tiny_model_file, tmp_path / 'hostile.pt')
+    probe = Probe('metadata_probe')
+    try:
+        node = start_node([f'model:={model}', 'device:=cpu'], tmp_path / 'node.log', probe,
+                          ready_topic='/metadata/segmentation/class_table',
+                          ros_args=['-r', '__ns:=/metadata'])
+        rc = node.stop(timeout=30.0)
+    finally:
+        probe.close()
+    log = node.log()
+    assert rc == 0, log[-3000:]
+    _check_log_text(log)
