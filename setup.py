@@ -18,6 +18,8 @@ setup(
         (os.path.join('share', package_name, 'launch'), glob('launch/*.launch.py')),
         (os.path.join('share', package_name, 'config'),
          glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.xml')),
+        (os.path.join('share', package_name, 'config', 'class_maps'),
+         glob('config/class_maps/*.yaml')),
         # the bundled default model (seg_perception.resources.default_model_path)
         (os.path.join('share', package_name, 'models'), glob('models/*.pt')),
     ],

@@ -83,6 +83,8 @@ class TrainConfig:
     # ESPNetv2 width trained from scratch (an --init file brings its own).
     arch: Optional[str] = None
     arch_scale: float = 2.0
+    # --init from other classes: YAML {class: [init model classes]} (seg_training.class_map).
+    init_class_map: Optional[str] = None
     # Knowledge distillation (seg_training.distill): a teacher model file, the temperature of its
     # soft targets, the weight a of loss = (1 - a) CE + a KD where labels exist, and an optional
     # YAML map of student classes to the teacher classes summed into them.
@@ -185,7 +187,7 @@ _OPTIONAL_TYPES: Dict[str, Any] = {
     'mean': [0.0, 0.0, 0.0], 'std': [1.0, 1.0, 1.0],
     'init': '', 'pretrained_encoder': '', 'data_root': '', 'output_dir': '',
     'val_dataset': '', 'val_data_root': '', 'teacher': '', 'teacher_class_map': '',
-    'arch': '',
+    'arch': '', 'init_class_map': '',
 }
 
 
@@ -301,6 +303,8 @@ def validate(cfg: TrainConfig, source: str = 'config') -> None:
     if cfg.freeze_encoder and cfg.schedule == 'two-stage':
         raise ConfigError(f'{source}: the two-stage schedule trains the encoder first; '
                           'it cannot be combined with freeze_encoder')
+    if cfg.init_class_map and not cfg.init:
+        raise ConfigError(f'{source}: init_class_map maps the classes of --init; there is none')
     if cfg.init and cfg.pretrained_encoder:
         raise ConfigError(f'{source}: init and pretrained_encoder exclude each other (--init '
                           'already sets the encoder)')

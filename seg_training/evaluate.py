@@ -37,7 +37,9 @@ from torch.utils.data import DataLoader
 from seg_training import architectures
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import HelpFormatter, network_size_arg, resolve_device, tta_arg
-from seg_training.classes import ClassTable
+from seg_training.class_map import build_class_map
+from seg_training.classes import ClassTable, IGNORE_INDEX
+from seg_training.config import ConfigError
 from seg_training.data import (build_dataset, check_datasets, DATASET_KINDS, DatasetError,
                                loader_worker_init)
 from seg_training.files import atomic_path
@@ -124,8 +126,16 @@ def iter_label_predictions(pipeline: Any, ds: Any, batch_size: int = 4, workers:
 
 def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
                             input_size: Tuple[int, int], dev: torch.device, batch_size: int,
-                            workers: int, amp: bool, progress: bool, tta: Optional[TTA] = None
+                            workers: int, amp: bool, progress: bool, tta: Optional[TTA] = None,
+                            scored: Optional[ClassTable] = None,
+                            lookup: Optional[np.ndarray] = None
                             ) -> Tuple[Dict[str, Any], ConfusionMatrix, List[List[int]]]:
+    """
+    Score the pipeline's labels at each mask's size.
+
+    ``lookup`` (a class map's) turns each predicted model class into a class of ``scored``;
+    without one ``scored`` is the model's table.
+    """
     from seg_perception.pipeline import SegmentationPipeline
 
     if info.encoder_only:
@@ -134,14 +144,17 @@ def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
     precision = 'fp16' if amp and dev.type == 'cuda' else 'fp32'
     pipeline = SegmentationPipeline(model, info, device=str(dev), precision=precision,
                                     input_size=input_size, warmup=False, tta=tta)
-    cm = ConfusionMatrix(info.num_classes)
+    scored = scored or info.classes
+    cm = ConfusionMatrix(scored.num_classes)
     sizes: List[List[int]] = []
     for _, labels, mask in iter_label_predictions(pipeline, ds, batch_size, workers, progress):
+        if lookup is not None:
+            labels = lookup[labels]
         cm.update(torch.from_numpy(labels), torch.from_numpy(mask))
         size = [int(mask.shape[1]), int(mask.shape[0])]
         if size not in sizes:
             sizes.append(size)
-    metrics = cm.compute(info.classes.void_index)
+    metrics = cm.compute(scored.void_index)
     _logger.info('evaluated %d pixels at the label size: mIoU %.4f, pixel accuracy %.4f',
                  metrics['num_pixels'], metrics['miou'], metrics['pixel_accuracy'])
     return metrics, cm, sizes
@@ -153,13 +166,17 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
                         amp: bool = False, max_samples: Optional[int] = None,
                         plots_dir: Optional[PathLike] = None,
                         progress: bool = False, eval_size: str = 'label',
-                        tta: Optional[TTA] = None) -> Dict[str, Any]:
+                        tta: Optional[TTA] = None,
+                        class_map: Optional[PathLike] = None) -> Dict[str, Any]:
     """
     Evaluate a model file on a dataset split; returns the JSON-ready report.
 
     ``eval_size`` 'label' scores at the labels' own size, 'network' at the network input size
     (see the module docstring); ``tta`` averages mirrored and rescaled runs. NaN metrics
-    (classes absent from ground truth and prediction) are reported as None.
+    (classes absent from ground truth and prediction) are reported as None. ``class_map`` (a
+    :mod:`seg_training.class_map` file: dataset class -> model classes) scores a model trained
+    on other classes, e.g. a Cityscapes model on CamVid: each predicted class counts as the
+    dataset class it maps to, a class no dataset class takes as a miss.
     """
     if eval_size not in EVAL_SIZES:
         raise EvalError(f'eval size {eval_size!r} not in {list(EVAL_SIZES)}')
@@ -173,15 +190,24 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
     prep = info.preprocessing(input_size)
     transform = None if eval_size == 'label' else ValTransform(prep)
     ds = build_dataset(dataset, data_root, split, transform, max_samples=max_samples)
-    check_classes(info.classes, ds.classes, str(model_path), f'{dataset}:{data_root}')
+    scored, lookup, mapping = info.classes, None, None
+    if class_map is None:
+        check_classes(info.classes, ds.classes, str(model_path), f'{dataset}:{data_root}')
+    else:
+        scored, lookup, mapping = _mapped_classes(class_map, info.classes, ds.classes,
+                                                  str(model_path), f'{dataset}:{data_root}')
+        if eval_size != 'label':
+            raise EvalError('--class-map scores the labels as the node publishes them: use '
+                            '--eval-size label')
     if len(ds) == 0:
         raise EvalError(f'{data_root}: split {split!r} has no samples')
     check_datasets([ds], workers=max(2, workers), progress=progress)
-    void = info.classes.void_index
+    void = scored.void_index
     t0 = time.perf_counter()
     if eval_size == 'label':
         metrics, cm, sizes = _evaluate_at_label_size(model, info, ds, input_size, dev,
-                                                     batch_size, workers, amp, progress, tta)
+                                                     batch_size, workers, amp, progress, tta,
+                                                     scored, lookup)
         resolution = {'eval_size': 'label', 'label_sizes': sizes, 'method': LABEL_METHOD}
     else:
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -194,7 +220,7 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
                       'method': 'argmax at the network input size; masks resized with '
                                 'nearest neighbour'}
     seconds = time.perf_counter() - t0
-    names = info.classes.names
+    names = scored.names
     report: Dict[str, Any] = {
         'miou': _json_number(metrics['miou']),
         'per_class_iou': _by_name(names, metrics['per_class_iou'], void),
@@ -215,19 +241,48 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         **resolution,
         'preprocess': prep.to_dict(),
         'tta': tta.describe() if tta else None,
+        'class_map': mapping,
         'device': str(dev),
         'seconds': round(seconds, 3),
         'confusion_matrix': cm.matrix.cpu().tolist(),
     }
     if plots_dir is not None:
         try:
-            written = write_plots(plots_dir, info.classes, metrics, cm.matrix)
+            written = write_plots(plots_dir, scored, metrics, cm.matrix)
         except OSError as e:  # a full disk, a folder that cannot be made: keep the scores
             _logger.error('plots not written: %s', e)
             report['plots_error'] = str(e)
         else:
             report['plots'] = [str(p) for p in written]
     return report
+
+
+UNMAPPED = '(no class)'  # scored class of predictions a class map leaves out
+
+
+def _mapped_classes(path: PathLike, model_classes: ClassTable, dataset_classes: ClassTable,
+                    model: str, dataset: str
+                    ) -> Tuple[ClassTable, np.ndarray, Dict[str, List[str]]]:
+    """
+    (scored table, model -> scored lookup, the map) of a class-map file.
+
+    The scored table is the dataset's classes plus a void class that takes every prediction of a
+    model class the map leaves out: such pixels count as misses of their true class.
+    """
+    try:
+        cmap = build_class_map(dataset_classes, model_classes, path, model, dataset)
+    except ConfigError as e:
+        raise EvalError(str(e)) from None
+    if dataset_classes.void_index is not None:
+        raise EvalError(f'{dataset}: a dataset with a void class cannot be scored through a '
+                        'class map')
+    scored = ClassTable(dataset_classes.names + (UNMAPPED,),
+                        dataset_classes.colors + ((0, 0, 0),), dataset_classes.num_classes)
+    lookup = cmap.lookup()
+    lookup[lookup == IGNORE_INDEX] = dataset_classes.num_classes
+    _logger.info('class map %s: %s; model classes scored as misses: %s', path, cmap.to_dict(),
+                 cmap.dropped)
+    return scored, lookup, cmap.to_dict()
 
 
 def write_plots(out_dir: PathLike, classes: ClassTable, metrics: Dict[str, Any],
@@ -278,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='test-time augmentation: softmax averaged over a mirrored run ("flip") '
                    'and/or input scales, e.g. flip,0.75,1,1.25 (default: off)')
     p.add_argument('--max-samples', type=int, help='evaluate only this many samples')
+    p.add_argument('--class-map', metavar='YAML', default=None,
+                   help='score a model trained on other classes: YAML "dataset_class: '
+                   '[model_class, ...]" (config/class_maps/), classes not listed match by name')
     p.add_argument('--full-report', action='store_true',
                    help='print the confusion matrix too (always in the --json file)')
     return p
@@ -292,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = evaluate_model_file(
             args.model, args.dataset, args.data_root, args.split, args.device, args.batch_size,
             args.size, max(0, args.workers), args.amp, args.max_samples, args.plots,
-            progress=True, eval_size=args.eval_size, tta=args.tta)
+            progress=True, eval_size=args.eval_size, tta=args.tta, class_map=args.class_map)
     except (ModelFileError, DatasetError, EvalError, FileNotFoundError) as e:
         sys.exit(f'seg-eval: error: {e}')
     # A report that cannot be saved is still printed: an evaluation is not lost to a full disk.

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         'erfnet_pretrained.pth', default='random weights')
     opt(g, '--pretrained-encoder', dest='pretrained_encoder', metavar='FILE',
         help='official erfnet_encoder_pretrained.pth.tar (ImageNet)', default='none')
+    opt(g, '--init-class-map', dest='init_class_map', metavar='YAML',
+        help='--init from other classes: YAML "class: [init model classes]" (first one '
+        'starts the head row; config/class_maps/)', default='classes by name')
     opt(g, '--arch', choices=ARCHS, help='network to train', default="the --init model's, "
         'else erfnet')
     opt(g, '--arch-scale', dest='arch_scale', type=float, metavar='S',
@@ -376,7 +379,7 @@ def _initialise(net: torch.nn.Module, cfg: TrainConfig, classes: ClassTable) -> 
     report = None
     source_norm = None
     if cfg.init:
-        r = init_from_file(net, cfg.init, classes)
+        r = init_from_file(net, cfg.init, classes, cfg.init_class_map)
         report, source_norm = r.to_dict(), r.normalization
     elif cfg.pretrained_encoder:
         load_imagenet_encoder(cfg.pretrained_encoder, net)

@@ -20,7 +20,8 @@ from seg_training.checkpoint import (check_finite, check_state_dict, detect_form
                                      espnetv2_info, flush_denormals, info_from_dict,
                                      ModelFileError, Normalization, read_file, strip_prefix,
                                      unwrap)
-from seg_training.classes import CLASS_ALIASES, ClassTable, cityscapes_table
+from seg_training.class_map import build_class_map, match_classes
+from seg_training.classes import ClassTable, cityscapes_table
 
 _logger = logging.getLogger(__name__)
 
@@ -43,23 +44,6 @@ class InitReport:
     def to_dict(self) -> Dict:
         return {'source': self.source, 'source_format': self.source_format, 'head': self.head,
                 'rows': dict(self.rows)}
-
-
-def match_classes(target: ClassTable, source: ClassTable) -> Dict[int, int]:
-    """
-    {target index: source index} for target classes found in ``source`` by name or alias.
-
-    Exact names win over aliases; matching ignores case. The source's void output is never used.
-    """
-    lookup = {n.lower(): i for i, n in enumerate(source.names) if i != source.void_index}
-    rows: Dict[int, int] = {}
-    for i, name in enumerate(target.names):
-        for candidate in (name, *CLASS_ALIASES.get(name, ())):
-            j = lookup.get(candidate.lower())
-            if j is not None:
-                rows[i] = j
-                break
-    return rows
 
 
 def _official_classes(sd: Mapping[str, torch.Tensor]) -> Optional[ClassTable]:
@@ -116,12 +100,15 @@ def read_source(path: PathLike) -> Source:
     return src
 
 
-def init_from_file(model: torch.nn.Module, path: PathLike, classes: ClassTable) -> InitReport:
+def init_from_file(model: torch.nn.Module, path: PathLike, classes: ClassTable,
+                   class_map: Optional[PathLike] = None) -> InitReport:
     """
     Copy the weights of the model file at ``path`` into ``model``, adapting the class heads.
 
     ``classes`` is the class table of ``model``; the report says what was copied. The source
-    must have the architecture of ``model`` (ESPNetv2: also its width scale).
+    must have the architecture of ``model`` (ESPNetv2: also its width scale). A ``class_map``
+    file (:mod:`seg_training.class_map`) names the source classes of target classes whose names
+    differ; a row starts from the first source class listed.
     """
     net = unwrap(model)
     if net.num_classes != classes.num_classes:
@@ -156,6 +143,9 @@ def init_from_file(model: torch.nn.Module, path: PathLike, classes: ClassTable) 
         head, rows = 'fresh', {n: None for n in classes.names}
     else:
         matched = match_classes(classes, src_classes)
+        if class_map is not None:
+            cmap = build_class_map(classes, src_classes, class_map, str(path))
+            matched.update({t: ts[0] for t, ts in enumerate(cmap.sources) if ts})
         with torch.no_grad():
             for key, dim in head_keys.items():
                 dst = own[key]

@@ -17,7 +17,8 @@ from seg_training.checkpoint import (build_model, load_model, ModelInfo, Normali
 from seg_training.classes import ClassTable, cityscapes_table, CUSTOM8, IGNORE_INDEX
 from seg_training.config import ConfigError, IMAGENET_MEAN, IMAGENET_STD, load_config
 from seg_training.data import read_image
-from seg_training.distill import build_class_map, DistillLoss, kd_loss, state_hash, Teacher
+from seg_training.class_map import build_class_map
+from seg_training.distill import DistillLoss, kd_loss, state_hash, Teacher
 from seg_training.formats import CAMVID
 from seg_training.preprocess import Resize
 from seg_training.train import main
