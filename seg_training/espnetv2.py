@@ -207,29 +207,39 @@ class Backbone(nn.Module):
         return l1, l2, l3, l4
 
 
-def _averaging_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
-    """(n_out, n_in) matrix whose product is adaptive average pooling along one axis."""
-    m = torch.zeros(n_out, n_in, dtype=like.dtype, device=like.device)
-    for i in range(n_out):
-        start = (i * n_in) // n_out
-        end = -((-(i + 1) * n_in) // n_out)  # ceil
-        m[i, start:end] = 1.0 / (end - start)
-    return m
+def _window_bounds(n_in: int, n_out: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Start and end indices and sizes of adaptive pooling's windows along one axis."""
+    starts = [(i * n_in) // n_out for i in range(n_out)]
+    ends = [-((-(i + 1) * n_in) // n_out) for i in range(n_out)]  # ceil
+    sizes = [e - s for s, e in zip(starts, ends)]
+    return torch.tensor(starts), torch.tensor(ends), torch.tensor(sizes, dtype=torch.float32)
+
+
+def _pool_axis(x: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
+    """Adaptive average pooling of ``x`` along ``dim`` as differences of a cumulative sum."""
+    n_in = int(x.shape[dim])
+    if n_in % n_out == 0:  # equal windows: a plain average pool
+        k = n_in // n_out
+        kernel = (k, 1) if dim == 2 else (1, k)
+        return F.avg_pool2d(x, kernel, kernel)
+    starts, ends, sizes = (t.to(x.device) for t in _window_bounds(n_in, n_out))
+    pad = (0, 0, 1, 0) if dim == 2 else (1, 0)
+    cs = F.pad(torch.cumsum(x, dim), pad)  # zero before the first element along ``dim``
+    total = cs.index_select(dim, ends) - cs.index_select(dim, starts)
+    shape = [1, 1, n_out, 1] if dim == 2 else [1, 1, 1, n_out]
+    return total / sizes.to(x.dtype).view(shape)
 
 
 def adaptive_avg_pool(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """
-    ``F.adaptive_avg_pool2d``; while exporting, the same averages as two matrix products.
+    ``F.adaptive_avg_pool2d``; while exporting, the same averages from cumulative sums.
 
     ONNX has no adaptive pooling to sizes that do not divide the input; the network's input size
-    is fixed at export, so the pooling becomes constant matrices.
+    is fixed at export, so the windows become constant indices.
     """
     if not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
         return F.adaptive_avg_pool2d(x, size)
-    h_in, w_in = int(x.shape[-2]), int(x.shape[-1])
-    rows = _averaging_matrix(h_in, size[0], x)  # (h, H)
-    cols = _averaging_matrix(w_in, size[1], x)  # (w, W)
-    return rows @ x @ cols.t()  # (B, C, h, w)
+    return _pool_axis(_pool_axis(x, 2, size[0]), 3, size[1])  # (B, C, h, w)
 
 
 class Shuffle(nn.Module):

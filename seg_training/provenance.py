@@ -88,16 +88,18 @@ def check_provenance(record: Any, where: str = 'provenance', depth: int = 0) -> 
             if not isinstance(d, Mapping):
                 raise ValueError(f'{where}.datasets[{i}] is {type(d).__name__}, not a mapping')
             _check_fields(d, DATASET_FIELDS, f'{where}.datasets[{i}]')
-    init = record.get('init')
-    if init is not None:
-        if not isinstance(init, Mapping):
-            raise ValueError(f'{where}.init is {type(init).__name__}, not a mapping')
-        _check_fields(init, {'source': _TEXT}, f'{where}.init')
-        if init.get('provenance') is not None:
+    for key in ('init', 'teacher'):  # the starting model and the teacher: the same record
+        parent = record.get(key)
+        if parent is None:
+            continue
+        if not isinstance(parent, Mapping):
+            raise ValueError(f'{where}.{key} is {type(parent).__name__}, not a mapping')
+        _check_fields(parent, {'source': _TEXT}, f'{where}.{key}')
+        if parent.get('provenance') is not None:
             if depth >= MAX_INIT_DEPTH:
-                raise ValueError(f'{where}.init: starting models nested more than '
+                raise ValueError(f'{where}.{key}: parent models nested more than '
                                  f'{MAX_INIT_DEPTH} deep')
-            check_provenance(init['provenance'], f'{where}.init.provenance', depth + 1)
+            check_provenance(parent['provenance'], f'{where}.{key}.provenance', depth + 1)
 
 
 def _check_fields(record: Mapping, fields: Mapping[str, tuple], where: str) -> None:
@@ -253,11 +255,10 @@ def describe(provenance: Optional[Mapping]) -> str:
     text = 'trained on ' + ('; '.join(parts) if parts else 'unknown data')
     init = provenance.get('init')
     if init:
-        text += f"; started from {init.get('source')}"
+        text += f"; started from {loggable(init.get('source'))}"
     teacher = provenance.get('teacher')
     if teacher:
-        text += f"; distilled from {teacher.get('source')}"
-        text += f"; started from {loggable(init.get('source'))}"
+        text += f"; distilled from {loggable(teacher.get('source'))}"
     if provenance.get('epochs') is not None:
         text += f"; {provenance['epochs']} epochs"
     if provenance.get('best_val_miou') is not None:
