@@ -560,13 +560,13 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     log.close()
     if not main:
         return None
-    if cfg.plots:
-        _final_plots(out, cfg, progress, classes, val_ds, device)
     clock()
     summary = _summary(cfg, progress, val, classes, len(train_ds), len(val_ds), device,
                        dinfo, len(schedule))
     with atomic_path(out / 'summary.json') as tmp:
         tmp.write_text(json.dumps(_json_safe(summary), indent=2), encoding='utf-8')
+    if cfg.plots:  # after the results: a plot that fails costs only itself
+        _final_plots(out, cfg, progress, classes, val_ds, device)
     return summary
 
 
@@ -622,10 +622,8 @@ def _summary(cfg: TrainConfig, progress: engine.Progress, final: Optional[Dict[s
 
 def _plot_curves(out: Path) -> None:
     from seg_training import plots
-    try:
-        plots.plot_curves(out / 'metrics.csv', out / 'plots' / 'curves.png')
-    except ValueError as e:  # e.g. no finite value yet
-        _logger.warning('curves not plotted: %s', e)
+    png = out / 'plots' / 'curves.png'
+    plots.draw_safely(png, lambda: plots.plot_curves(out / 'metrics.csv', png))
 
 
 def _final_plots(out: Path, cfg: TrainConfig, progress: engine.Progress, classes: ClassTable,
@@ -635,17 +633,20 @@ def _final_plots(out: Path, cfg: TrainConfig, progress: engine.Progress, classes
     best = progress.best_metrics or {}
     keep = [i for i in range(classes.num_classes) if i != classes.void_index]
     names = [classes.names[i] for i in keep]
+    folder = out / 'plots'
     if best.get('per_class_iou'):
-        plots.plot_per_class_iou(names, [best['per_class_iou'][i] for i in keep],
-                                 out / 'plots' / 'per_class_iou.png')
+        plots.draw_safely(folder / 'per_class_iou.png', lambda: plots.plot_per_class_iou(
+            names, [best['per_class_iou'][i] for i in keep], folder / 'per_class_iou.png'))
     if best.get('confusion'):
         matrix = torch.tensor(best['confusion'])[keep][:, keep]
-        plots.plot_confusion(matrix.numpy(), names, out / 'plots' / 'confusion.png')
+        plots.draw_safely(folder / 'confusion.png', lambda: plots.plot_confusion(
+            matrix.numpy(), names, folder / 'confusion.png'))
     best_path = out / 'best.pt'
     if best_path.is_file():
         net = ERFNet(ERFNetConfig(num_classes=classes.num_classes))
         load_state_dict_checked(net, read_file(best_path)['state_dict'], str(best_path))
-        _sample_panels(net.to(device), val_ds, cfg, device, out / 'plots' / 'samples.png')
+        plots.draw_safely(folder / 'samples.png', lambda: _sample_panels(
+            net.to(device), val_ds, cfg, device, folder / 'samples.png'))
 
 
 # ----------------------------------------------------------------------------- entry point
