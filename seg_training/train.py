@@ -17,6 +17,7 @@ rank 0 writes files.
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -27,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -48,6 +49,7 @@ from seg_training.config import (AMP_DTYPES, apply_overrides, CLASS_WEIGHTINGS,
 from seg_training.data import (build_dataset, check_datasets, DatasetError, JointDataset,
                                loader_worker_init, SegmentationDataset)
 from seg_training.files import atomic_path, NoSpaceError
+from seg_training.lock import folder_lock, FolderBusyError
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.model import ERFNet, ERFNetConfig
 from seg_training.preprocess import DEFAULT_RESIZE
@@ -149,9 +151,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         missing = [k for k in ('data_root', 'output_dir') if getattr(cfg, k) is None]
         if missing:
             raise ConfigError('missing ' + ', '.join('--' + k.replace('_', '-') for k in missing))
-        if (Path(cfg.output_dir) / 'last.pt').exists():
-            raise ConfigError(f'{cfg.output_dir}: already holds a training run (last.pt); pass '
-                              '--resume to continue it or choose another --output-dir')
         return cfg
     if 'config' in args:
         overrides = {**read_yaml(args.config), **overrides}
@@ -663,6 +662,22 @@ def _finished_run(cfg: TrainConfig) -> Optional[str]:
             f'{progress.best_miou:.4f} at epoch {progress.best_epoch}')
 
 
+@contextlib.contextmanager
+def _hold_output_dir(cfg: TrainConfig, rank: int, resume: bool) -> Iterator[None]:
+    """
+    Lock ``cfg.output_dir`` for this run: a second run or ``--resume`` on it is refused at once.
+
+    Rank 0 holds the lock for a whole DDP job. A new run (not ``resume``) needs a folder without
+    a run in it, which is checked under the lock.
+    """
+    with folder_lock(cfg.output_dir, 'another seg-train run') if rank == 0 \
+            else contextlib.nullcontext():
+        if not resume and (Path(cfg.output_dir) / 'last.pt').exists():
+            raise ConfigError(f'{cfg.output_dir}: already holds a training run (last.pt); pass '
+                              '--resume to continue it or choose another --output-dir')
+        yield
+
+
 def _sigterm(signum, frame) -> None:
     raise KeyboardInterrupt(f'signal {signum}')
 
@@ -687,8 +702,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _sigterm) if in_main_thread else None
     try:
-        summary = run(cfg, resume=getattr(args, 'resume', False))
-    except (ConfigError, DatasetError, ModelFileError) as e:
+        with _hold_output_dir(cfg, rank, getattr(args, 'resume', False)):
+            summary = run(cfg, resume=getattr(args, 'resume', False))
+    except (ConfigError, DatasetError, ModelFileError, FolderBusyError) as e:
         print(f'seg-train: error: {e}', file=sys.stderr)
         return 2
     except NoSpaceError as e:
