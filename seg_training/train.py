@@ -24,9 +24,7 @@ import logging
 import math
 import os
 from pathlib import Path
-import signal
 import sys
-import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -41,7 +39,7 @@ from seg_training.checkpoint import (atomic_save, load_imagenet_encoder,
                                      load_state_dict_checked, model_file_dict, ModelFileError,
                                      ModelInfo, Normalization, read_file)
 from seg_training.classes import ClassTable
-from seg_training.cli import network_size_arg
+from seg_training.cli import network_size_arg, sigterm_as_interrupt
 from seg_training.config import (AMP_DTYPES, apply_overrides, CLASS_WEIGHTINGS,
                                  config_from_dict, ConfigError, DATASETS, IMAGENET_MEAN,
                                  IMAGENET_STD, load_config, LOSSES, OPTIMIZERS, read_yaml,
@@ -678,10 +676,6 @@ def _hold_output_dir(cfg: TrainConfig, rank: int, resume: bool) -> Iterator[None
         yield
 
 
-def _sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt(f'signal {signum}')
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Console entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
@@ -699,10 +693,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if finished:
         print(f'seg-train: {finished}; nothing to resume (raise --epochs to train longer)')
         return 0
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _sigterm) if in_main_thread else None
     try:
-        with _hold_output_dir(cfg, rank, getattr(args, 'resume', False)):
+        with sigterm_as_interrupt(), _hold_output_dir(cfg, rank, getattr(args, 'resume', False)):
             summary = run(cfg, resume=getattr(args, 'resume', False))
     except (ConfigError, DatasetError, ModelFileError, FolderBusyError) as e:
         print(f'seg-train: error: {e}', file=sys.stderr)
@@ -715,9 +707,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print('seg-train: interrupted', file=sys.stderr)
         return 130
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
     if summary is not None:
         print(f'best val mIoU {summary["best_val_miou"]:.4f} at epoch {summary["best_epoch"]} '
               f'({summary["epochs"]} epochs, {summary["time_s"]:.1f} s); '

@@ -111,9 +111,10 @@ def test_sigkill_then_resume_is_bit_exact(data_root, tmp_path, workers):
     assert [r.split(',')[0] for r in rows[1:]] == [str(e) for e in range(1, EPOCHS + 1)]
 
 
-def test_ctrl_c_saves_last_checkpoint(data_root, tmp_path):
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_last_checkpoint(data_root, tmp_path, sig):
     out = tmp_path / 'out'
-    proc = _start_and_signal(_cmd(data_root, out, 0), out / 'last.pt', signal.SIGINT)
+    proc = _start_and_signal(_cmd(data_root, out, 0), out / 'last.pt', sig)
     assert proc.returncode == 130
     obj = read_file(out / 'last.pt')
     # The checkpoint was rewritten on the way out, flagged as an interrupted epoch.
