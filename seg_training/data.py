@@ -52,7 +52,7 @@ from PIL import Image
 import torch
 from torch.utils.data import Dataset
 
-from seg_perception.image_codec import compressed_size, ImageFormatError, sniff_format
+from seg_perception.image_codec import compressed_size, sniff_format
 from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
                                   IGNORE_INDEX)
 from seg_training.config import ConfigError, DATASETS, decode_utf8, read_yaml_file
@@ -96,9 +96,7 @@ def image_file_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Tuple
                     w, h = im.size
     except FileNotFoundError:
         raise DatasetError(f'{path}: file not found') from None
-    except ImageFormatError as e:
-        raise DatasetError(f'{path}: cannot be read as an image: {e}') from None
-    except Exception as e:  # PIL raises several types (and a DecompressionBombError)
+    except Exception as e:  # ImageFormatError; PIL raises several types (a bomb error too)
         raise DatasetError(f'{path}: cannot be read as an image: {e}') from None
     if w * h > max_pixels:
         raise DatasetError(f'{path}: {w}x{h} = {w * h} pixels, more than the {max_pixels} a '

@@ -19,7 +19,11 @@ PathLike = Union[str, os.PathLike]
 LOCK_NAME = '.seg-train.lock'
 
 
-class FolderBusyError(RuntimeError):
+class FolderLockError(RuntimeError):
+    """A folder that cannot be locked (made, or its lock file written); the message names it."""
+
+
+class FolderBusyError(FolderLockError):
     """The folder is locked by another process; the message names the folder and its PID."""
 
 
@@ -38,15 +42,19 @@ def folder_lock(folder: PathLike, what: str = 'a seg-train run',
     Hold an exclusive lock on ``folder`` (made if missing) while the block runs.
 
     Raises :class:`FolderBusyError` at once, naming the folder and the holder's PID, when
-    another process holds it. Afterwards the lock file is removed, and the folder too if this
-    call made it and it is still empty.
+    another process holds it; :class:`FolderLockError` when the folder or its lock file cannot
+    be made. Afterwards the lock file is removed, and the folder too if this call made it and
+    it is still empty.
     """
     folder = Path(folder)
     made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise FolderLockError(f'{path}: cannot be made: {e.strerror}') from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

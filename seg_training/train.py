@@ -47,7 +47,7 @@ from seg_training.config import (AMP_DTYPES, apply_overrides, CLASS_WEIGHTINGS,
 from seg_training.data import (build_dataset, check_datasets, DatasetError, JointDataset,
                                loader_worker_init, SegmentationDataset)
 from seg_training.files import atomic_path, NoSpaceError
-from seg_training.lock import folder_lock, FolderBusyError
+from seg_training.lock import folder_lock, FolderLockError
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.model import ERFNet, ERFNetConfig
 from seg_training.preprocess import DEFAULT_RESIZE
@@ -696,7 +696,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with sigterm_as_interrupt(), _hold_output_dir(cfg, rank, getattr(args, 'resume', False)):
             summary = run(cfg, resume=getattr(args, 'resume', False))
-    except (ConfigError, DatasetError, ModelFileError, FolderBusyError) as e:
+    except (ConfigError, DatasetError, ModelFileError, FolderLockError) as e:
         print(f'seg-train: error: {e}', file=sys.stderr)
         return 2
     except NoSpaceError as e:

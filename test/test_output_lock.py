@@ -15,7 +15,6 @@ import time
 import pytest
 
 from seg_training.checkpoint import read_file
-from seg_training.lock import folder_lock, FolderBusyError, LOCK_NAME
 from training_data import write_folder
 
 DEADLINE_S = 240.0
@@ -46,13 +45,12 @@ def test_second_run_and_resume_are_refused_then_resume_after_sigkill(tmp_path):
     first = subprocess.Popen(_cmd(data, out), env={**os.environ, 'OMP_NUM_THREADS': '1'},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(out / LOCK_NAME, first)
+        _wait_for(out / 'last.pt', first)  # it trains, and has a run to resume
         busy = f'seg-train: error: {out}: in use by another seg-train run (PID {first.pid})'
         second = _run(_cmd(data, out))
         assert second.returncode == 2 and busy in second.stderr, second.stderr[-3000:]
         assert 'split train' not in second.stderr  # refused before reading the dataset
 
-        _wait_for(out / 'last.pt', first)
         resumed = _run(_cmd(data, out, '--resume'))
         assert resumed.returncode == 2 and busy in resumed.stderr, resumed.stderr[-3000:]
         assert first.poll() is None  # the first run trains on, alone
@@ -64,6 +62,7 @@ def test_second_run_and_resume_are_refused_then_resume_after_sigkill(tmp_path):
             first.kill()
             first.communicate()
     assert first.returncode == -signal.SIGKILL
+    from seg_training.lock import LOCK_NAME
     assert (out / LOCK_NAME).read_text() == f'{first.pid}\n'  # what the killed run left
     done = read_file(out / 'last.pt')['training_state']['progress']['epoch']
     assert done < 500
@@ -77,6 +76,8 @@ def test_second_run_and_resume_are_refused_then_resume_after_sigkill(tmp_path):
 
 
 def test_folder_lock_in_one_process(tmp_path):
+    from seg_training.lock import folder_lock, FolderBusyError
+
     folder = tmp_path / 'new' / 'run'
     with folder_lock(folder, 'a test') as path:
         assert path.read_text() == f'{os.getpid()}\n'
@@ -89,3 +90,17 @@ def test_folder_lock_in_one_process(tmp_path):
     with folder_lock(folder):
         (folder / 'result').write_text('kept')
     assert sorted(p.name for p in folder.iterdir()) == ['result']
+
+
+def test_output_dir_that_cannot_be_made_is_a_one_line_error(tmp_path, capsys):
+    from seg_training import train
+
+    data = write_folder(tmp_path / 'data', n_train=2, n_val=1)
+    (tmp_path / 'a_file').write_text('x')
+    out = tmp_path / 'a_file' / 'run'
+    rc = train.main(['--dataset', 'folder', '--data-root', str(data), '--output-dir', str(out),
+                     '--epochs', '1', '--size', '64x32', '--workers', '0', '--no-plots'])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err == f'seg-train: error: {out / ".seg-train.lock"}: cannot be made: Not a ' \
+        'directory\n'
