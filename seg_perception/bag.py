@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -36,8 +37,10 @@ from seg_perception.image_codec import ImageFormatError, MAX_INPUT_PIXELS
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_perception.ros_types import BagError, format_time
-from seg_training.cli import HelpFormatter, network_size_arg
-from seg_training.files import remove_leftovers
+from seg_training.cli import (HelpFormatter, network_size_arg, sigterm_as_interrupt, Terminated,
+                              unit_interval_arg)
+from seg_training.config import ConfigError, read_yaml_file
+from seg_training.files import atomic_path, check_writable, remove_leftovers
 
 _logger = logging.getLogger(__name__)
 
@@ -127,6 +130,80 @@ def parse_outputs(text: str) -> Outputs:
                    confidence='confidence' in names)
 
 
+def input_bag_paths(input_path: Path) -> List[Path]:
+    """
+    Return the input bag resolved (links followed), and the rosbag2 folder it lies in.
+
+    A storage file given as ``--input`` (``drive/drive_0.mcap``) belongs to its folder when that
+    holds the bag's metadata.yaml.
+    """
+    path = Path(input_path).resolve()
+    paths = [path]
+    if path.is_file() and (path.parent / 'metadata.yaml').is_file():
+        paths.append(path.parent)
+    return paths
+
+
+def check_output(input_path: Path, output_path: Path, overwrite: bool) -> Optional[str]:
+    """
+    Refuse an output that would touch the input; return what ``--overwrite`` replaces, if any.
+
+    The output may not be, contain or lie inside the input bag (links followed). An existing
+    output is replaced only with ``overwrite`` and only if it is a bag this command could have
+    written (see :func:`describe_bag`). BagError names the path.
+    """
+    out = Path(output_path)
+    resolved = out.resolve()
+    for bag in input_bag_paths(input_path):
+        if resolved == bag:
+            raise BagError(f'{out}: output is the input bag')
+        if bag.is_relative_to(resolved):
+            raise BagError(f'{out}: output contains the input bag {input_path}')
+        if resolved.is_relative_to(bag):
+            raise BagError(f'{out}: output lies inside the input bag {input_path}')
+    if not out.exists():
+        return None
+    if not overwrite:
+        raise BagError(f'{out}: output exists (use --overwrite to replace it)')
+    return describe_bag(out)
+
+
+# Files of a rosbag2 folder besides metadata.yaml: storage files (compressed too), SQLite's own.
+_BAG_FILE = re.compile(r'.+\.(mcap|db3)(\.zstd)?|.+\.db3-(shm|wal|journal)')
+_BAG_MAGIC = (b'\x89MCAP', b'SQLite format 3\x00')
+
+
+def describe_bag(path: Path) -> str:
+    """
+    Describe the bag at ``path`` that ``--overwrite`` may replace; BagError if it is none.
+
+    A bag is a rosbag2 folder (metadata.yaml of rosbag2 and storage files, nothing else) or a
+    single mcap or sqlite3 file: never a folder of bags or of other files.
+    """
+    not_bag = f'{path}: not a bag that seg-bag writes, so --overwrite leaves it alone'
+    if path.is_file():
+        with open(path, 'rb') as f:
+            head = f.read(16)
+        if not head.startswith(_BAG_MAGIC):
+            raise BagError(f'{not_bag} (neither an mcap nor a sqlite3 file)')
+        return f'the bag file {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)'
+    if not path.is_dir():
+        raise BagError(f'{not_bag} (neither a file nor a folder)')
+    try:
+        meta = read_yaml_file(path / 'metadata.yaml', 'bag metadata')
+    except ConfigError as e:
+        raise BagError(f'{not_bag}: {e}') from None
+    if not isinstance(meta, dict) or 'rosbag2_bagfile_information' not in meta:
+        raise BagError(f'{not_bag} ({path / "metadata.yaml"} is not rosbag2 metadata)')
+    files = [p for p in path.iterdir() if p.name != 'metadata.yaml']
+    foreign = [p for p in files
+               if p.is_symlink() or not p.is_file() or not _BAG_FILE.fullmatch(p.name)]
+    if foreign:
+        raise BagError(f'{not_bag} (it holds {foreign[0].name}, no file of a rosbag2 bag)')
+    size = sum(p.stat().st_size for p in [path / 'metadata.yaml', *files])
+    return f'the rosbag2 bag {path} ({size / 2 ** 20:.1f} MiB in {len(files) + 1} files)'
+
+
 def incomplete_pattern(path: Path) -> 're.Pattern[str]':
     """Names of the temporary folders :class:`AtomicBagWriter` makes for ``path``."""
     return re.compile(re.escape(f'.{path.name}.incomplete-') + r'[a-z0-9_]{8}')
@@ -169,6 +246,7 @@ class AtomicBagWriter:
                 self.writer.close()
                 if self.path.exists():  # --overwrite: move the old bag aside first
                     os.replace(self.path, self._tmpdir / 'replaced')
+                    _logger.info('%s: replaced the bag that was there', self.path)
                 os.replace(self._tmpdir / self.path.name, self.path)
             else:
                 self.writer.abort()
@@ -204,6 +282,7 @@ class BagSegmenter:
             storage: Optional[str] = None, overwrite: bool = False,
             progress: bool = True) -> BagStats:
         """Segment ``topics`` of ``input_path`` into ``output_path``; returns the statistics."""
+        check_output(input_path, output_path, overwrite)
         with ros_types.open_reader(input_path) as reader:
             connections = ros_types.select_connections(reader, topics)
             namespaces = output_namespaces(connections)
@@ -319,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                    'precision (README, Engines)')
     p.add_argument('--input-size', type=network_size_arg, default=None, metavar='WxH',
                    help="network input size (default: the model's own)")
-    p.add_argument('--alpha', type=float, default=0.5, help='overlay opacity of the class colours')
+    p.add_argument('--alpha', type=unit_interval_arg, default=0.5,
+                   help='overlay opacity of the class colours, 0..1')
     p.add_argument('--label-upsampling', default='auto', choices=LABEL_UPSAMPLING,
                    help='labels at camera size, as the node (default auto: bilinear on CUDA, '
                    'bilinear_x2 on the CPU)')
@@ -332,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='copy the input topics into the output bag')
     p.add_argument('--storage', choices=ros_types.STORAGE_FORMATS, default=None,
                    help="output storage (default: the input's)")
-    p.add_argument('--overwrite', action='store_true', help='replace an existing output bag')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an existing output bag (only a bag: a rosbag2 folder or an '
+                   'mcap/sqlite3 file)')
     p.add_argument('--max-input-pixels', type=int, default=MAX_INPUT_PIXELS, metavar='N',
                    help='refuse frames over N pixels (width x height; compressed ones from '
                    'their header, before decoding)')
@@ -350,25 +432,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'seg-bag: error: --batch-size {args.batch_size} must be >= 1', file=sys.stderr)
         return 2
     try:
-        if args.output.resolve() == args.input.resolve():
-            raise BagError(f'{args.output}: output is the input bag')
-        if args.output.exists() and not args.overwrite:
-            raise BagError(f'{args.output}: output exists (use --overwrite to replace it)')
-        with ros_types.open_reader(args.input) as reader:  # fail fast, before loading the model
-            ros_types.select_connections(reader, args.topics)
-            check_topics_have_messages(reader, args.topics)
-        pipeline = SegmentationPipeline.from_file(
-            str(args.model), device=args.device, precision=args.precision,
-            input_size=args.input_size, accelerate=args.accelerate,
-            label_upsampling=args.label_upsampling)
-        segmenter = BagSegmenter(pipeline, args.outputs, args.batch_size, args.alpha,
-                                 args.confidence_encoding, args.include_inputs, str(args.model),
-                                 args.max_input_pixels)
-        stats = segmenter.run(args.input, args.output, args.topics, args.storage,
-                              args.overwrite, progress=not args.no_progress)
+        with sigterm_as_interrupt():
+            stats, pipeline = _segment(args)
     except (BagError, ValueError, RuntimeError, OSError, WriterError) as e:
         print(f'seg-bag: error: {e}', file=sys.stderr)
         return 1
+    except Terminated as e:
+        print(f'seg-bag: terminated ({signal.Signals(e.signum).name}); no output bag written',
+              file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print('seg-bag: interrupted; no output bag written', file=sys.stderr)
         return 130
@@ -378,10 +450,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f'the bag records {stats.bag_fps:.1f} frames/s over {stats.bag_seconds:.1f} s -> '
           f'{stats.realtime_factor:.2f}x real time; wrote {args.output}')
     if args.stats_json:
-        args.stats_json.write_text(json.dumps(
-            dict(stats.to_dict(), device=str(pipeline.device), batch_size=args.batch_size,
-                 input=str(args.input), output=str(args.output)), indent=2) + '\n')
+        try:
+            with atomic_path(args.stats_json) as tmp:
+                tmp.write_text(json.dumps(
+                    dict(stats.to_dict(), device=str(pipeline.device),
+                         batch_size=args.batch_size, input=str(args.input),
+                         output=str(args.output)), indent=2) + '\n')
+        except OSError as e:
+            print(f'seg-bag: error: --stats-json {args.stats_json}: {e} (the bag {args.output} '
+                  'is complete)', file=sys.stderr)
+            return 1
     return 0
+
+
+def _segment(args: argparse.Namespace) -> Tuple[BagStats, SegmentationPipeline]:
+    """Check every path, then segment the bag as ``args`` say (main's work)."""
+    replaced = check_output(args.input, args.output, args.overwrite)
+    if args.stats_json:
+        check_writable(args.stats_json)
+    with ros_types.open_reader(args.input) as reader:  # fail fast, before loading the model
+        ros_types.select_connections(reader, args.topics)
+        check_topics_have_messages(reader, args.topics)
+    if replaced:
+        _logger.warning('--overwrite: %s will be replaced once the new bag is complete',
+                        replaced)
+    pipeline = SegmentationPipeline.from_file(
+        str(args.model), device=args.device, precision=args.precision,
+        input_size=args.input_size, accelerate=args.accelerate,
+        label_upsampling=args.label_upsampling)
+    segmenter = BagSegmenter(pipeline, args.outputs, args.batch_size, args.alpha,
+                             args.confidence_encoding, args.include_inputs, str(args.model),
+                             args.max_input_pixels)
+    stats = segmenter.run(args.input, args.output, args.topics, args.storage,
+                          args.overwrite, progress=not args.no_progress)
+    return stats, pipeline
 
 
 if __name__ == '__main__':

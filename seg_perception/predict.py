@@ -29,7 +29,8 @@ from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
 from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import HelpFormatter, network_size_arg, resolve_device, tta_arg
+from seg_training.cli import (HelpFormatter, network_size_arg, resolve_device, tta_arg,
+                              unit_interval_arg)
 from seg_training.logtext import loggable, MAX_LINE_CHARS
 from seg_training.provenance import log_model
 
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="network input size (default: the model's own)")
     parser.add_argument('--output-dir', type=Path, default=DEFAULT_OUTPUT_DIR,
                         help=f'where the PNG files go (default: {DEFAULT_OUTPUT_DIR})')
-    parser.add_argument('--alpha', type=float, default=0.5,
+    parser.add_argument('--alpha', type=unit_interval_arg, default=0.5,
                         help='opacity of the class colours in the overlay, 0..1 (default 0.5)')
     parser.add_argument('--tta', type=tta_arg, default=None, metavar='flip[,S,...]',
                         help='test-time augmentation: softmax averaged over a mirrored run '
@@ -164,8 +165,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 some images failed, 2 no model)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0.0 <= args.alpha <= 1.0:
-        parser.error(f'--alpha {args.alpha} outside [0, 1]')
     logging.basicConfig(level=args.log_level, format='%(levelname)s %(name)s: %(message)s')
     images, errors = find_images(args.inputs)
     for message in errors:

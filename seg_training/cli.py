@@ -6,7 +6,10 @@ network, such as seg-replay, use it too.
 """
 
 import argparse
-from typing import Tuple, TYPE_CHECKING
+from contextlib import contextmanager
+import signal
+import threading
+from typing import Iterator, Tuple, TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +65,17 @@ def network_size_arg(text: str) -> Tuple[int, int]:
     return w, h
 
 
+def unit_interval_arg(text: str) -> float:
+    """Argparse type of a number in [0, 1], such as an overlay opacity (NaN refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not 0.0 <= value <= 1.0:  # also false for NaN
+        raise argparse.ArgumentTypeError(f'{text} is outside [0, 1]')
+    return value
+
+
 def tta_arg(text: str) -> 'TTA':
     """Argparse type of --tta: 'flip', scales, or both ('flip,0.75,1,1.25')."""
     from seg_training.tta import parse_tta
@@ -90,3 +104,33 @@ def resolve_device(name: str, local_rank: int = 0) -> 'torch.device':
         if dev.index is None:
             dev = torch.device('cuda', local_rank)
     return dev
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f'signal {signum}')
+        self.signum = signum
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """
+    While the block runs, SIGTERM raises :class:`Terminated`, a KeyboardInterrupt.
+
+    So whatever cleans up after Ctrl-C (temporary files, a checkpoint) runs for SIGTERM too.
+    Only the main thread may set handlers; elsewhere the block runs with SIGTERM as it was.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

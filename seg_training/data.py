@@ -39,6 +39,7 @@ import ctypes
 from dataclasses import dataclass
 import functools
 import logging
+import mmap
 import os
 from pathlib import Path
 import signal
@@ -51,17 +52,20 @@ import numpy as np
 from PIL import Image
 import torch
 from torch.utils.data import Dataset
-import yaml
 
+from seg_perception.image_codec import compressed_size, sniff_format
 from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
                                   IGNORE_INDEX)
-from seg_training.config import DATASETS
+from seg_training.config import ConfigError, DATASETS, decode_utf8, read_yaml_file
 
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 Transform = Callable[[np.ndarray, np.ndarray], Any]
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+# Largest image or mask a dataset may hold (width x height), read from the file's header before
+# decoding: four times a 4096x4096 frame. A PNG of one megabyte can declare 400 megapixels.
+MAX_IMAGE_PIXELS = 8192 * 8192
 MASK_FORMATS = ('index', 'palette', 'rgb')
 # ``preset: NAME`` in classes.yaml instead of a class list (cityscapes19: the 19 Cityscapes
 # classes, mask value i = train id i, 255 = ignore; palette and rgb masks use Cityscapes' colours).
@@ -73,15 +77,55 @@ class DatasetError(ValueError):
     """A dataset folder or file that cannot be used; the message names the path."""
 
 
+def image_file_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Tuple[int, int]:
+    """
+    (W, H) of an image file from its header, without decoding it; DatasetError names the file.
+
+    PNG and JPEG headers are read as the node reads compressed frames
+    (:func:`seg_perception.image_codec.compressed_size`), other formats by PIL; an image over
+    ``max_pixels`` is refused before anything is allocated for its pixels.
+    """
+    path = Path(path)
+    try:
+        with open(path, 'rb') as f:
+            codec = sniff_format(f.read(16))
+            if codec in ('png', 'jpeg'):
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    w, h = compressed_size(codec, data)
+            else:
+                with Image.open(f) as im:
+                    w, h = im.size
+    except FileNotFoundError:
+        raise DatasetError(f'{path}: file not found') from None
+    except Exception as e:  # ImageFormatError; PIL raises several types (a bomb error too)
+        raise DatasetError(f'{path}: cannot be read as an image: {e}') from None
+    if w * h > max_pixels:
+        raise DatasetError(f'{path}: {w}x{h} = {w * h} pixels, more than the {max_pixels} a '
+                           'dataset image may have; not decoded (shrink or tile it)')
+    return w, h
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """RGB (H, W, 3) uint8 image; DatasetError naming ``path`` if missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f'{path}: image file not found')
+    image_file_size(path)
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise DatasetError(f'{path}: cannot be read as an image (corrupt or unknown format)')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # (H, W, 3)
+
+
+def read_text_file(path: PathLike, what: str) -> str:
+    """UTF-8 text of a dataset's list file (labels, image names); DatasetError names it."""
+    path = Path(path)
+    try:
+        return decode_utf8(path.read_bytes(), path, what)
+    except ConfigError as e:
+        raise DatasetError(str(e)) from None
+    except OSError as e:
+        raise DatasetError(f'{path}: cannot read the {what}: {e.strerror}') from None
 
 
 def read_single_channel(path: PathLike) -> np.ndarray:
@@ -89,6 +133,7 @@ def read_single_channel(path: PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f'{path}: mask file not found')
+    image_file_size(path)
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise DatasetError(f'{path}: cannot be read as a mask image (corrupt or unknown format)')
@@ -105,6 +150,7 @@ def read_palette_indices(path: PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f'{path}: mask file not found')
+    image_file_size(path)
     try:
         with Image.open(path) as im:
             if im.mode != 'P':
@@ -133,6 +179,21 @@ def _relative_stems(folder: Path, what: str) -> dict:
     return found
 
 
+def _log_links_out_of_root(root: Path, split: str,
+                           samples: Sequence[Tuple[Path, Path]]) -> None:
+    """
+    Log once how many image and mask files are symbolic links to files outside ``root``.
+
+    They are read like any other: datasets are often assembled from links into shared storage.
+    """
+    base = root.resolve()
+    outside = [p for pair in samples for p in pair if not p.resolve().is_relative_to(base)]
+    if outside:
+        _logger.info('%s split %s: %d of %d image and mask files are links to outside the '
+                     'dataset root (e.g. %s -> %s); they are read as they are', root, split,
+                     len(outside), 2 * len(samples), outside[0], outside[0].resolve())
+
+
 def _spread(n_total: int, n: Optional[int]) -> List[int]:
     """``n`` indices spread evenly over ``range(n_total)`` (all of them if n is None or larger)."""
     if n is None or n >= n_total:
@@ -155,6 +216,7 @@ class SegmentationDataset(Dataset):
             samples[i] for i in _spread(len(samples), max_samples)]
         _logger.info('%s %s split %s: %d samples, %d classes', type(self).__name__, self.root,
                      split, len(self.samples), classes.num_classes)
+        _log_links_out_of_root(self.root, split, self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -289,8 +351,11 @@ def _rgb_value(v: Any, where: str) -> Tuple[int, int, int]:
 def _expand_preset(doc: dict, path: Path) -> dict:
     """``preset: NAME`` -> the preset's classes, each class ``i`` coded as its format's default."""
     name = doc['preset']
+    if not isinstance(name, str):
+        raise DatasetError(f'{path}: preset must be a name (one of {list(CLASS_PRESETS)}), got '
+                           f'a {type(name).__name__}')
     if name not in CLASS_PRESETS:
-        raise DatasetError(f'{path}: unknown preset {str(name)[:40]!r}; choose one of '
+        raise DatasetError(f'{path}: unknown preset {name[:40]!r}; choose one of '
                            f'{list(CLASS_PRESETS)}')
     if 'classes' in doc:
         raise DatasetError(f'{path}: give either "preset" or "classes", not both')
@@ -305,10 +370,9 @@ def read_classes_yaml(path: PathLike) -> MaskSpec:
     if not path.is_file():
         raise DatasetError(f'{path}: classes.yaml not found (the folder dataset needs it)')
     try:
-        with open(path, encoding='utf-8') as f:
-            doc = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise DatasetError(f'{path}: not valid YAML: {e}') from None
+        doc = read_yaml_file(path, 'class list')
+    except ConfigError as e:
+        raise DatasetError(str(e)) from None
     if isinstance(doc, dict) and 'preset' in doc:
         doc = _expand_preset(doc, path)
     if not isinstance(doc, dict) or not isinstance(doc.get('classes'), list) \
@@ -581,6 +645,7 @@ def _is_jpeg_file(path: Path) -> bool:
 
 def check_jpeg_whole(path: Path, what: str) -> Tuple[int, int]:
     """Decode the JPEG at ``path`` strictly (PIL); return its (W, H) or raise DatasetError."""
+    image_file_size(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -632,9 +697,10 @@ def check_datasets(datasets: Sequence[Union[SegmentationDataset, JointDataset]],
     Check every sample of ``datasets`` before any training or evaluation step.
 
     Each image and mask is decoded once, in ``workers`` threads (decoding releases the GIL),
-    with a tqdm bar if ``progress``. Raises one DatasetError listing every bad file; otherwise
-    returns, per dataset, the (K,) int64 labelled pixels per class of its masks (what
-    ``label_histogram`` counts).
+    with a tqdm bar if ``progress``. Raises one DatasetError listing every bad file, or naming
+    a split without a single labelled pixel (nothing to learn or score); otherwise returns, per
+    dataset, the (K,) int64 labelled pixels per class of its masks (what ``label_histogram``
+    counts).
     """
     from tqdm import tqdm
 
@@ -657,6 +723,11 @@ def check_datasets(datasets: Sequence[Union[SegmentationDataset, JointDataset]],
         roots = '; '.join(f'{r} ({", ".join(s)})' for r, s in splits.items())
         raise DatasetError(f'{len(problems)} problems in {len(jobs)} samples of {roots}; fix or '
                            'remove these files:\n  ' + '\n  '.join(problems))
+    for ds, hist in zip(datasets, hists):
+        if len(ds) and not hist.any():
+            raise DatasetError(f'{ds.root}: split {ds.split!r} has no labelled pixel in its '
+                               f'{len(ds)} masks: every mask value is the ignore label or '
+                               'matches no class (check the masks against the class table)')
     _logger.info('checked %d samples (images and masks) in %.1f s', len(jobs),
                  time.perf_counter() - t0)
     return hists

@@ -246,14 +246,12 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         'seconds': round(seconds, 3),
         'confusion_matrix': cm.matrix.cpu().tolist(),
     }
-    if plots_dir is not None:
-        try:
-            written = write_plots(plots_dir, scored, metrics, cm.matrix)
-        except OSError as e:  # a full disk, a folder that cannot be made: keep the scores
-            _logger.error('plots not written: %s', e)
-            report['plots_error'] = str(e)
-        else:
+    if plots_dir is not None:  # a plot that fails (a full disk, ...) costs only itself
+        written, failed = write_plots(plots_dir, scored, metrics, cm.matrix)
+        if written:
             report['plots'] = [str(p) for p in written]
+        if failed:
+            report['plots_error'] = '; '.join(failed)
     return report
 
 
@@ -286,9 +284,13 @@ def _mapped_classes(path: PathLike, model_classes: ClassTable, dataset_classes: 
 
 
 def write_plots(out_dir: PathLike, classes: ClassTable, metrics: Dict[str, Any],
-                matrix: torch.Tensor) -> List[Path]:
-    """Per-class IoU bars and the confusion matrix as PNGs in ``out_dir``."""
-    from seg_training.plots import plot_confusion, plot_per_class_iou
+                matrix: torch.Tensor) -> Tuple[List[Path], List[str]]:
+    """
+    Per-class IoU bars and the confusion matrix as PNGs in ``out_dir``.
+
+    Returns the plots written and, for each one that failed, what failed (logged as well).
+    """
+    from seg_training.plots import draw_safely, plot_confusion, plot_per_class_iou
 
     out = Path(out_dir)
     void = classes.void_index
@@ -296,8 +298,17 @@ def write_plots(out_dir: PathLike, classes: ClassTable, metrics: Dict[str, Any],
     names = [classes.names[i] for i in keep]
     ious = [metrics['per_class_iou'][i] for i in keep]
     m = matrix.cpu()[keep][:, keep]  # void has no ground truth; its column is a miss
-    return [plot_per_class_iou(names, ious, out / 'per_class_iou.png'),
-            plot_confusion(m, names, out / 'confusion_matrix.png')]
+    plots = {out / 'per_class_iou.png': lambda png: plot_per_class_iou(names, ious, png),
+             out / 'confusion_matrix.png': lambda png: plot_confusion(m, names, png)}
+    written: List[Path] = []
+    failed: List[str] = []
+    for png, draw in plots.items():
+        error = draw_safely(png, lambda: draw(png))
+        if error is None:
+            written.append(png)
+        else:
+            failed.append(error)
+    return written, failed
 
 
 def write_json(obj: Any, path: PathLike) -> Path:

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 import sys
 import tempfile
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import warnings
 
 import numpy as np
@@ -36,6 +37,7 @@ import torch
 from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
 from seg_training.cli import HelpFormatter, network_size_arg
 from seg_training.evaluate import write_json
+from seg_training.files import check_writable
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ PathLike = Union[str, os.PathLike]
 FORMATS = ('onnx', 'torchscript')
 SUFFIXES = {'onnx': '.onnx', 'torchscript': '.torchscript'}
 DEFAULT_OPSET = 17
+# Oldest opset ERFNet exports to: before 7, BatchNormalization has a form onnxruntime cannot run.
+MIN_OPSET = 7
 DEFAULT_TOLERANCE = 1e-3
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'logits'
@@ -61,6 +65,42 @@ class ExportResult:
     max_abs_diff: float
     argmax_agreement: float
     check_batch: int
+
+
+def max_opset() -> int:
+    """Newest ONNX opset this PyTorch's exporter writes."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:  # the constant moved: the default is known to work
+        return DEFAULT_OPSET
+    return int(ONNX_MAX_OPSET)
+
+
+def check_opset(opset: int) -> None:
+    """Raise ValueError unless ERFNet can be exported with ONNX ``opset``."""
+    if not MIN_OPSET <= opset <= max_opset():
+        raise ValueError(f'opset {opset} is not one ERFNet exports to with torch '
+                         f'{torch.__version__}: choose {MIN_OPSET}..{max_opset()} '
+                         f'(default {DEFAULT_OPSET})')
+
+
+def check_tolerance(tolerance: float) -> None:
+    """Raise ValueError unless ``tolerance`` is a number >= 0 (NaN would accept anything)."""
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f'tolerance {tolerance} must be a finite number >= 0')
+
+
+def _checked_arg(check: Callable[[Any], None], kind: Callable[[str], Any]
+                 ) -> Callable[[str], Any]:
+    """Argparse type: ``kind(text)``, then ``check``; its ValueError is a usage error."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+            check(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+    return parse
 
 
 def default_output(model_path: PathLike, fmt: str) -> Path:
@@ -146,14 +186,18 @@ def _sha256(path: Path) -> str:
 
 def sidecar_dict(fmt: str, path: Path, model_path: PathLike, info: ModelInfo,
                  size: Tuple[int, int], opset: Optional[int], dynamic_batch: bool,
-                 check: Dict[str, Any]) -> Dict[str, Any]:
-    """Describe what a runtime needs besides the exported weights."""
+                 check: Dict[str, Any], data: Optional[Path] = None) -> Dict[str, Any]:
+    """
+    Describe what a runtime needs besides the exported weights.
+
+    ``data`` is the exported file while it is not yet at ``path`` (its checksum is taken).
+    """
     w, h = size
     batch = 'batch' if dynamic_batch else 1
     d: Dict[str, Any] = {
         'format': fmt,
         'file': path.name,
-        'sha256': _sha256(path),
+        'sha256': _sha256(data or path),
         'source_model': str(model_path),
         'source_format': info.source_format,
         'input': {'name': INPUT_NAME, 'shape': [batch, 3, h, w], 'dtype': 'float32',
@@ -181,33 +225,56 @@ def export_model(model_path: PathLike, fmt: str, output: Optional[PathLike] = No
                  size: Optional[Tuple[int, int]] = None, opset: int = DEFAULT_OPSET,
                  dynamic_batch: bool = False,
                  tolerance: float = DEFAULT_TOLERANCE) -> ExportResult:
-    """Export a model file, check it against PyTorch, write the sidecar; see the module doc."""
+    """
+    Export a model file, check it against PyTorch, write the sidecar; see the module doc.
+
+    The export and its sidecar appear together or not at all. Paths that cannot be written are
+    refused before any work, an ExportError naming them.
+    """
     if fmt not in FORMATS:
         raise ValueError(f'unknown export format {fmt!r}; choose one of {list(FORMATS)}')
+    if fmt == 'onnx':
+        check_opset(opset)
+    check_tolerance(tolerance)
+    out = Path(output) if output else default_output(model_path, fmt)
+    sidecar = Path(f'{out}.json')
+    try:
+        check_writable(out)
+        check_writable(sidecar)
+    except OSError as e:
+        raise ExportError(str(e)) from None
     model, info = load_model(model_path, 'cpu')
     if info.encoder_only:
         raise ModelFileError(f'{model_path}: encoder-only model (1/8 resolution, a training '
                              'stage); train the decoder before exporting')
     size = tuple(size) if size else tuple(info.input_size)
     info.check_input_size(size[0], size[1])
-    out = Path(output) if output else default_output(model_path, fmt)
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
     example = sample_input(info, size, 1, seed=0)
     check_batch = 2 if dynamic_batch else 1
     x = sample_input(info, size, check_batch, seed=1)
     with torch.inference_mode():
         reference = model(x).numpy()  # (B, K, H, W)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{out.name}.', suffix=SUFFIXES[fmt], dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f'.{out.name}.', suffix=SUFFIXES[fmt],
+                                        dir=out.parent)
+    except OSError as e:
+        raise ExportError(f'{out}: cannot be written: {e.strerror}') from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        if fmt == 'onnx':
-            export_onnx(model, example, tmp, opset, dynamic_batch)
-            exported = run_onnx(tmp, x)
-        else:
-            export_torchscript(model, example, tmp)
-            exported = run_torchscript(tmp, x)
+        try:
+            if fmt == 'onnx':
+                export_onnx(model, example, tmp, opset, dynamic_batch)
+                exported = run_onnx(tmp, x)
+            else:
+                export_torchscript(model, example, tmp)
+                exported = run_torchscript(tmp, x)
+        except Exception as e:  # exporters and runtimes raise many types, with long texts
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
+            raise ExportError(f'{fmt} export of {model_path} failed: {type(e).__name__}: '
+                              f'{first}; nothing written') from e
         diff, agree = compare(reference, exported)
         _logger.info('%s export vs PyTorch on a %dx3x%dx%d input: max |diff| %.3g, argmax '
                      'agreement %.5f', fmt, check_batch, size[1], size[0], diff, agree)
@@ -215,17 +282,24 @@ def export_model(model_path: PathLike, fmt: str, output: Optional[PathLike] = No
             raise ExportError(f'{fmt} export of {model_path} differs from PyTorch by up to '
                               f'{diff:.3g} (tolerance {tolerance:g}); nothing written')
         os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
+        check = {'max_abs_diff': diff, 'argmax_agreement': agree, 'tolerance': tolerance,
+                 'batch': check_batch,
+                 'runtime': 'onnxruntime' if fmt == 'onnx' else 'torch.jit.load'}
+        # The sidecar first (it describes the file about to be renamed), then the export; if
+        # that rename fails, the sidecar goes again: both or neither.
+        write_json(sidecar_dict(fmt, out, model_path, info, size,
+                                opset if fmt == 'onnx' else None, dynamic_batch, check,
+                                data=tmp), sidecar)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            sidecar.unlink()
+            raise
+    except OSError as e:
+        raise ExportError(f'{out}: not written: {e}') from e
+    finally:
         if tmp.exists():
             tmp.unlink()
-        raise
-    check = {'max_abs_diff': diff, 'argmax_agreement': agree, 'tolerance': tolerance,
-             'batch': check_batch,
-             'runtime': 'onnxruntime' if fmt == 'onnx' else 'torch.jit.load'}
-    sidecar = write_json(sidecar_dict(fmt, out, model_path, info, size,
-                                      opset if fmt == 'onnx' else None, dynamic_batch, check),
-                         Path(f'{out}.json'))
     _logger.info('wrote %s and %s', out, sidecar)
     return ExportResult(out, sidecar, diff, agree, check_batch)
 
@@ -241,10 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
                    '.torchscript); the sidecar is <output>.json')
     p.add_argument('--size', type=network_size_arg,
                    help='network input WxH (default: the model file\'s input size)')
-    p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset version')
+    p.add_argument('--opset', type=_checked_arg(check_opset, int), default=DEFAULT_OPSET,
+                   help=f'ONNX opset version ({MIN_OPSET}..{max_opset()})')
     p.add_argument('--dynamic-batch', action='store_true',
                    help='variable batch dimension (default: batch 1)')
-    p.add_argument('--tolerance', type=float, default=DEFAULT_TOLERANCE,
+    p.add_argument('--tolerance', type=_checked_arg(check_tolerance, float),
+                   default=DEFAULT_TOLERANCE,
                    help='largest accepted absolute logit difference from PyTorch')
     return p
 
@@ -255,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         res = export_model(args.model, args.format, args.output, args.size, args.opset,
                            args.dynamic_batch, args.tolerance)
-    except (ModelFileError, ExportError, ValueError) as e:
+    except (ModelFileError, ExportError, ValueError, OSError) as e:
         sys.exit(f'seg-export: error: {e}')
     print(json.dumps({'output': str(res.path), 'sidecar': str(res.sidecar),
                       'max_abs_diff': res.max_abs_diff,

@@ -26,6 +26,13 @@ class NoSpaceError(OSError):
         return str(self.strerror)
 
 
+class UnwritableError(OSError):
+    """A path that no file can be written to; the message names it."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def no_space_error(path: Path, existed: bool) -> NoSpaceError:
     """Return the NoSpaceError saying what happened to ``path`` and the space left there."""
     try:
@@ -35,6 +42,25 @@ def no_space_error(path: Path, existed: bool) -> NoSpaceError:
     kept = f'the previous {path.name} is unchanged' if existed else 'nothing was written'
     return NoSpaceError(errno.ENOSPC, f'{path}: no space left on device ({free} on '
                                       f'{path.parent}); {kept}')
+
+
+def check_writable(path: PathLike) -> None:
+    """
+    Raise OSError naming ``path`` unless a file can be written there; for before long work.
+
+    ``path`` must not be a folder, and its nearest existing parent must be a folder this
+    process may write in (folders still missing are made when the file is written).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UnwritableError(errno.EISDIR, f'{path}: is a folder')
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UnwritableError(errno.ENOTDIR, f'{path}: {parent} is not a folder')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UnwritableError(errno.EACCES, f'{path}: cannot write in {parent}')
 
 
 def temporary_pattern(path: Path, suffix: str) -> 're.Pattern[str]':

@@ -39,7 +39,7 @@ import numpy as np
 from seg_training.classes import ClassTable, cityscapes_table, IGNORE_INDEX
 from seg_training.data import (_relative_stems, DatasetError, IMAGE_SUFFIXES, MaskSpec,
                                PathLike, read_classes_yaml, read_image, read_single_channel,
-                               SegmentationDataset, Transform)
+                               read_text_file, SegmentationDataset, Transform)
 
 # CamVid's 11 classes in index order, with the colours of its own label maps.
 CAMVID = ClassTable(
@@ -145,7 +145,7 @@ def read_cvat_labelmap(path: Path) -> MaskSpec:
                            '"Segmentation mask 1.1" with images)')
     names: List[str] = []
     colors: List[Tuple[int, int, int]] = []
-    for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+    for n, line in enumerate(read_text_file(path, 'label map').splitlines(), 1):
         line = line.strip()
         if not line or line.startswith('#'):
             continue
@@ -191,7 +191,8 @@ class CVATDataset(SegmentationDataset):
         images = _relative_stems(root / 'JPEGImages', 'image (export with images)')
         mask_dir = root / 'SegmentationClass'
         masks = _relative_stems(mask_dir, 'mask')
-        names = [n.strip() for n in listing.read_text(encoding='utf-8').splitlines() if n.strip()]
+        names = [n.strip() for n in read_text_file(listing, 'image list').splitlines()
+                 if n.strip()]
         missing = [n for n in names if n not in images]
         if missing:
             raise DatasetError(f'{root / "JPEGImages" / missing[0]}: image listed in {listing} '

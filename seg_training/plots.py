@@ -10,7 +10,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
@@ -33,6 +33,27 @@ def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
+
+
+def literal(text: str) -> str:
+    """``text`` as matplotlib draws it verbatim: a ``$`` would start mathtext (``$x_1$``)."""
+    return str(text).replace('$', r'\$')
+
+
+def draw_safely(out_png: PathLike, draw: Callable[[], Any]) -> Optional[str]:
+    """
+    Run ``draw``, which writes the plot ``out_png``; return None, or what failed (logged).
+
+    Plots come after the results they show and must never cost them: any failure is a warning
+    naming the plot.
+    """
+    try:
+        draw()
+    except Exception as e:  # matplotlib raises many types (text it cannot lay out, ...)
+        message = f'{out_png} not plotted: {type(e).__name__}: {e}'
+        _logger.warning('%s', message)
+        return message
+    return None
 
 
 def _save(fig: Figure, out_png: PathLike) -> Path:
@@ -91,7 +112,7 @@ def plot_curves(csv_path: PathLike, out_png: PathLike) -> Path:
     for i, (title, names) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for name in names:
-            ax.plot(epochs, cols[name], marker='o', markersize=3, label=name)
+            ax.plot(epochs, cols[name], marker='o', markersize=3, label=literal(name))
         ax.set_xlabel('epoch')
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
@@ -120,7 +141,7 @@ def plot_per_class_iou(names: Sequence[str], ious: Sequence[float], out_png: Pat
         ax.text(0.01 if math.isnan(v) else v + 0.01, yi, 'n/a' if math.isnan(v) else f'{v:.3f}',
                 va='center', fontsize=8, color='gray' if math.isnan(v) else 'black')
     ax.set_yticks(y)
-    ax.set_yticklabels(list(names))
+    ax.set_yticklabels([literal(n) for n in names])
     ax.invert_yaxis()
     ax.set_xlim(0.0, 1.1)
     ax.set_xlabel('IoU')
@@ -152,8 +173,8 @@ def plot_confusion(matrix: ArrayLike, names: Sequence[str], out_png: PathLike) -
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='share of ground-truth row')
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
-    ax.set_xticklabels(list(names), rotation=90, fontsize=8)
-    ax.set_yticklabels(list(names), fontsize=8)
+    ax.set_xticklabels([literal(n) for n in names], rotation=90, fontsize=8)
+    ax.set_yticklabels([literal(n) for n in names], fontsize=8)
     ax.set_xlabel('prediction')
     ax.set_ylabel('ground truth')
     if k <= 20:

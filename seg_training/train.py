@@ -20,17 +20,16 @@ rank 0 writes files.
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
 import math
 import os
 from pathlib import Path
-import signal
 import sys
-import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -44,7 +43,7 @@ from seg_training.checkpoint import (atomic_save, info_from_dict, load_imagenet_
                                      ModelFileError, ModelInfo, Normalization, read_file,
                                      unwrap)
 from seg_training.classes import ClassTable
-from seg_training.cli import network_size_arg
+from seg_training.cli import network_size_arg, sigterm_as_interrupt
 from seg_training.config import (AMP_DTYPES, apply_overrides, ARCHS, CLASS_WEIGHTINGS,
                                  config_from_dict, ConfigError, DATASETS, IMAGENET_MEAN,
                                  IMAGENET_STD, load_config, LOSSES, OPTIMIZERS, read_yaml,
@@ -53,6 +52,7 @@ from seg_training.config import (AMP_DTYPES, apply_overrides, ARCHS, CLASS_WEIGH
 from seg_training.data import (build_dataset, check_datasets, DatasetError, JointDataset,
                                loader_worker_init, SegmentationDataset)
 from seg_training.files import atomic_path, NoSpaceError
+from seg_training.lock import folder_lock, FolderLockError
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.preprocess import DEFAULT_RESIZE
 from seg_training.transfer import init_from_file, read_source
@@ -182,9 +182,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         missing = [k for k in ('data_root', 'output_dir') if getattr(cfg, k) is None]
         if missing:
             raise ConfigError('missing ' + ', '.join('--' + k.replace('_', '-') for k in missing))
-        if (Path(cfg.output_dir) / 'last.pt').exists():
-            raise ConfigError(f'{cfg.output_dir}: already holds a training run (last.pt); pass '
-                              '--resume to continue it or choose another --output-dir')
         return cfg
     if 'config' in args:
         overrides = {**read_yaml(args.config), **overrides}
@@ -642,13 +639,13 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     log.close()
     if not main:
         return None
-    if cfg.plots:
-        _final_plots(out, cfg, progress, classes, val_ds, device)
     clock()
     summary = _summary(cfg, progress, val, classes, len(train_ds), len(val_ds), device,
                        dinfo, len(schedule))
     with atomic_path(out / 'summary.json') as tmp:
         tmp.write_text(json.dumps(_json_safe(summary), indent=2), encoding='utf-8')
+    if cfg.plots:  # after the results: a plot that fails costs only itself
+        _final_plots(out, cfg, progress, classes, val_ds, device)
     return summary
 
 
@@ -704,10 +701,8 @@ def _summary(cfg: TrainConfig, progress: engine.Progress, final: Optional[Dict[s
 
 def _plot_curves(out: Path) -> None:
     from seg_training import plots
-    try:
-        plots.plot_curves(out / 'metrics.csv', out / 'plots' / 'curves.png')
-    except ValueError as e:  # e.g. no finite value yet
-        _logger.warning('curves not plotted: %s', e)
+    png = out / 'plots' / 'curves.png'
+    plots.draw_safely(png, lambda: plots.plot_curves(out / 'metrics.csv', png))
 
 
 def _final_plots(out: Path, cfg: TrainConfig, progress: engine.Progress, classes: ClassTable,
@@ -717,16 +712,19 @@ def _final_plots(out: Path, cfg: TrainConfig, progress: engine.Progress, classes
     best = progress.best_metrics or {}
     keep = [i for i in range(classes.num_classes) if i != classes.void_index]
     names = [classes.names[i] for i in keep]
+    folder = out / 'plots'
     if best.get('per_class_iou'):
-        plots.plot_per_class_iou(names, [best['per_class_iou'][i] for i in keep],
-                                 out / 'plots' / 'per_class_iou.png')
+        plots.draw_safely(folder / 'per_class_iou.png', lambda: plots.plot_per_class_iou(
+            names, [best['per_class_iou'][i] for i in keep], folder / 'per_class_iou.png'))
     if best.get('confusion'):
         matrix = torch.tensor(best['confusion'])[keep][:, keep]
-        plots.plot_confusion(matrix.numpy(), names, out / 'plots' / 'confusion.png')
+        plots.draw_safely(folder / 'confusion.png', lambda: plots.plot_confusion(
+            matrix.numpy(), names, folder / 'confusion.png'))
     best_path = out / 'best.pt'
     if best_path.is_file():
         net = load_model(best_path, device)[0]
-        _sample_panels(net, val_ds, cfg, device, out / 'plots' / 'samples.png')
+        plots.draw_safely(folder / 'samples.png', lambda: _sample_panels(
+            net, val_ds, cfg, device, folder / 'samples.png'))
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -743,8 +741,20 @@ def _finished_run(cfg: TrainConfig) -> Optional[str]:
             f'{progress.best_miou:.4f} at epoch {progress.best_epoch}')
 
 
-def _sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt(f'signal {signum}')
+@contextlib.contextmanager
+def _hold_output_dir(cfg: TrainConfig, rank: int, resume: bool) -> Iterator[None]:
+    """
+    Lock ``cfg.output_dir`` for this run: a second run or ``--resume`` on it is refused at once.
+
+    Rank 0 holds the lock for a whole DDP job. A new run (not ``resume``) needs a folder without
+    a run in it, which is checked under the lock.
+    """
+    with folder_lock(cfg.output_dir, 'another seg-train run') if rank == 0 \
+            else contextlib.nullcontext():
+        if not resume and (Path(cfg.output_dir) / 'last.pt').exists():
+            raise ConfigError(f'{cfg.output_dir}: already holds a training run (last.pt); pass '
+                              '--resume to continue it or choose another --output-dir')
+        yield
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -764,11 +774,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if finished:
         print(f'seg-train: {finished}; nothing to resume (raise --epochs to train longer)')
         return 0
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _sigterm) if in_main_thread else None
     try:
-        summary = run(cfg, resume=getattr(args, 'resume', False))
-    except (ConfigError, DatasetError, ModelFileError) as e:
+        with sigterm_as_interrupt(), _hold_output_dir(cfg, rank, getattr(args, 'resume', False)):
+            summary = run(cfg, resume=getattr(args, 'resume', False))
+    except (ConfigError, DatasetError, ModelFileError, FolderLockError) as e:
         print(f'seg-train: error: {e}', file=sys.stderr)
         return 2
     except NoSpaceError as e:
@@ -779,9 +788,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print('seg-train: interrupted', file=sys.stderr)
         return 130
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
     if summary is not None:
         print(f'best val mIoU {summary["best_val_miou"]:.4f} at epoch {summary["best_epoch"]} '
               f'({summary["epochs"]} epochs, {summary["time_s"]:.1f} s); '

@@ -304,18 +304,21 @@ def test_max_input_pixels_option(tmp_path, tiny_model_file, capsys):
         'max_input_pixels 384' in err
 
 
-def test_refuses_to_overwrite_unless_asked(tmp_path, tiny_model_file, capsys):
+def test_refuses_to_overwrite_unless_asked(tmp_path, tiny_model_file, capsys, caplog):
     write_bag(tmp_path / 'drive', 'sqlite3')
-    (tmp_path / 'out').mkdir()
-    (tmp_path / 'out' / 'keep.txt').write_text('earlier results')
+    rc, err = _run_in_process(capsys, tiny_model_file, tmp_path / 'drive', tmp_path / 'out')
+    assert rc == 0, err
+    earlier = sorted(p.name for p in (tmp_path / 'out').iterdir())
     rc, err = _run_in_process(capsys, tiny_model_file, tmp_path / 'drive', tmp_path / 'out')
     assert rc == 1 and '--overwrite' in err
-    assert (tmp_path / 'out' / 'keep.txt').read_text() == 'earlier results'
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == earlier
     rc, err = _run_in_process(capsys, tiny_model_file, tmp_path / 'drive', tmp_path / 'out',
                               '--overwrite', '--outputs', 'labels', '--storage', 'mcap')
     assert rc == 0, err
+    assert f'--overwrite: the rosbag2 bag {tmp_path / "out"} (' in caplog.text
+    assert ' MiB in 2 files) will be replaced once the new bag is complete' in caplog.text
     out, fmt, _ = read_bag(tmp_path / 'out')
-    assert fmt == 'mcap' and not (tmp_path / 'out' / 'keep.txt').exists()
+    assert fmt == 'mcap'
     assert set(out) == {f'/{n}/segmentation/{o}' for n in ('front', 'rear', 'side')
                         for o in ('labels', 'class_table')}
     assert sorted(p.name for p in tmp_path.iterdir()) == ['drive', 'out']

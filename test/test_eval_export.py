@@ -308,7 +308,7 @@ def test_export_over_tolerance_is_an_error_and_writes_nothing(tmp_path, tiny_mod
     out = tmp_path / 'bad.onnx'
     with pytest.raises(SystemExit) as err:
         seg_export.main(['--model', str(tiny_model_file), '--format', 'onnx', '--output',
-                         str(out), '--tolerance', '-1'])
+                         str(out), '--tolerance', '0'])
     assert 'differs from PyTorch' in str(err.value.code)
     assert list(tmp_path.iterdir()) == []  # neither the export, its sidecar nor a temp file
 

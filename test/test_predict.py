@@ -205,11 +205,12 @@ def test_bad_input_size_is_a_usage_error(tiny_model_file, size, capsys):
     assert size in capsys.readouterr().err
 
 
-def test_alpha_outside_0_1_is_a_usage_error(tiny_model_file, capsys):
+@pytest.mark.parametrize('alpha', ['1.5', '-0.1', 'nan'])
+def test_alpha_outside_0_1_is_a_usage_error(tiny_model_file, capsys, alpha):
     with pytest.raises(SystemExit) as e:
-        main(['--model', str(tiny_model_file), '--alpha', '1.5', 'x.png'])
+        main(['--model', str(tiny_model_file), '--alpha', alpha, 'x.png'])
     assert e.value.code == 2
-    assert '--alpha 1.5 outside [0, 1]' in capsys.readouterr().err
+    assert f'argument --alpha: {alpha} is outside [0, 1]' in capsys.readouterr().err
 
 
 def test_accelerate_option_runs_the_engine_asked_for(tmp_path, tiny_model_file, caplog):

@@ -141,9 +141,10 @@ def test_sigkill_then_resume_is_bit_exact(data_root, tmp_path, workers, with_tea
                     0.5 * float(r['train_ce']) + 0.5 * float(r['train_kd']), rel=1e-6)
 
 
-def test_ctrl_c_saves_last_checkpoint(data_root, tmp_path):
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_last_checkpoint(data_root, tmp_path, sig):
     out = tmp_path / 'out'
-    proc = _start_and_signal(_cmd(data_root, out, 0), out / 'last.pt', signal.SIGINT)
+    proc = _start_and_signal(_cmd(data_root, out, 0), out / 'last.pt', sig)
     assert proc.returncode == 130
     obj = read_file(out / 'last.pt')
     # The checkpoint was rewritten on the way out, flagged as an interrupted epoch.
