@@ -22,6 +22,12 @@ setup(
          glob('config/class_maps/*.yaml')),
         # the bundled default model (seg_perception.resources.default_model_path)
         (os.path.join('share', package_name, 'models'), glob('models/*.pt')),
+        # real frames with hand labels (CamVid, CC BY-NC 4.0): the demo's real-frame sheet
+        (os.path.join('share', package_name, 'samples', 'camvid'), ['samples/camvid/README.md']),
+        (os.path.join('share', package_name, 'samples', 'camvid', 'test'),
+         glob('samples/camvid/test/*.png')),
+        (os.path.join('share', package_name, 'samples', 'camvid', 'testannot'),
+         glob('samples/camvid/testannot/*.png')),
     ],
     # Runtime Python dependencies that are not ROS packages; torch is installed beforehand
     # (CPU or CUDA build of the user's choice) and is only checked here.

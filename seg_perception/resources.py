@@ -12,7 +12,12 @@ from typing import List
 _logger = logging.getLogger(__name__)
 
 PACKAGE = 'seg_perception'
-DEFAULT_MODEL = Path('models') / 'erfnet_synth.pt'
+# The default: a real Cityscapes model (ESPNetv2, its authors' weights; models/README.md).
+DEFAULT_MODEL = Path('models') / 'espnetv2_cityscapes.pt'
+# ERFNet trained on seg-synth scenes only: the synthetic demo drive's model.
+SYNTH_MODEL = Path('models') / 'erfnet_synth.pt'
+# Real frames with hand labels (CamVid layout, CC BY-NC 4.0; samples/camvid/README.md).
+SAMPLES = Path('samples') / 'camvid'
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -57,6 +62,16 @@ def default_model_path() -> Path:
             '--dataset folder --data-root data/synth --output-dir runs/synth and use '
             f'runs/synth/best.pt (copy it to {SOURCE_ROOT / DEFAULT_MODEL} to make it the '
             'default)') from None
+
+
+def synth_model_path() -> Path:
+    """Return the bundled synthetic ERFNet (the synthetic demo drive's model)."""
+    return find_resource(SYNTH_MODEL)
+
+
+def samples_root() -> Path:
+    """Return the folder of the bundled real frames (``test/`` images, ``testannot/`` labels)."""
+    return find_resource(SAMPLES / 'README.md').parent
 
 
 def default_params_file() -> Path:

@@ -132,6 +132,18 @@ def test_demo_video_and_contact_sheet(demo_run):
     assert 1 <= len(summary['contact_sheet']['times_s']) <= 3
 
 
+def test_demo_real_frames_run_the_default_model(demo_run):
+    out, stdout = demo_run
+    real = json.loads((out / 'summary.json').read_text())['real_frames']
+    assert Path(real['model']).name == 'espnetv2_cityscapes.pt'
+    assert len(real['frames']) == 4
+    assert real['miou'] >= 0.5  # 0.596 measured; test_real_frames.py holds the exact floor
+    assert Path(real['class_map']).name == 'camvid_from_cityscapes.yaml'
+    sheet = cv2.imread(str(out / 'real_frames.png'))
+    assert sheet is not None and sheet.shape[0] > sheet.shape[1] > 500  # 4 rows, 3 columns
+    assert 'real frames: ' in stdout and 'mIoU 0.' in stdout
+
+
 def test_record_drive_reuses_a_drive_with_the_same_parameters(tmp_path):
     spec = demo.DriveSpec(seed=5, seconds=0.3, size=(64, 32))
     path = tmp_path / 'drive'

@@ -9,7 +9,12 @@ The bundled demo drive (``make demo``): a synthetic two-camera drive through the
    process, and play the drive into the graph with ``seg-replay`` (with ``/clock``).
 3. Write the front and rear overlays side by side as an mp4, a contact sheet PNG (inputs and
    overlays at a few times, with the model's class colours) and ``summary.json``.
-4. Print frames sent and segmented per camera, fps, latency percentiles and drops.
+4. Run the default model (a real Cityscapes model) on the bundled real CamVid frames and draw
+   them next to their hand labels (``real_frames.png``, with the mIoU on them).
+5. Print frames sent and segmented per camera, fps, latency percentiles and drops.
+
+The synthetic drive runs the synthetic model (``models/erfnet_synth.pt``, trained on such
+scenes); real frames run the default model: each model on the pictures it was made for.
 
 Latency is wall-clock time from replay publishing a frame to this process receiving all of its
 outputs. The node runs on sim time, so the publish time of a frame comes from the ``/clock``
@@ -32,13 +37,15 @@ from rclpy.context import Context
 
 from seg_perception import ros_types
 from seg_perception.bag import AtomicBagWriter
-from seg_perception.resources import default_model_path, ResourceNotFoundError
+from seg_perception.resources import (default_model_path, ResourceNotFoundError, samples_root,
+                                      synth_model_path)
 from seg_training.classes import ClassTable
 from seg_training.cli import HelpFormatter, size_arg
 from seg_training.synth.style import DOMAINS
 from seg_perception.demo.drive import DemoError, DriveSpec, record_drive
 from seg_perception.demo.graph import NODE_NAME, Recorder, run_graph
 from seg_perception.demo.media import choose_times, write_contact_sheet, write_video
+from seg_perception.demo.real import segment_real_frames
 from seg_perception.demo.timing import camera_summary, write_frames_csv
 
 _logger = logging.getLogger(__name__)
@@ -52,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         'video, a contact sheet and a summary.')
     p.add_argument('--output-dir', type=Path, default=Path('out/demo'), help='output folder')
     p.add_argument('--model', type=Path, default=None,
-                   help='model file (default: the bundled models/erfnet_synth.pt)')
+                   help='model of the synthetic drive (default: the bundled synthetic model, '
+                   'models/erfnet_synth.pt)')
+    p.add_argument('--real-model', type=Path, default=None,
+                   help='model of the real frames (default: the bundled default model, '
+                   'models/espnetv2_cityscapes.pt)')
     p.add_argument('--device', default='auto', help='node device: auto, cpu, cuda, cuda:N')
     p.add_argument('--seconds', type=float, default=12.0, help='length of the drive')
     p.add_argument('--size', type=size_arg, default=(512, 256), metavar='WxH',
@@ -83,14 +94,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise DemoError(f'--rows {args.rows} must be >= 1')
 
 
-def resolve_model(model: Optional[Path]) -> Path:
+def resolve_model(model: Optional[Path], bundled=synth_model_path, option: str = '--model'
+                  ) -> Path:
+    """Return ``model`` or, when None, the bundled file ``bundled()`` finds."""
     if model is None:
         try:
-            return default_model_path()
+            return bundled()
         except ResourceNotFoundError as e:
             raise DemoError(str(e)) from None
     if not model.is_file():
-        raise DemoError(f'--model {model}: no such file')
+        raise DemoError(f'{option} {model}: no such file')
     return model.resolve()
 
 
@@ -138,6 +151,9 @@ def report(summary: Dict[str, Any]) -> str:
     lines += textwrap.wrap(f'wrote {folder}/: ' + ', '.join(
         f'{p.relative_to(folder)}{"/" if p.is_dir() else ""}' for p in paths), 99,
         subsequent_indent='  ')
+    real = summary['real_frames']
+    lines.append(f'  real frames: {_short(real["model"])} on {len(real["frames"])} CamVid frames '
+                 f'(hand labels): mIoU {real["miou"]:.3f}')
     lines.append(f'took {summary["seconds"]["total"]:.0f} s')
     return '\n'.join(lines)
 
@@ -147,6 +163,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     t_start = time.monotonic()
     check_args(args)
     model = resolve_model(args.model)
+    real_model = resolve_model(args.real_model, default_model_path, '--real-model')
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     spec = DriveSpec(seed=args.seed, seconds=args.seconds, size=tuple(args.size),
@@ -154,7 +171,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     paths = {'drive': out / 'drive', 'segmented': out / 'segmented',
              'video': out / 'overlay.mp4', 'contact_sheet': out / 'contact_sheet.png',
              'frames': out / 'frames.csv', 'node_log': out / 'node.log',
-             'replay_log': out / 'replay.log', 'summary': out / 'summary.json'}
+             'replay_log': out / 'replay.log', 'real_frames': out / 'real_frames.png',
+             'summary': out / 'summary.json'}
     t0 = time.monotonic()
     written = record_drive(spec, paths['drive'], progress=not args.no_progress)
     seconds = {'drive': time.monotonic() - t0}
@@ -187,9 +205,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                 choose_times(spec, done, args.rows), classes, title,
                                 paths['contact_sheet'])
     seconds['media'] = time.monotonic() - t0
+    t0 = time.monotonic()
+    try:
+        real = segment_real_frames(real_model, samples_root(), paths['real_frames'])
+    except ResourceNotFoundError as e:
+        raise DemoError(str(e)) from None
+    seconds['real_frames'] = time.monotonic() - t0
     seconds['total'] = time.monotonic() - t_start
     summary = {
         'model': str(model),
+        'real_frames': real,
         'drive': {'path': str(paths['drive']), 'recorded': written,
                   'frames_per_camera': spec.n_frames, 'fps': spec.fps, 'size': list(spec.size),
                   'seed': spec.seed, 'domain': spec.domain, 'cameras': list(spec.cameras),
