@@ -187,7 +187,8 @@ def _log_links_out_of_root(root: Path, split: str,
     They are read like any other: datasets are often assembled from links into shared storage.
     """
     base = root.resolve()
-    outside = [p for pair in samples for p in pair if not p.resolve().is_relative_to(base)]
+    outside = [p for pair in samples for p in pair
+               if p is not None and not p.resolve().is_relative_to(base)]
     if outside:
         _logger.info('%s split %s: %d of %d image and mask files are links to outside the '
                      'dataset root (e.g. %s -> %s); they are read as they are', root, split,
