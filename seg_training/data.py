@@ -725,6 +725,8 @@ def check_datasets(datasets: Sequence[Union[SegmentationDataset, JointDataset]],
         raise DatasetError(f'{len(problems)} problems in {len(jobs)} samples of {roots}; fix or '
                            'remove these files:\n  ' + '\n  '.join(problems))
     for ds, hist in zip(datasets, hists):
+        if isinstance(ds, ImageFolderDataset):
+            continue  # frames without labels: a teacher's soft targets are all they teach
         if len(ds) and not hist.any():
             raise DatasetError(f'{ds.root}: split {ds.split!r} has no labelled pixel in its '
                                f'{len(ds)} masks: every mask value is the ignore label or '
