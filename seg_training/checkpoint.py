@@ -110,7 +110,7 @@ class ModelInfo:
 
     @property
     def arch_config(self) -> Dict[str, Any]:
-        """The complete, checked ``arch_config`` of this model."""
+        """Return the complete, checked ``arch_config`` of this model."""
         cfg = dict(self.arch_options, num_classes=self.num_classes)
         if self.arch == 'erfnet':
             cfg['encoder_only'] = self.encoder_only

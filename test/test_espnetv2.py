@@ -22,7 +22,7 @@ TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0', '--no-plots']
 
 
 def authors_state_dict(scale: float = 0.5, classes: int = 20, seed: int = 0, prefix: str = ''):
-    """A state_dict in the authors' layout (random weights, BN statistics made non-trivial)."""
+    """Make a state_dict in the authors' layout (random weights, non-trivial BN statistics)."""
     torch.manual_seed(seed)
     net = ESPNetv2(ESPNetv2Config(classes, scale))
     sd = net.state_dict()
@@ -198,7 +198,7 @@ def folder_root(tmp_path_factory):
 
 
 def test_seg_train_fine_tunes_an_authors_file_with_head_rows_by_name(authors_file, folder_root,
-                                                                    tmp_path):
+                                                                     tmp_path):
     out = tmp_path / 'run'
     assert seg_train(['--dataset', 'folder', '--data-root', str(folder_root), '--output-dir',
                       str(out), '--init', str(authors_file), '--epochs', '0', *TINY]) == 0
