@@ -3,10 +3,14 @@ The architectures a model file can name, and what the tools need to know about e
 
 A model file's ``arch`` picks one of :data:`ARCHITECTURES`; its ``arch_config`` holds the
 architecture's own settings (``num_classes`` always; ERFNet ``encoder_only``; ESPNetv2 ``scale``
-and ``proj_planes``). Everything that differs between architectures and matters outside the
-network itself lives here: how to build one, the stride its input sizes must be multiples of,
-which parameters are the class head (one row per class; transfer learning copies rows by class
-name) and which are the encoder (frozen or slowed down when fine-tuning).
+and ``proj_planes``; ESPNet ``p``, ``q``, ``skip_image`` and ``input_bgr``). Everything that
+differs between architectures and matters outside the network itself lives here: how to build
+one, the stride its input sizes must be multiples of, which parameters are the class head (one
+row per class; transfer learning copies rows by class name) and which are the encoder (frozen or
+slowed down when fine-tuning). ESPNet (v1) runs the
+authors' published models in every tool but seg-train does not train it (its ``--arch``
+choices leave it out, ``--init`` refuses it): its whole decoder is sized by the class count, so
+no head can be swapped for another class set.
 """
 
 from dataclasses import dataclass
@@ -14,7 +18,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 from torch import nn
 
-from seg_training import espnetv2, model as erfnet
+from seg_training import espnet, espnetv2, model as erfnet
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Architecture:
     two_stage: bool = False           # an encoder-only first stage exists
     default_mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     default_std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    label: str = ''                   # the name in messages
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,13 +46,22 @@ ARCHITECTURES: Dict[str, Architecture] = {
                    'encoder.output_conv.bias': 0,     # (K,)
                    'decoder.output_conv.weight': 1,   # ConvTranspose2d (16, K, 2, 2)
                    'decoder.output_conv.bias': 0},    # (K,)
-        encoder_prefix='encoder.', encoder_head_prefix='encoder.output_conv.', two_stage=True),
+        encoder_prefix='encoder.', encoder_head_prefix='encoder.output_conv.', two_stage=True,
+        label='ERFNet'),
     'espnetv2': Architecture(
         'espnetv2', espnetv2.STRIDE,
         head_keys={'bu_dec_l4.merge_layer.3.weight': 0,  # Conv2d (K, proj, 1, 1)
                    'bu_dec_l4.merge_layer.3.bias': 0},   # (K,)
-        encoder_prefix='base_net.', default_mean=IMAGENET_MEAN, default_std=IMAGENET_STD),
+        encoder_prefix='base_net.', default_mean=IMAGENET_MEAN, default_std=IMAGENET_STD,
+        label='ESPNetv2'),
+    'espnet': Architecture(
+        'espnet', espnet.STRIDE,
+        head_keys={'classifier.weight': 1},  # ConvTranspose2d (K, K, 2, 2)
+        encoder_prefix='encoder.', label='ESPNet'),
 }
+FIELDS = {'erfnet': {'num_classes', 'encoder_only'},
+          'espnetv2': {'num_classes', 'scale', 'proj_planes'},
+          'espnet': {'num_classes', 'p', 'q', 'skip_image', 'input_bgr'}}
 
 
 def get(name: str) -> Architecture:
@@ -66,8 +80,7 @@ def normalize_config(name: str, config: Mapping[str, Any]) -> Dict[str, Any]:
     ValueError names the field. ``num_classes`` is required; the rest have defaults.
     """
     get(name)
-    known = {'erfnet': {'num_classes', 'encoder_only'},
-             'espnetv2': {'num_classes', 'scale', 'proj_planes'}}[name]
+    known = FIELDS[name]
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f'arch_config of {name} has unknown fields {unknown}')
@@ -82,6 +95,17 @@ def normalize_config(name: str, config: Mapping[str, Any]) -> Dict[str, Any]:
         if not isinstance(only, bool):
             raise ValueError(f'arch_config.encoder_only must be true or false, got {only!r}')
         return {'num_classes': n, 'encoder_only': only}
+    if name == 'espnet':
+        defaults = espnet.ESPNetConfig(n)
+        cfg = espnet.ESPNetConfig(n, config.get('p', defaults.p), config.get('q', defaults.q),
+                                  config.get('skip_image', defaults.skip_image),
+                                  config.get('input_bgr', defaults.input_bgr))
+        try:
+            espnet.check_config(cfg)
+        except ValueError as e:
+            raise ValueError(f'arch_config: {e}') from None
+        return {'num_classes': n, 'p': cfg.p, 'q': cfg.q, 'skip_image': cfg.skip_image,
+                'input_bgr': cfg.input_bgr}
     scale = config.get('scale', 2.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or \
             float(scale) not in espnetv2.LEVEL_CHANNELS:
@@ -101,12 +125,18 @@ def build(name: str, config: Mapping[str, Any]) -> nn.Module:
     if name == 'erfnet':
         return erfnet.ERFNet(erfnet.ERFNetConfig(num_classes=cfg['num_classes'],
                                                  encoder_only=cfg['encoder_only']))
+    if name == 'espnet':
+        return espnet.ESPNet(espnet.ESPNetConfig(**cfg))
     return espnetv2.ESPNetv2(espnetv2.ESPNetv2Config(cfg['num_classes'], cfg['scale'],
                                                      cfg['proj_planes']))
 
 
 def config_of(net: nn.Module) -> Tuple[str, Dict[str, Any]]:
     """(architecture name, arch_config) of a network built by :func:`build`."""
+    if isinstance(net, espnet.ESPNet):
+        e = net.cfg
+        return 'espnet', {'num_classes': e.num_classes, 'p': e.p, 'q': e.q,
+                          'skip_image': e.skip_image, 'input_bgr': e.input_bgr}
     if isinstance(net, espnetv2.ESPNetv2):
         c = net.cfg
         return 'espnetv2', {'num_classes': c.num_classes, 'scale': c.scale,
@@ -119,8 +149,8 @@ def config_of(net: nn.Module) -> Tuple[str, Dict[str, Any]]:
 
 def check_input_size(name: str, height: int, width: int) -> None:
     """Raise ValueError unless height and width are positive multiples of the stride."""
-    stride = get(name).stride
+    arch = get(name)
+    stride = arch.stride
     if height <= 0 or width <= 0 or height % stride or width % stride:
-        label = {'erfnet': 'ERFNet', 'espnetv2': 'ESPNetv2'}[name]
-        raise ValueError(f'{label} input height and width must be positive multiples of '
+        raise ValueError(f'{arch.label} input height and width must be positive multiples of '
                          f'{stride}, got {width}x{height} (WxH)')

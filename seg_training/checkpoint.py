@@ -5,9 +5,11 @@ A project model file is a plain dict (loadable with ``torch.load(weights_only=Tr
 
     format          'seg_perception.model'
     format_version  1
-    arch            'erfnet' | 'espnetv2' (seg_training.architectures)
-    arch_config     {'num_classes': int, 'encoder_only': bool} (ERFNet) or
-                    {'num_classes': int, 'scale': float, 'proj_planes': int} (ESPNetv2)
+    arch            'erfnet' | 'espnetv2' | 'espnet' (seg_training.architectures)
+    arch_config     {'num_classes': int, 'encoder_only': bool} (ERFNet),
+                    {'num_classes': int, 'scale': float, 'proj_planes': int} (ESPNetv2) or
+                    {'num_classes': int, 'p': int, 'q': int, 'skip_image': bool,
+                     'input_bgr': bool} (ESPNet)
     state_dict      the network's state_dict (no 'module.' prefix)
     classes         ClassTable.to_dict()
     normalization   {'mean': [r, g, b], 'std': [r, g, b]} applied to pixels scaled to [0, 1]
@@ -35,6 +37,21 @@ and as published by the ESPNetv2 authors (github.com/sacmehta/EdgeNets, MIT):
   index 19 = background), inputs in [0, 1] with the ImageNet mean/std, PIL bilinear resize,
   run at 1024x512. The width scale is read off the tensor shapes.
 
+and as published by the ESPNet authors (github.com/sacmehta/ESPNet, ``pretrained/decoder/``, MIT):
+
+* ``espnet_p_2_q_8_camvid.pth``: a bare state_dict (``encoder.*``, ``level3_C``, ``up_l2``, ...;
+  a ``module.`` prefix is stripped) of their ``train/Model.py`` network, 12 outputs (CamVid's 11
+  classes, index 11 = void), trained at 480x360 on OpenCV's BGR images normalised with a mean and
+  std over CamVid train (seg_training.espnet), run at 480x360.
+* ``espnet_p_2_q_{3,5,8}.pth``: the same for their ``test/Model.py`` network (its 1/2 skip
+  without the image), 20 outputs (19 Cityscapes train ids, index 19 = void), BGR normalised
+  with their Cityscapes mean and std, OpenCV bilinear resize to 1024x512.
+
+``p``, ``q``, the class count and the skip variant are read off the tensor shapes; the project
+file keeps the authors' weights (denormals flushed) and records the conversion of their input
+(RGB mean and std, ``input_bgr``). Their encoder-only ESPNet-C files (``pretrained/encoder/``)
+are refused by name.
+
 Whatever the format, float weights below the smallest normal float32 (denormals) are flushed to
 zero on load: on the CPU they slow a forward pass by an order of magnitude and change no output.
 """
@@ -48,11 +65,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from seg_training import architectures
-from seg_training.classes import ClassTable, cityscapes_table
+from seg_training import espnet
+from seg_training.classes import CAMVID, ClassTable, cityscapes_table, with_void
 from seg_training.espnetv2 import scale_of_state_dict
 from seg_training.files import atomic_path
 from seg_training.preprocess import (DEFAULT_RESIZE, legacy_resize, OFFICIAL_RESIZE,
-                                     Preprocessing, Resize)
+                                     OPENCV_LINEAR_RESIZE, Preprocessing, Resize)
 from seg_training.provenance import check_provenance
 
 _logger = logging.getLogger(__name__)
@@ -62,6 +80,9 @@ FORMAT_VERSION = 1
 OFFICIAL_INPUT_SIZE = (1024, 512)  # (W, H) of the official Cityscapes models (both archs)
 IMAGENET_ENCODER_PREFIX = 'module.features.encoder.'
 ESPNETV2_HEAD = 'bu_dec_l4.merge_layer.3.weight'
+ESPNET_HEAD = 'classifier.weight'            # the last transposed conv (K, K, 2, 2)
+ESPNET_DOWNSAMPLER = 'level2_0.c1.conv.weight'  # under 'encoder.' in the full network
+ESPNET_CAMVID_SIZE = (480, 360)              # (W, H) the authors trained and ran CamVid at
 TINY = torch.finfo(torch.float32).tiny  # smallest normal float32
 PathLike = Union[str, os.PathLike]
 MAX_INPUT_SIDE = 8192               # network input width or height a model file may ask for
@@ -110,7 +131,7 @@ class ModelInfo:
 
     @property
     def arch_config(self) -> Dict[str, Any]:
-        """The complete, checked ``arch_config`` of this model."""
+        """Return the complete, checked ``arch_config`` of this model."""
         cfg = dict(self.arch_options, num_classes=self.num_classes)
         if self.arch == 'erfnet':
             cfg['encoder_only'] = self.encoder_only
@@ -311,7 +332,8 @@ def detect_format(obj: Any) -> str:
     Name the format of a loaded file.
 
     'project', 'official' (full ERFNet state_dict), 'espnetv2' (the ESPNetv2 authors'
-    state_dict), 'imagenet-encoder' or 'unknown'.
+    state_dict), 'espnet' (the ESPNet authors' full network), 'espnet-encoder' (their ESPNet-C),
+    'imagenet-encoder' or 'unknown'.
     """
     if isinstance(obj, Mapping) and obj.get('format') == FORMAT:
         return 'project'
@@ -325,6 +347,10 @@ def detect_format(obj: Any) -> str:
             return 'official'
         if ESPNETV2_HEAD in stripped and any(k.startswith('base_net.') for k in stripped):
             return 'espnetv2'
+        if ESPNET_HEAD in stripped and 'encoder.' + ESPNET_DOWNSAMPLER in stripped:
+            return 'espnet'
+        if ESPNET_DOWNSAMPLER in stripped and 'classifier.conv.weight' in stripped:
+            return 'espnet-encoder'
     return 'unknown'
 
 
@@ -333,8 +359,8 @@ def load_model(path: PathLike, device: Union[str, torch.device] = 'cpu'
     """
     Load a runnable model in eval mode.
 
-    A project file, the official ``erfnet_pretrained.pth`` or an ESPNetv2 authors' Cityscapes
-    file.
+    A project file, the official ``erfnet_pretrained.pth``, an ESPNetv2 authors' Cityscapes
+    file or an ESPNet authors' CamVid or Cityscapes file.
     """
     obj = read_file(path)
     kind = detect_format(obj)
@@ -344,6 +370,13 @@ def load_model(path: PathLike, device: Union[str, torch.device] = 'cpu'
         model, info = _from_official_state_dict(obj, str(path))
     elif kind == 'espnetv2':
         model, info = _from_espnetv2_state_dict(obj, str(path))
+    elif kind == 'espnet':
+        model, info = _from_espnet_state_dict(obj, str(path))
+    elif kind == 'espnet-encoder':
+        raise ModelFileError(
+            f'{path}: is an ESPNet-C encoder (the ESPNet authors\' pretrained/encoder/), whose '
+            'class scores come at 1/8 of the input; load their full network from '
+            'pretrained/decoder/ instead')
     elif kind == 'imagenet-encoder':
         raise ModelFileError(
             f'{path}: is an ImageNet-pretrained ERFNet encoder (keys {IMAGENET_ENCODER_PREFIX}*),'
@@ -351,8 +384,9 @@ def load_model(path: PathLike, device: Union[str, torch.device] = 'cpu'
             '(seg-train --pretrained-encoder)')
     else:
         raise ModelFileError(
-            f'{path}: not a seg_perception model file nor an ERFNet or ESPNetv2 state_dict '
-            f'(top-level keys: {sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj)})')
+            f'{path}: not a seg_perception model file nor an ERFNet, ESPNetv2 or ESPNet '
+            'state_dict (top-level keys: '
+            f'{sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj)})')
     model.to(device).eval()
     _logger.info('loaded %s model %s (%s): %d classes, input %dx%d', info.source_format, path,
                  info.arch, info.num_classes, *info.input_size)
@@ -470,6 +504,53 @@ def _from_espnetv2_state_dict(obj: Mapping, source: str
     sd = obj['state_dict'] if 'state_dict' in obj and _is_tensor_dict(obj['state_dict']) else obj
     sd = strip_prefix(sd, 'module.')
     info = espnetv2_info(sd, source)
+    model = build_model(info)
+    load_state_dict_checked(model, sd, source)
+    return model, info
+
+
+def espnet_info(sd: Mapping[str, torch.Tensor], source: str) -> ModelInfo:
+    """
+    Describe an ESPNet authors' state_dict (keys without prefix).
+
+    12 outputs are CamVid's 11 classes plus void (index 11), 20 outputs the 19 Cityscapes
+    classes plus void (index 19); the normalisation is the authors' BGR mean and std of that
+    dataset (:func:`seg_training.espnet.authors_normalization`), the resize OpenCV's bilinear.
+    """
+    from seg_training.provenance import espnet_provenance
+
+    cfg = espnet.config_of_state_dict(sd)
+    if cfg is None:
+        raise ModelFileError(f'{source}: ESPNet state_dict whose {ESPNET_HEAD} and '
+                             'conv.conv.weight fit neither of the authors\' decoders')
+    try:
+        espnet.check_config(cfg)  # p and q are counted from the keys: bounded before building
+    except ValueError as e:
+        raise ModelFileError(f'{source}: {e}') from None
+    if cfg.num_classes == 12:
+        classes, dataset, size = with_void(CAMVID), 'camvid', ESPNET_CAMVID_SIZE
+        mean, std = espnet.authors_normalization(espnet.CAMVID_MEAN_BGR, espnet.CAMVID_STD_BGR)
+    elif cfg.num_classes == 20:
+        classes, dataset = cityscapes_table(with_void=True), 'cityscapes'
+        size = OFFICIAL_INPUT_SIZE
+        mean, std = espnet.authors_normalization(espnet.CITYSCAPES_MEAN_BGR,
+                                                 espnet.CITYSCAPES_STD_BGR)
+    else:
+        raise ModelFileError(
+            f'{source}: ESPNet state_dict with {cfg.num_classes} outputs; only the authors\' '
+            'CamVid (12: 11 classes + void) and Cityscapes (20: 19 classes + void) models have a '
+            'known class table and input normalisation')
+    return ModelInfo(classes=classes, input_size=size, normalization=Normalization(mean, std),
+                     source_format='espnet_authors', resize=OPENCV_LINEAR_RESIZE,
+                     provenance=espnet_provenance(dataset, cfg.p, cfg.q), arch='espnet',
+                     arch_options={'p': cfg.p, 'q': cfg.q, 'skip_image': cfg.skip_image,
+                                   'input_bgr': cfg.input_bgr})
+
+
+def _from_espnet_state_dict(obj: Mapping, source: str) -> Tuple[torch.nn.Module, ModelInfo]:
+    sd = obj['state_dict'] if 'state_dict' in obj and _is_tensor_dict(obj['state_dict']) else obj
+    sd = strip_prefix(sd, 'module.')
+    info = espnet_info(sd, source)
     model = build_model(info)
     load_state_dict_checked(model, sd, source)
     return model, info

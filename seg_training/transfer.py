@@ -72,6 +72,10 @@ def read_source(path: PathLike) -> Source:
     """Read a model file for :func:`init_from_file`; ModelFileError names what is wrong."""
     obj = read_file(path)
     kind = detect_format(obj)
+    if kind == 'espnet' or (kind == 'project' and obj.get('arch') == 'espnet'):
+        raise ModelFileError(f'{path}: is an ESPNet (v1) model, which seg-train does not train '
+                             '(its whole decoder is sized by the class count); use it as a '
+                             '--teacher, or train espnetv2 or erfnet')
     if kind == 'project':
         info = info_from_dict(obj, str(path))
         if info.encoder_only:
