@@ -29,7 +29,7 @@ def test_samples_are_the_four_real_frames_with_labels():
         assert labels.shape == (360, 480) and labels.max() <= 11
 
 
-@pytest.mark.parametrize('name', ['espnetv2_cityscapes', 'erfnet_synth'])
+@pytest.mark.parametrize('name', ['espnetv2_cityscapes', 'espnetv2_camvid', 'erfnet_synth'])
 @pytest.mark.parametrize('accelerate', ['none', 'auto'])
 def test_bundled_models_give_their_recorded_labels(name, accelerate):
     model, info = load_model(ROOT / 'models' / f'{name}.pt')
@@ -58,3 +58,15 @@ def test_default_model_is_a_real_model_that_beats_a_floor_on_real_frames():
     synth = evaluate_model_file(synth_model_path(), 'camvid', samples_root(), 'test',
                                 device='cpu', batch_size=2, class_map=cmap)
     assert synth['miou'] < report['miou'] - 0.2  # the synthetic model is no real-road model
+
+
+def test_camvid_model_scores_camvid_frames_with_its_own_classes(tmp_path):
+    from seg_perception.demo.real import segment_real_frames
+
+    path = ROOT / 'models' / 'espnetv2_camvid.pt'
+    info = load_model(path)[1]
+    assert info.provenance['real_images'] is True
+    assert 'CC BY-NC 4.0' in info.provenance['note']
+    result = segment_real_frames(path, samples_root(), tmp_path / 'sheet.png')
+    assert result['class_map'] is None  # CamVid's own classes
+    assert result['miou'] >= 0.55  # 0.604 measured
