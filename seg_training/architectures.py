@@ -150,7 +150,4 @@ def config_of(net: nn.Module) -> Tuple[str, Dict[str, Any]]:
 def check_input_size(name: str, height: int, width: int) -> None:
     """Raise ValueError unless height and width are positive multiples of the stride."""
     arch = get(name)
-    stride = arch.stride
-    if height <= 0 or width <= 0 or height % stride or width % stride:
-        raise ValueError(f'{arch.label} input height and width must be positive multiples of '
-                         f'{stride}, got {width}x{height} (WxH)')
+    erfnet.check_multiple(arch.label, arch.stride, height, width)

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -371,9 +371,9 @@ def load_model(path: PathLike, device: Union[str, torch.device] = 'cpu'
     elif kind == 'official':
         model, info = _from_official_state_dict(obj, str(path))
     elif kind == 'espnetv2':
-        model, info = _from_espnetv2_state_dict(obj, str(path))
+        model, info = _from_published_state_dict(obj, str(path), espnetv2_info)
     elif kind == 'espnet':
-        model, info = _from_espnet_state_dict(obj, str(path))
+        model, info = _from_published_state_dict(obj, str(path), espnet_info)
     elif kind == 'espnet-encoder':
         raise ModelFileError(
             f'{path}: is an ESPNet-C encoder (the ESPNet authors\' pretrained/encoder/), whose '
@@ -501,16 +501,6 @@ def espnetv2_info(sd: Mapping[str, torch.Tensor], source: str) -> ModelInfo:
                      arch='espnetv2', arch_options={'scale': scale, 'proj_planes': proj})
 
 
-def _from_espnetv2_state_dict(obj: Mapping, source: str
-                              ) -> Tuple[torch.nn.Module, ModelInfo]:
-    sd = obj['state_dict'] if 'state_dict' in obj and _is_tensor_dict(obj['state_dict']) else obj
-    sd = strip_prefix(sd, 'module.')
-    info = espnetv2_info(sd, source)
-    model = build_model(info)
-    load_state_dict_checked(model, sd, source)
-    return model, info
-
-
 def espnet_info(sd: Mapping[str, torch.Tensor], source: str) -> ModelInfo:
     """
     Describe an ESPNet authors' state_dict (keys without prefix).
@@ -549,10 +539,15 @@ def espnet_info(sd: Mapping[str, torch.Tensor], source: str) -> ModelInfo:
                                    'input_bgr': cfg.input_bgr})
 
 
-def _from_espnet_state_dict(obj: Mapping, source: str) -> Tuple[torch.nn.Module, ModelInfo]:
+Describe = Callable[[Mapping[str, torch.Tensor], str], ModelInfo]
+
+
+def _from_published_state_dict(obj: Mapping, source: str, describe: Describe
+                               ) -> Tuple[torch.nn.Module, ModelInfo]:
+    """Load an authors' bare state_dict (ESPNetv2, ESPNet) that ``describe`` knows."""
     sd = obj['state_dict'] if 'state_dict' in obj and _is_tensor_dict(obj['state_dict']) else obj
     sd = strip_prefix(sd, 'module.')
-    info = espnet_info(sd, source)
+    info = describe(sd, source)
     model = build_model(info)
     load_state_dict_checked(model, sd, source)
     return model, info

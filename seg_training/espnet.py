@@ -40,6 +40,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from seg_training.espnetv2 import BNAct, ConvBNAct
+from seg_training.model import check_multiple
 
 STRIDE = 8                           # three halvings; the decoder needs exact halves back
 BN_EPS = 1e-3                        # the authors' BatchNorm eps, everywhere
@@ -242,10 +243,7 @@ def check_config(cfg: ESPNetConfig) -> None:
 
 def check_input_size(height: int, width: int) -> None:
     """Raise ValueError unless height and width are positive multiples of :data:`STRIDE`."""
-    if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
-        raise ValueError(
-            f'ESPNet input height and width must be positive multiples of {STRIDE}, '
-            f'got {width}x{height} (WxH)')
+    check_multiple('ESPNet', STRIDE, height, width)
 
 
 def config_of_state_dict(sd: Mapping[str, torch.Tensor]) -> Optional[ESPNetConfig]:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from seg_training.model import check_multiple
+
 # Total stride of the encoder: four halvings; decoder merges need exact halves.
 STRIDE = 16
 # Output channels of the backbone's levels 1..4 for each width scale (the authors' table).
@@ -365,10 +367,7 @@ class ESPNetv2(nn.Module):
 
 def check_input_size(height: int, width: int) -> None:
     """Raise ValueError unless height and width are positive multiples of :data:`STRIDE`."""
-    if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
-        raise ValueError(
-            f'ESPNetv2 input height and width must be positive multiples of {STRIDE}, '
-            f'got {width}x{height} (WxH)')
+    check_multiple('ESPNetv2', STRIDE, height, width)
 
 
 def scale_of_state_dict(sd: Dict[str, torch.Tensor]) -> Optional[float]:

@@ -154,12 +154,16 @@ class ERFNet(nn.Module):
         return self.decoder(self.encoder(x))  # (B, num_classes, H, W)
 
 
+def check_multiple(label: str, stride: int, height: int, width: int) -> None:
+    """Raise ValueError unless height and width are positive multiples of ``stride``."""
+    if height <= 0 or width <= 0 or height % stride or width % stride:
+        raise ValueError(f'{label} input height and width must be positive multiples of '
+                         f'{stride}, got {width}x{height} (WxH)')
+
+
 def check_input_size(height: int, width: int) -> None:
     """Raise ValueError unless height and width are positive multiples of the encoder stride."""
-    if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
-        raise ValueError(
-            f'ERFNet input height and width must be positive multiples of {STRIDE}, '
-            f'got {width}x{height} (WxH)')
+    check_multiple('ERFNet', STRIDE, height, width)
 
 
 def count_parameters(model: nn.Module) -> int:
