@@ -122,19 +122,27 @@ def test_seg_train_on_seg_synth_data_records_synthetic_provenance(tmp_path):
     assert load_model(out / 'best.pt')[1].resize.method == 'area'
 
 
-def test_node_logs_the_provenance_and_warns_for_the_bundled_model(tmp_path):
+def test_node_logs_the_provenance_and_warns_only_for_the_synthetic_model(tmp_path):
     from ros_probe import Probe, start_node
 
     probe = Probe('provenance_probe')
+    logs = {}
     try:
-        node = start_node(['device:=cpu'], tmp_path / 'node.log', probe,  # default model
-                          ready_topic='/provenance/segmentation/class_table',
-                          ros_args=['-r', '__ns:=/provenance'])
-        rc = node.stop(timeout=30.0)
+        for name, params in (('default', []), ('synth', [f'model:={BUNDLED}'])):
+            node = start_node(['device:=cpu', *params], tmp_path / f'{name}.log', probe,
+                              ready_topic='/provenance/segmentation/class_table',
+                              ros_args=['-r', '__ns:=/provenance'])
+            rc = node.stop(timeout=30.0)
+            logs[name] = node.log()
+            assert rc == 0, logs[name]
     finally:
         probe.close()
-    log = node.log()
-    assert rc == 0, log
+    # The default model is a real Cityscapes model: its record, no warning.
+    assert ('espnetv2_cityscapes.pt: trained on train cityscapes:train (real, 2975 images'
+            in logs['default']), logs['default']
+    assert 'has never seen a real image' not in logs['default']
+    assert 'UserWarning' not in logs['default']  # the in-memory ONNX export says nothing
+    log = logs['synth']
     assert 'erfnet_synth.pt: trained on train cityscapes:train (synthetic' in log, log
     warn = [line for line in log.splitlines() if 'has never seen a real image' in line]
     assert warn and '[WARN]' in warn[0], log
