@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         prog='seg-eval', description='Evaluate a segmentation model file on a dataset split '
         '(mIoU, per-class IoU, accuracies, frequency-weighted IoU, Dice) and print JSON.')
-    p.add_argument('--model', required=True, help='project model file or erfnet_pretrained.pth')
+    p.add_argument('--model', required=True,
+                   help='a project model file or a published ERFNet, ESPNetv2 or ESPNet file')
     p.add_argument('--dataset', required=True, choices=DATASET_KINDS, help='dataset layout')
     p.add_argument('--data-root', required=True, help='dataset root folder')
     p.add_argument('--split', default='val', help='dataset split to score')

@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         prog='seg-export', description='Export a segmentation model file to ONNX or '
         'TorchScript, check it against PyTorch and write a JSON sidecar with its class table.')
-    p.add_argument('--model', required=True, help='project model file or erfnet_pretrained.pth')
+    p.add_argument('--model', required=True,
+                   help='a project model file or a published ERFNet, ESPNetv2 or ESPNet file')
     p.add_argument('--format', required=True, choices=FORMATS, help='export format')
     p.add_argument('--output', help='output file (default: the model path with .onnx or '
                    '.torchscript); the sidecar is <output>.json')
