@@ -31,13 +31,8 @@ class Architecture:
     encoder_prefix: str               # parameters of the encoder (freeze, lr scale)
     encoder_head_prefix: str = ''     # ERFNet: the encoder-only head, unused after stage one
     two_stage: bool = False           # an encoder-only first stage exists
-    default_mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
-    default_std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     label: str = ''                   # the name in messages
 
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ARCHITECTURES: Dict[str, Architecture] = {
     'erfnet': Architecture(
@@ -52,8 +47,7 @@ ARCHITECTURES: Dict[str, Architecture] = {
         'espnetv2', espnetv2.STRIDE,
         head_keys={'bu_dec_l4.merge_layer.3.weight': 0,  # Conv2d (K, proj, 1, 1)
                    'bu_dec_l4.merge_layer.3.bias': 0},   # (K,)
-        encoder_prefix='base_net.', default_mean=IMAGENET_MEAN, default_std=IMAGENET_STD,
-        label='ESPNetv2'),
+        encoder_prefix='base_net.', label='ESPNetv2'),
     'espnet': Architecture(
         'espnet', espnet.STRIDE,
         head_keys={'classifier.weight': 1},  # ConvTranspose2d (K, K, 2, 2)
@@ -117,6 +111,11 @@ def normalize_config(name: str, config: Mapping[str, Any]) -> Dict[str, Any]:
     if isinstance(proj, bool) or not isinstance(proj, int) or not 1 <= proj <= 256:
         raise ValueError(f'arch_config.proj_planes must be an integer in 1..256, got {proj!r}')
     return {'num_classes': n, 'scale': float(scale), 'proj_planes': proj}
+
+
+def options(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Return an ``arch_config`` without the class count and ERFNet's encoder_only."""
+    return {k: v for k, v in config.items() if k not in ('num_classes', 'encoder_only')}
 
 
 def build(name: str, config: Mapping[str, Any]) -> nn.Module:

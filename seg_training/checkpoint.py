@@ -68,6 +68,7 @@ import torch
 from seg_training import architectures
 from seg_training import espnet
 from seg_training.classes import CAMVID, ClassTable, cityscapes_table, with_void
+from seg_training.config import IMAGENET_MEAN, IMAGENET_STD
 from seg_training.espnetv2 import scale_of_state_dict
 from seg_training.files import atomic_path
 from seg_training.preprocess import (DEFAULT_RESIZE, legacy_resize, OFFICIAL_RESIZE,
@@ -370,10 +371,8 @@ def load_model(path: PathLike, device: Union[str, torch.device] = 'cpu'
         model, info = _from_project_dict(obj, str(path))
     elif kind == 'official':
         model, info = _from_official_state_dict(obj, str(path))
-    elif kind == 'espnetv2':
-        model, info = _from_published_state_dict(obj, str(path), espnetv2_info)
-    elif kind == 'espnet':
-        model, info = _from_published_state_dict(obj, str(path), espnet_info)
+    elif kind in PUBLISHED:
+        model, info = _from_published_state_dict(obj, str(path), kind)
     elif kind == 'espnet-encoder':
         raise ModelFileError(
             f'{path}: is an ESPNet-C encoder (the ESPNet authors\' pretrained/encoder/), whose '
@@ -428,9 +427,7 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
                          train_config=dict(d.get('train_config') or {}),
                          metrics=dict(d.get('metrics') or {}), resize=resize,
                          provenance=dict(provenance) if provenance is not None else None,
-                         arch=arch_name, arch_options={k: v for k, v in arch.items()
-                                                       if k not in ('num_classes',
-                                                                    'encoder_only')})
+                         arch=arch_name, arch_options=architectures.options(arch))
     except KeyError as e:
         raise ModelFileError(f'{source}: model file lacks field {e.args[0]!r}') from None
     except ValueError as e:
@@ -455,9 +452,14 @@ def official_info() -> ModelInfo:
                      resize=OFFICIAL_RESIZE, provenance=official_provenance())
 
 
+def bare_state_dict(obj: Mapping) -> Dict[str, torch.Tensor]:
+    """Return a published file's state_dict (the file, or its 'state_dict'), 'module.' off."""
+    sd = obj['state_dict'] if _is_tensor_dict(obj.get('state_dict')) else obj
+    return strip_prefix(sd, 'module.')
+
+
 def _from_official_state_dict(obj: Mapping, source: str) -> Tuple[torch.nn.Module, ModelInfo]:
-    sd = obj['state_dict'] if 'state_dict' in obj and _is_tensor_dict(obj['state_dict']) else obj
-    sd = strip_prefix(sd, 'module.')
+    sd = bare_state_dict(obj)
     head = sd.get('decoder.output_conv.weight')
     if head is None:
         raise ModelFileError(f'{source}: ERFNet state_dict lacks decoder.output_conv.weight')
@@ -494,7 +496,7 @@ def espnetv2_info(sd: Mapping[str, torch.Tensor], source: str) -> ModelInfo:
             'models (19 classes, + background) have a known class table')
     classes = cityscapes_table(with_void=num_classes == 20)
     proj = int(sd['bu_dec_l1.projection_layer.cbr.0.weight'].shape[0])
-    mean, std = architectures.IMAGENET_MEAN, architectures.IMAGENET_STD
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
     return ModelInfo(classes=classes, input_size=OFFICIAL_INPUT_SIZE,
                      normalization=Normalization(mean, std), source_format='espnetv2_authors',
                      resize=OFFICIAL_RESIZE, provenance=espnetv2_provenance(scale),
@@ -539,15 +541,16 @@ def espnet_info(sd: Mapping[str, torch.Tensor], source: str) -> ModelInfo:
                                    'input_bgr': cfg.input_bgr})
 
 
-Describe = Callable[[Mapping[str, torch.Tensor], str], ModelInfo]
+# detect_format's name of an authors' bare state_dict -> what describes it
+PUBLISHED: Dict[str, Callable[[Mapping[str, torch.Tensor], str], ModelInfo]] = {
+    'espnetv2': espnetv2_info, 'espnet': espnet_info}
 
 
-def _from_published_state_dict(obj: Mapping, source: str, describe: Describe
+def _from_published_state_dict(obj: Mapping, source: str, kind: str
                                ) -> Tuple[torch.nn.Module, ModelInfo]:
-    """Load an authors' bare state_dict (ESPNetv2, ESPNet) that ``describe`` knows."""
-    sd = obj['state_dict'] if 'state_dict' in obj and _is_tensor_dict(obj['state_dict']) else obj
-    sd = strip_prefix(sd, 'module.')
-    info = describe(sd, source)
+    """Load an authors' bare state_dict of a :data:`PUBLISHED` kind."""
+    sd = bare_state_dict(obj)
+    info = PUBLISHED[kind](sd, source)
     model = build_model(info)
     load_state_dict_checked(model, sd, source)
     return model, info

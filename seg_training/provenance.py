@@ -231,7 +231,7 @@ def init_record(source: str, provenance: Optional[Mapping]) -> Dict[str, Any]:
 
 def file_provenance(path: PathLike) -> Optional[Dict[str, Any]]:
     """Return the provenance recorded in (or known of) a model file; None if none."""
-    from seg_training.checkpoint import detect_format, read_file
+    from seg_training.checkpoint import bare_state_dict, detect_format, PUBLISHED, read_file
 
     obj = read_file(path)
     kind = detect_format(obj)
@@ -248,14 +248,8 @@ def file_provenance(path: PathLike) -> Optional[Dict[str, Any]]:
         return dict(prov)
     if kind == 'official':
         return official_provenance()
-    if kind == 'espnetv2':
-        from seg_training.checkpoint import espnetv2_info, strip_prefix
-        sd = obj['state_dict'] if isinstance(obj.get('state_dict'), Mapping) else obj
-        return espnetv2_info(strip_prefix(sd, 'module.'), str(path)).provenance
-    if kind == 'espnet':
-        from seg_training.checkpoint import espnet_info, strip_prefix
-        sd = obj['state_dict'] if isinstance(obj.get('state_dict'), Mapping) else obj
-        return espnet_info(strip_prefix(sd, 'module.'), str(path)).provenance
+    if kind in PUBLISHED:
+        return PUBLISHED[kind](bare_state_dict(obj), str(path)).provenance
     if kind == 'imagenet-encoder':
         return {'datasets': [{'role': 'train', 'dataset': 'imagenet', 'synthetic': False}],
                 'init': None, 'real_images': True, 'source': str(path)}

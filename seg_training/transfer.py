@@ -16,10 +16,9 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 
 from seg_training import architectures
-from seg_training.checkpoint import (check_finite, check_state_dict, detect_format,
-                                     espnetv2_info, flush_denormals, info_from_dict,
-                                     ModelFileError, Normalization, read_file, strip_prefix,
-                                     unwrap)
+from seg_training.checkpoint import (bare_state_dict, check_finite, check_state_dict,
+                                     detect_format, flush_denormals, info_from_dict,
+                                     ModelFileError, Normalization, PUBLISHED, read_file, unwrap)
 from seg_training.class_map import build_class_map, match_classes
 from seg_training.classes import ClassTable, cityscapes_table
 
@@ -82,17 +81,15 @@ def read_source(path: PathLike) -> Source:
             _logger.warning('%s is an encoder-only model: its decoder was never trained', path)
         src = Source(dict(obj['state_dict']), info.classes, info.normalization, 'project',
                      info.arch, dict(info.arch_options))
-    elif kind in ('official', 'espnetv2'):
-        sd = obj['state_dict'] if isinstance(obj.get('state_dict'), Mapping) else obj
-        sd = strip_prefix(sd, 'module.')
-        if kind == 'official':
-            # The official Cityscapes model was trained on [0, 1] inputs without mean/std.
-            src = Source(sd, _official_classes(sd), Normalization(), 'erfnet_pretrained',
-                         'erfnet')
-        else:
-            info = espnetv2_info(sd, str(path))
-            src = Source(sd, info.classes, info.normalization, 'espnetv2_authors', 'espnetv2',
-                         dict(info.arch_options))
+    elif kind == 'official':
+        sd = bare_state_dict(obj)
+        # The official Cityscapes model was trained on [0, 1] inputs without mean/std.
+        src = Source(sd, _official_classes(sd), Normalization(), 'erfnet_pretrained', 'erfnet')
+    elif kind in PUBLISHED:  # the ESPNetv2 authors' (ESPNet's are refused above)
+        sd = bare_state_dict(obj)
+        info = PUBLISHED[kind](sd, str(path))
+        src = Source(sd, info.classes, info.normalization, info.source_format, info.arch,
+                     dict(info.arch_options))
     elif kind == 'imagenet-encoder':
         raise ModelFileError(f'{path}: is the ImageNet-pretrained encoder file; pass it with '
                              '--pretrained-encoder, not --init')
@@ -105,21 +102,23 @@ def read_source(path: PathLike) -> Source:
 
 
 def init_from_file(model: torch.nn.Module, path: PathLike, classes: ClassTable,
-                   class_map: Optional[PathLike] = None) -> InitReport:
+                   class_map: Optional[PathLike] = None,
+                   source: Optional[Source] = None) -> InitReport:
     """
     Copy the weights of the model file at ``path`` into ``model``, adapting the class heads.
 
     ``classes`` is the class table of ``model``; the report says what was copied. The source
     must have the architecture of ``model`` (ESPNetv2: also its width scale). A ``class_map``
     file (:mod:`seg_training.class_map`) names the source classes of target classes whose names
-    differ; a row starts from the first source class listed.
+    differ; a row starts from the first source class listed. ``source`` is ``path`` already
+    read by :func:`read_source` (read here otherwise).
     """
     net = unwrap(model)
     if net.num_classes != classes.num_classes:
         raise ValueError(f'model has {net.num_classes} outputs but the class table '
                          f'{classes.num_classes}')
     arch_name = architectures.config_of(net)[0]
-    src = read_source(path)
+    src = source if source is not None else read_source(path)
     if src.arch != arch_name:
         raise ModelFileError(f'{path}: is an {src.arch} model; it cannot initialise an '
                              f'{arch_name} (leave the architecture unset to train the one of '
