@@ -55,7 +55,7 @@ from seg_training.files import atomic_path, NoSpaceError
 from seg_training.lock import folder_lock, FolderLockError
 from seg_training.losses import build_loss, describe_weights, enet_class_weights
 from seg_training.preprocess import DEFAULT_RESIZE
-from seg_training.transfer import init_from_file, read_source
+from seg_training.transfer import init_from_file, read_source, Source
 from seg_training.transforms import denormalize, train_transform, val_transform
 
 _logger = logging.getLogger(__name__)
@@ -284,33 +284,33 @@ def model_info(cfg: TrainConfig, classes: ClassTable, metrics: Optional[Dict] = 
     training augmentation shrinks with, and validation runs the same step.
     """
     arch, arch_cfg = ('erfnet', {}) if net is None else architectures.config_of(unwrap(net))
-    options = {k: v for k, v in arch_cfg.items() if k not in ('num_classes', 'encoder_only')}
     return ModelInfo(classes=classes, input_size=(cfg.size[0], cfg.size[1]),
                      normalization=Normalization(tuple(cfg.mean), tuple(cfg.std)),
                      train_config=cfg.to_dict(), metrics=dict(metrics or {}),
                      resize=DEFAULT_RESIZE, provenance=provenance, arch=arch,
-                     arch_options=options)
+                     arch_options=architectures.options(arch_cfg))
 
 
 def build_network(cfg: TrainConfig, classes: ClassTable,
-                  saved: Optional[Mapping[str, Any]] = None) -> torch.nn.Module:
+                  saved: Optional[Mapping[str, Any]] = None,
+                  init: Optional[Source] = None) -> torch.nn.Module:
     """
     Build the network of this run, random weights.
 
     Its architecture is the one of ``saved`` (a resumed run's last.pt), else ``cfg.arch``, else
-    the ``--init`` file's (ESPNetv2: its width and pyramid too, so its body fits), else ERFNet.
+    the ``--init`` file's (``init``, read by :func:`read_source`; ESPNetv2: its width and pyramid
+    too, so its body fits), else ERFNet.
     """
     if saved is not None:
         info = info_from_dict(saved, 'last.pt')
         return architectures.build(info.arch, info.arch_config)
     options: Dict[str, Any] = {}
     arch = cfg.arch
-    if cfg.init:
-        src = read_source(cfg.init)
-        if arch is None or arch == src.arch:
-            arch, options = src.arch, dict(src.arch_options)
+    if init is not None:
+        if arch is None or arch == init.arch:
+            arch, options = init.arch, dict(init.arch_options)
         else:
-            raise ConfigError(f'--init {cfg.init} is an {src.arch} model but --arch is {arch}')
+            raise ConfigError(f'--init {cfg.init} is an {init.arch} model but --arch is {arch}')
     arch = arch or 'erfnet'
     if arch == 'espnetv2':
         options.setdefault('scale', cfg.arch_scale)
@@ -371,12 +371,13 @@ def _class_weights(cfg: TrainConfig, ds: SegmentationDataset, state: Optional[Di
     return w
 
 
-def _initialise(net: torch.nn.Module, cfg: TrainConfig, classes: ClassTable) -> Optional[Dict]:
-    """Apply --init / --pretrained-encoder; fill in cfg.mean/std; return what was done."""
+def _initialise(net: torch.nn.Module, cfg: TrainConfig, classes: ClassTable,
+                init: Optional[Source] = None) -> Optional[Dict]:
+    """Apply --init (``init``: the file as read) / --pretrained-encoder; fill in cfg.mean/std."""
     report = None
     source_norm = None
     if cfg.init:
-        r = init_from_file(net, cfg.init, classes, cfg.init_class_map)
+        r = init_from_file(net, cfg.init, classes, cfg.init_class_map, init)
         report, source_norm = r.to_dict(), r.normalization
     elif cfg.pretrained_encoder:
         load_imagenet_encoder(cfg.pretrained_encoder, net)
@@ -481,15 +482,16 @@ def _run(cfg: TrainConfig, resume: bool, dinfo: engine.DistInfo,
     # Every file of both splits, before the first step; the masks' counts give class weights.
     train_hist = _check_data(train_ds, val_ds, cfg, dinfo)
 
+    init = read_source(cfg.init) if cfg.init and state is None else None  # read once
     try:
-        net = build_network(cfg, classes, saved_obj)
+        net = build_network(cfg, classes, saved_obj, init)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if state is not None:
         load_state_dict_checked(net, saved_sd, str(out / 'last.pt'))
         progress = engine.Progress.from_dict(state['progress'])
     else:
-        progress = engine.Progress(init=_initialise(net, cfg, classes))
+        progress = engine.Progress(init=_initialise(net, cfg, classes, init))
     wall_before = progress.wall_s  # earlier sessions of this run
 
     def clock() -> None:
