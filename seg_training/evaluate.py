@@ -194,8 +194,8 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
     if class_map is None:
         check_classes(info.classes, ds.classes, str(model_path), f'{dataset}:{data_root}')
     else:
-        scored, lookup, mapping = _mapped_classes(class_map, info.classes, ds.classes,
-                                                  str(model_path), f'{dataset}:{data_root}')
+        scored, lookup, mapping = mapped_classes(class_map, info.classes, ds.classes,
+                                                 str(model_path), f'{dataset}:{data_root}')
         if eval_size != 'label':
             raise EvalError('--class-map scores the labels as the node publishes them: use '
                             '--eval-size label')
@@ -258,11 +258,11 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
 UNMAPPED = '(no class)'  # scored class of predictions a class map leaves out
 
 
-def _mapped_classes(path: PathLike, model_classes: ClassTable, dataset_classes: ClassTable,
-                    model: str, dataset: str
-                    ) -> Tuple[ClassTable, np.ndarray, Dict[str, List[str]]]:
+def mapped_classes(path: PathLike, model_classes: ClassTable, dataset_classes: ClassTable,
+                   model: str, dataset: str
+                   ) -> Tuple[ClassTable, np.ndarray, Dict[str, List[str]]]:
     """
-    (scored table, model -> scored lookup, the map) of a class-map file.
+    Return (scored table, model -> scored lookup, the map) of a class-map file.
 
     The scored table is the dataset's classes plus a void class that takes every prediction of a
     model class the map leaves out: such pixels count as misses of their true class.

@@ -14,12 +14,11 @@ from typing import Any, Dict, List, Optional
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
-from PIL import Image
 
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import find_resource
 from seg_training.checkpoint import load_model
-from seg_training.classes import IGNORE_INDEX
+from seg_training.classes import ClassTable
 from seg_training.formats import CAMVID
 
 _logger = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ _logger = logging.getLogger(__name__)
 CLASS_MAP = Path('config') / 'class_maps' / 'camvid_from_cityscapes.yaml'
 
 
-def class_map_for(model_classes: Any) -> Optional[Path]:
+def class_map_for(model_classes: ClassTable) -> Optional[Path]:
     """Return the bundled class map a model needs to be scored on CamVid (None: its own)."""
     names = [n for i, n in enumerate(model_classes.names) if i != model_classes.void_index]
     return None if names == list(CAMVID.names) else find_resource(CLASS_MAP)
@@ -38,28 +37,27 @@ def segment_real_frames(model_path: Path, samples: Path, out_png: Path,
     """Draw the sheet of real frames at ``out_png``; return the scores for the summary."""
     import torch
 
-    from seg_training.class_map import build_class_map
+    from seg_training.data import build_dataset
+    from seg_training.evaluate import mapped_classes
     from seg_training.metrics import ConfusionMatrix
 
     model, info = load_model(model_path)
     pipe = SegmentationPipeline(model, info, device=device, accelerate='none', warmup=False)
+    ds = build_dataset('camvid', samples, 'test')  # masks read as seg-eval reads them
     cmap_file = class_map_for(info.classes)
+    scored, lookup = info.classes, None
     if cmap_file is not None:  # a Cityscapes model: its classes scored as CamVid's
-        lookup = build_class_map(CAMVID, info.classes, cmap_file, str(model_path),
-                                 str(samples)).lookup()
-        lookup[lookup == IGNORE_INDEX] = CAMVID.num_classes  # unmapped: a miss
-    else:
-        lookup = np.arange(256, dtype=np.uint8)
-    cm = ConfusionMatrix(CAMVID.num_classes + 1)
+        scored, lookup, _ = mapped_classes(cmap_file, info.classes, ds.classes,
+                                           str(model_path), str(samples))
+    cm = ConfusionMatrix(scored.num_classes)
     rows: List[tuple] = []
-    for path in sorted((samples / 'test').glob('*.png')):
-        rgb = np.asarray(Image.open(path).convert('RGB'))
+    for index, (path, _) in enumerate(ds.samples):
+        rgb, truth = ds.load(index)
         result = pipe([Frame(rgb, 'rgb8')], Outputs(labels=True, color=False, overlay=True))[0]
-        truth = np.asarray(Image.open(samples / 'testannot' / path.name))
-        truth = np.where(truth < CAMVID.num_classes, truth, IGNORE_INDEX).astype(np.uint8)
-        cm.update(torch.from_numpy(lookup[result.labels]), torch.from_numpy(truth))
+        labels = result.labels if lookup is None else lookup[result.labels]
+        cm.update(torch.from_numpy(labels), torch.from_numpy(truth))
         rows.append((path.name, rgb, result.overlay, CAMVID.palette()[truth]))
-    metrics = cm.compute(CAMVID.num_classes)  # the unmapped column is no class of its own
+    metrics = cm.compute(scored.void_index)
     per_class = {n: (None if np.isnan(v) else float(v))
                  for n, v in zip(CAMVID.names, metrics['per_class_iou'])}
     _draw(rows, f'{model_path.name} on real CamVid frames (hand labels on the right): mIoU '
