@@ -28,7 +28,6 @@ settings, budgets, times, per-class IoU), ``results.md`` and ``camvid_transfer.p
 """
 
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -39,10 +38,10 @@ from typing import Any, Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transfer_experiment import environment  # noqa: E402
+from transfer_experiment import (environment, evaluate_cached, ExperimentError,  # noqa: E402
+                                 seg_train_once)
 
-from seg_training import train as seg_train  # noqa: E402
-from seg_training.evaluate import evaluate_model_file, write_json  # noqa: E402
+from seg_training.evaluate import write_json  # noqa: E402
 
 _logger = logging.getLogger('camvid_transfer')
 
@@ -63,10 +62,6 @@ LABELS = {'espnetv2_zero_shot': 'ESPNetv2, Cityscapes model, no CamVid training'
           'erfnet_init_lr01': 'ERFNet from Cityscapes, encoder at 0.1x lr',
           'erfnet_init_free': 'ERFNet from Cityscapes, all free'}
 CAMVID_TRAIN_FRAMES = 367
-
-
-class ExperimentError(RuntimeError):
-    """A row that cannot run; the message says which and why."""
 
 
 def train_argv(row: str, args: argparse.Namespace, out: Path) -> List[str]:
@@ -90,37 +85,12 @@ def train_argv(row: str, args: argparse.Namespace, out: Path) -> List[str]:
     return argv
 
 
-def train_row(row: str, args: argparse.Namespace, work: Path) -> Dict[str, Any]:
-    """Train ``row`` unless its summary exists; returns seg-train's summary."""
-    out = work / row
-    summary = out / 'summary.json'
-    if summary.is_file():
-        _logger.info('%s: %s exists, not trained again', row, summary)
-        return json.loads(summary.read_text())
-    argv = train_argv(row, args, out)
-    if (out / 'last.pt').is_file():
-        argv = ['--output-dir', str(out), '--resume']
-    _logger.info('%s: seg-train %s', row, ' '.join(argv))
-    rc = seg_train.main(argv)
-    if rc == 130:
-        raise KeyboardInterrupt(f'{row} interrupted; run again to continue')
-    if rc != 0 or not summary.is_file():
-        raise ExperimentError(f'{row}: seg-train failed (exit status {rc}); see {out}')
-    return json.loads(summary.read_text())
-
-
 def evaluate_row(row: str, model: Path, args: argparse.Namespace, work: Path,
                  class_map: Optional[Path] = None) -> Dict[str, Any]:
     """seg-eval of ``model`` on the test split (label size), cached in the row's folder."""
-    cached = work / row / 'test_eval.json'
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    report = evaluate_model_file(model, 'camvid', args.data_root, 'test', device=args.device,
-                                 batch_size=2, class_map=class_map, progress=True)
-    report.pop('confusion_matrix', None)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    write_json(report, cached)
-    return report
+    return evaluate_cached(model, 'camvid', args.data_root, work / row / 'test_eval.json',
+                           args.device, 'test', batch_size=2, class_map=class_map,
+                           progress=True)
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -144,7 +114,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             report = evaluate_row(row, args.espnet_camvid, args, work)
             entry['budget'] = None
         else:
-            summary = train_row(row, args, work)
+            summary = seg_train_once(row, train_argv(row, args, work / row), work / row)
             report = evaluate_row(row, work / row / 'best.pt', args, work)
             epochs = summary.get('epochs', args.epochs)
             entry['budget'] = {'epochs': args.epochs, 'train_frames': CAMVID_TRAIN_FRAMES,

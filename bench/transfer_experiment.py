@@ -226,34 +226,44 @@ class RunSpec:
         return args
 
 
-def train_run(spec: RunSpec, out: Path, s: Settings, device: str,
-              config: Path) -> Dict[str, Any]:
-    """Train with seg-train unless ``out/summary.json`` exists; returns the summary."""
+def seg_train_once(name: str, argv: List[str], out: Path) -> Dict[str, Any]:
+    """
+    Run seg-train with ``argv`` unless ``out/summary.json`` exists; returns the summary.
+
+    A run interrupted earlier (``out/last.pt``, no summary) continues with ``--resume``.
+    """
     summary_path = out / 'summary.json'
     if summary_path.is_file():
-        _logger.info('run %s: %s exists, not trained again', spec.name, summary_path)
+        _logger.info('run %s: %s exists, not trained again', name, summary_path)
         return json.loads(summary_path.read_text())
-    argv = spec.argv(out, s, device, config)
     if (out / 'last.pt').is_file():
-        _logger.info('run %s: continuing the interrupted run in %s', spec.name, out)
-        argv.append('--resume')
-    _logger.info('run %s: seg-train %s', spec.name, ' '.join(argv))
+        _logger.info('run %s: continuing the interrupted run in %s', name, out)
+        argv = argv + ['--resume']
+    _logger.info('run %s: seg-train %s', name, ' '.join(argv))
     rc = seg_train.main(argv)
     if rc == 130:
-        raise KeyboardInterrupt(f'run {spec.name} interrupted')
+        raise KeyboardInterrupt(f'run {name} interrupted')
     if rc != 0 or not summary_path.is_file():
-        raise ExperimentError(f'run {spec.name}: seg-train failed (exit status {rc}); its '
+        raise ExperimentError(f'run {name}: seg-train failed (exit status {rc}); its '
                               f'outputs are in {out}')
     return json.loads(summary_path.read_text())
 
 
+def train_run(spec: RunSpec, out: Path, s: Settings, device: str,
+              config: Path) -> Dict[str, Any]:
+    """Train with seg-train unless ``out/summary.json`` exists; returns the summary."""
+    return seg_train_once(spec.name, spec.argv(out, s, device, config), out)
+
+
 def evaluate_cached(model: Path, dataset: str, root: Path, out_json: Path,
-                    device: str) -> Dict[str, Any]:
-    """seg-eval of ``model`` on the val split of ``dataset`` at ``root``, cached in out_json."""
+                    device: str, split: str = 'val', **options: Any) -> Dict[str, Any]:
+    """seg-eval of ``model`` on ``split`` of ``dataset`` at ``root``, cached in out_json."""
     if out_json.is_file():
         return json.loads(out_json.read_text())
-    report = evaluate_model_file(model, dataset, root, 'val', device=device, workers=0)
+    options.setdefault('workers', 0)
+    report = evaluate_model_file(model, dataset, root, split, device=device, **options)
     report.pop('confusion_matrix', None)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
     write_json(report, out_json)
     return report
 
