@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 from PIL import Image
+from published import published_state_dict
 import pytest
 import torch
 
@@ -55,14 +56,8 @@ def authors_state_dict(classes: int = 12, q: int = 8, skip_image: bool = True, s
                        prefix: str = ''):
     """Make a state_dict in the authors' layout as saved (random weights, no batch counts)."""
     torch.manual_seed(seed)
-    net = ESPNet(ESPNetConfig(classes, 2, q, skip_image))
-    sd = net.state_dict()
-    for k, v in sd.items():
-        if k.endswith('running_var'):
-            v.uniform_(0.5, 2.0)
-        elif k.endswith('running_mean'):
-            v.normal_(0, 0.1)
-    return {prefix + k: v.clone() for k, v in sd.items() if not k.endswith('num_batches_tracked')}
+    return published_state_dict(ESPNet(ESPNetConfig(classes, 2, q, skip_image)), prefix,
+                                batch_counts=False)
 
 
 def keyed_weights(template: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

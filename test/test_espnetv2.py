@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+from published import published_state_dict
 import pytest
 import torch
 
@@ -24,14 +25,7 @@ TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0', '--no-plots']
 def authors_state_dict(scale: float = 0.5, classes: int = 20, seed: int = 0, prefix: str = ''):
     """Make a state_dict in the authors' layout (random weights, non-trivial BN statistics)."""
     torch.manual_seed(seed)
-    net = ESPNetv2(ESPNetv2Config(classes, scale))
-    sd = net.state_dict()
-    for k, v in sd.items():
-        if k.endswith('running_var'):
-            v.uniform_(0.5, 2.0)
-        elif k.endswith('running_mean'):
-            v.normal_(0, 0.1)
-    return {prefix + k: v.clone() for k, v in sd.items()}
+    return published_state_dict(ESPNetv2(ESPNetv2Config(classes, scale)), prefix)
 
 
 @pytest.fixture(scope='module')
