@@ -119,8 +119,13 @@ def compare(case: Case, reference: Optional[Case]) -> Dict:
 
 def bench_group(model_path: str, device: torch.device, engines: Sequence[str], precision: str,
                 size: Tuple[int, int], batch: int, frames: List[Frame], warmup: int,
-                iterations: int, parts: Sequence[str]) -> List[Dict]:
-    """Time the engines at one precision, size and batch, in turns; return one row per engine."""
+                iterations: int, parts: Sequence[str],
+                keep: Optional[Dict[str, Case]] = None) -> List[Dict]:
+    """
+    Time the engines at one precision, size and batch, in turns; return one row per engine.
+
+    ``keep``, a dict, receives each engine's :class:`Case` (its pipeline stays usable).
+    """
     cases, results = [], []
     for engine in engines:
         try:
@@ -132,6 +137,8 @@ def bench_group(model_path: str, device: torch.device, engines: Sequence[str], p
             continue
         print(f'set-up {engine} {precision} {size[0]}x{size[1]} batch {batch} ...', flush=True)
         cases.append(Case(model_path, device, engine, precision, size, batch, frames))
+        if keep is not None:
+            keep[engine] = cases[-1]
     for part in parts:
         for i in range(warmup + iterations):
             for case in cases:
