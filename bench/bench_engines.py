@@ -5,7 +5,7 @@ Compare the network engines (seg_perception/engines.py) inside the segmentation 
     python bench/bench_engines.py --output bench/results [--device auto|cpu|cuda] [--quick]
 
 For each engine, precision, network input size and batch size, one
-:class:`SegmentationPipeline` runs the bundled model (``models/erfnet_synth.pt``, or
+:class:`SegmentationPipeline` runs the default model (``models/espnetv2_cityscapes.pt``, or
 ``--model``) and is timed on
 
 * ``forward``: the engine alone on a normalised (B, 3, h, w) batch, as the pipeline calls it;

@@ -4,8 +4,9 @@ Benchmark ERFNet inference: the network, the pipeline stage by stage, and the no
 
     python bench/bench_inference.py --output bench/results [--quick] [--device auto|cpu|cuda]
 
-Every part runs the same model (default: the bundled ``models/erfnet_synth.pt`` at its own
-256x128 input; ``--model`` for another) on 2048x1024 rgb8 frames, timed after uncounted warm-up:
+Every part runs the same model (default: the default model, ``models/espnetv2_cityscapes.pt``,
+at its own 1024x512 input; ``--model`` for another) on 2048x1024 rgb8 frames, timed after
+uncounted warm-up:
 
 * ``forward``: the bare torch-eager forward of that model at its input size (the reference the
   ratios divide by), and a random-weight 20-class ERFNet at 512x256 and 1024x512;
@@ -654,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--iterations', type=int, help='timed iterations per measurement')
     parser.add_argument('--warmup', type=int, help='uncounted iterations before timing')
     parser.add_argument('--model', type=Path, default=None,
-                        help='model file (default: the bundled models/erfnet_synth.pt)')
+                        help='model file (default: the default model, models/espnetv2_cityscapes.pt)')
     parser.add_argument('--rate', type=float, default=2.0,
                         help='camera rate in Hz (node; default 2: no frame waits for another)')
     parser.add_argument('--duration', type=float, help='seconds the camera publishes (node)')

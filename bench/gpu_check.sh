@@ -11,10 +11,13 @@
 #                fp16, bf16), pipeline, node end to end 2048x1024 at 30 Hz;
 #   4. engines   bench/bench_engines.py: none / channels_last / cuda_graphs at 1024x512 in fp32,
 #                fp16 and bf16, batch 1 and 8 (8 cameras);
-#   5. bench-8cams  bench_inference.py again, the node with 8 cameras at 30 Hz;
-#   6. engines-compile  torch.compile at 1024x512 fp16 (compiling takes a minute or more);
+#   5. engines-erfnet  bench/bench_engines.py with ERFNet (models/erfnet_synth.pt; steps 3-4
+#                run the default model, ESPNetv2 s=2.0): none / channels_last / cuda_graphs at
+#                1024x512 in fp32 and fp16, batch 1;
+#   6. bench-8cams  bench_inference.py again, the node with 8 cameras at 30 Hz;
+#   7. engines-compile  torch.compile at 1024x512 fp16 (compiling takes a minute or more);
 # and writes OUT/gpu_check.json: the device, each step's command, exit status and seconds. The
-# results are OUT/engines/*.json (2), OUT/bench/*.json and OUT/bench-8cams/*.json: six files in
+# results are OUT/engines/*.json (3), OUT/bench/*.json and OUT/bench-8cams/*.json: seven files in
 # all, none deeper than one folder. The venv goes to $GPU_CHECK_WORK (default
 # /tmp/seg_gpu_check), not into OUT.
 #
@@ -157,13 +160,18 @@ if [ "$DRY" = 0 ] && [ ! -x "$WORK/venv/bin/python" ]; then PY="$PYTHON"; fi
 run tests 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda test/test_engines.py \
   test/test_pipeline.py test/test_postprocess.py
 
-# --- 3-6. benchmarks, most wanted first (a step that would end past the budget is cut) ------
+# --- 3-7. benchmarks, most wanted first (a step that would end past the budget is cut) ------
 if [ "$DRY" = 1 ]; then
-  QUICK=(--device cpu --quick --iterations 1 --warmup 0 --duration 3 --rate 2)
+  # The small model: the dry run checks that every step runs, not how fast.
+  QUICK=(--device cpu --quick --iterations 1 --warmup 0 --duration 3 --rate 2
+         --model models/erfnet_synth.pt)
   run bench 300 "$PY" bench/bench_inference.py --output "$OUT/bench" "${QUICK[@]}"
   run engines 240 "$PY" bench/bench_engines.py --device cpu --output "$OUT/engines" --quick \
     --engines none,channels_last,onnxruntime --sizes 64x32 --frame 256x128 --batches 1,2 \
     --iterations 2
+  run engines-erfnet 240 "$PY" bench/bench_engines.py --device cpu --output "$OUT/engines" \
+    --quick --model models/erfnet_synth.pt --engines none,channels_last --sizes 64x32 \
+    --frame 256x128 --batches 1 --iterations 2 --tag erfnet
   run bench-8cams 300 "$PY" bench/bench_inference.py --output "$OUT/bench-8cams" "${QUICK[@]}" \
     --cameras 2
   run engines-compile 240 "$PY" bench/bench_engines.py --device cpu --output "$OUT/engines" \
@@ -175,6 +183,9 @@ else
   run engines 90 "$PY" bench/bench_engines.py --device cuda --output "$OUT/engines" \
     --engines none,channels_last,cuda_graphs --precisions fp32,fp16,bf16 --sizes 1024x512 \
     --batches 1,8 --iterations 50
+  run engines-erfnet 60 "$PY" bench/bench_engines.py --device cuda --output "$OUT/engines" \
+    --model models/erfnet_synth.pt --engines none,channels_last,cuda_graphs \
+    --precisions fp32,fp16 --sizes 1024x512 --batches 1 --iterations 30 --tag erfnet
   run bench-8cams 120 "$PY" bench/bench_inference.py --output "$OUT/bench-8cams" --device cuda \
     --rate 30 --duration 15 --iterations 20 --cameras 8
   run engines-compile 100 "$PY" bench/bench_engines.py --device cuda --output "$OUT/engines" \

@@ -11,6 +11,7 @@ from seg_perception import engines
 from seg_perception.engines import build_engine, EngineError, resolve
 from seg_perception.pipeline import Frame, SegmentationPipeline
 from seg_perception.resources import default_model_path
+from seg_training import architectures
 from seg_training.checkpoint import load_model, ModelInfo
 from seg_training.classes import ClassTable
 from seg_training.model import ERFNet, ERFNetConfig
@@ -35,6 +36,20 @@ def random_erfnet(seed: int = 0) -> ERFNet:
     return model.eval()
 
 
+def random_net(arch: str, seed: int = 0) -> nn.Module:
+    """Build ``arch`` (ERFNet, or ESPNetv2 at width 0.5) with seeded random weights, in eval mode."""
+    if arch == 'erfnet':
+        return random_erfnet(seed)
+    torch.manual_seed(seed)
+    model = architectures.build(arch, {'num_classes': len(TABLE), 'scale': 0.5})
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
 def normalised_batch(batch: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, h, w, generator=g)  # (B, 3, h, w)
@@ -46,8 +61,9 @@ def eager(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize('accelerate', ['none', 'channels_last', 'onnxruntime'])
-def test_cpu_engines_give_eagers_logits(accelerate):
-    model = random_erfnet()
+@pytest.mark.parametrize('arch', ['erfnet', 'espnetv2'])
+def test_cpu_engines_give_eagers_logits(accelerate, arch):
+    model = random_net(arch)
     x = normalised_batch(2, 32, 64)
     expected = eager(copy.deepcopy(model), x)  # (2, K, 32, 64)
     engine = build_engine(model, INFO, CPU, 'fp32', accelerate)
@@ -57,7 +73,7 @@ def test_cpu_engines_give_eagers_logits(accelerate):
     assert y.device == CPU
     torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-4)
     # A second size runs too (onnxruntime: a second session; the batch is dynamic).
-    x2 = normalised_batch(3, 16, 32, seed=2)
+    x2 = normalised_batch(3, 32, 96, seed=2)
     torch.testing.assert_close(engine(x2), eager(copy.deepcopy(model), x2), atol=1e-4,
                                rtol=1e-4)
 
@@ -140,9 +156,10 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason='needs CUDA')
 
 @pytest.mark.cuda
 @needs_cuda
-def test_cuda_graphs_capture_once_per_shape_and_match_eager():
+@pytest.mark.parametrize('arch', ['erfnet', 'espnetv2'])
+def test_cuda_graphs_capture_once_per_shape_and_match_eager(arch):
     dev = torch.device('cuda')
-    model = random_erfnet()
+    model = random_net(arch)
     reference = copy.deepcopy(model).to(dev)
     engine = build_engine(model, INFO, dev, 'fp32', 'cuda_graphs')
     x1, x2 = normalised_batch(1, 32, 64).to(dev), normalised_batch(1, 32, 64, seed=5).to(dev)
@@ -162,9 +179,10 @@ def test_cuda_graphs_capture_once_per_shape_and_match_eager():
 @pytest.mark.parametrize('accelerate, precision', [
     ('cuda_graphs', 'fp16'), ('cuda_graphs', 'bf16'), ('channels_last', 'fp16'),
     ('channels_last', 'bf16'), ('compile', 'fp16')])  # one compile: it takes a minute
-def test_cuda_engines_in_half_precision_agree_with_fp32(accelerate, precision):
+@pytest.mark.parametrize('arch', ['erfnet', 'espnetv2'])
+def test_cuda_engines_in_half_precision_agree_with_fp32(accelerate, precision, arch):
     dev = torch.device('cuda')
-    model = random_erfnet()
+    model = random_net(arch)
     reference = copy.deepcopy(model).to(dev)
     engine = build_engine(model, INFO, dev, precision, accelerate)
     assert next(engine.model.parameters()).dtype == engines.PRECISIONS[precision]
