@@ -655,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--iterations', type=int, help='timed iterations per measurement')
     parser.add_argument('--warmup', type=int, help='uncounted iterations before timing')
     parser.add_argument('--model', type=Path, default=None,
-                        help='model file (default: the default model, models/espnetv2_cityscapes.pt)')
+                        help='model file (default: models/espnetv2_cityscapes.pt)')
     parser.add_argument('--rate', type=float, default=2.0,
                         help='camera rate in Hz (node; default 2: no frame waits for another)')
     parser.add_argument('--duration', type=float, help='seconds the camera publishes (node)')

@@ -37,7 +37,7 @@ def random_erfnet(seed: int = 0) -> ERFNet:
 
 
 def random_net(arch: str, seed: int = 0) -> nn.Module:
-    """Build ``arch`` (ERFNet, or ESPNetv2 at width 0.5) with seeded random weights, in eval mode."""
+    """Build ``arch`` (ERFNet, or ESPNetv2 of width 0.5) with seeded random weights, eval mode."""
     if arch == 'erfnet':
         return random_erfnet(seed)
     torch.manual_seed(seed)
