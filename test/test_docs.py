@@ -46,7 +46,7 @@ def anchors(page: Path) -> set:
 def shell_lines(page: Path):
     """Yield the logical lines of a page's shell blocks: continuations joined, comments cut."""
     for lang, body in FENCE.findall(page.read_text(encoding='utf-8')):
-        if lang not in ('bash', 'sh', ''):
+        if lang not in ('bash', 'sh'):
             continue
         for line in body.replace('\\\n', ' ').splitlines():
             line = re.sub(r'(^|\s)#.*$', '', line).strip()
@@ -152,6 +152,9 @@ def test_commands_in_the_docs_exist_with_their_options(page):
             tokens = shlex.split(line)
         except ValueError:
             tokens = line.split()
+        first = next((tok for tok in tokens if '=' not in tok), '')
+        assert not re.match(r'seg[-_]', first) or first in docs_tables.COMMANDS \
+            or first == 'segmentation_node', f'{rel(page)}: `{line}`: no command {first}'
         found = command_of(tokens)
         if found is None:
             continue
