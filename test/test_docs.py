@@ -119,7 +119,7 @@ def test_every_console_script_has_its_table():
         assert f'options {name}' in found, f'no generated option table of {name} in docs/'
 
 
-@pytest.mark.parametrize('page', PAGES, ids=rel)
+@pytest.mark.parametrize('page', PAGES + [ROOT / 'models' / 'README.md'], ids=rel)
 def test_relative_links_resolve(page):
     for target in LINK.findall(prose(page.read_text(encoding='utf-8'))):
         if re.match(r'[a-z]+:', target):
