@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint docs clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_inference.py --output bench/results
+
+# the docs' tables of parameters and options, from the code that declares them
+docs: $(STAMP)
+	$(PY) -m seg_perception.docs_tables
 
 lint: $(STAMP)
 	$(PY) -m pytest -q test/test_flake8.py test/test_pep257.py

@@ -10,7 +10,7 @@ also take integers (``-p log_period:=0``, ``ros2 param set ... overlay_alpha 1``
 from dataclasses import dataclass, field, fields
 import math
 import re
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
@@ -198,17 +198,12 @@ def declare(node: Node) -> NodeParams:
     return NodeParams.from_values(values)
 
 
-def usage(program: str) -> str:
-    """Return the ``--help`` text: how to pass parameters, each one's type, default, meaning."""
-    lines = [f'usage: {program} [-h] [--ros-args [-p NAME:=VALUE]... [--params-file FILE] '
-             '[-r __ns:=/NAMESPACE]]', '',
-             'Segments camera images (sensor_msgs/Image or CompressedImage) with ERFNet and '
-             'publishes', 'segmentation/labels, color, overlay and confidence with the input '
-             'header.', '', 'parameters (-p NAME:=VALUE; defaults in config/segment.yaml):']
+def describe() -> List[Tuple[str, str, Any, List[str], str]]:
+    """Return (name, ROS type, default, limits, description) of every parameter, in order."""
+    rows = []
     for f in fields(NodeParams):
         meta = f.metadata
         default = list(f.default) if isinstance(f.default, tuple) else f.default
-        kind = _ROS_TYPES[type(f.default)]
         limits = []
         if meta['int_range']:
             lo, hi, step = meta['int_range']
@@ -221,9 +216,21 @@ def usage(program: str) -> str:
             limits.append(meta['constraints'])
         if not meta['read_only']:
             limits.append('changeable at run time')
+        rows.append((f.name, _ROS_TYPES[type(f.default)], default, limits, meta['description']))
+    return rows
+
+
+def usage(program: str) -> str:
+    """Return the ``--help`` text: how to pass parameters, each one's type, default, meaning."""
+    lines = [f'usage: {program} [-h] [--ros-args [-p NAME:=VALUE]... [--params-file FILE] '
+             '[-r __ns:=/NAMESPACE]]', '',
+             'Segments camera images (sensor_msgs/Image or CompressedImage) with ERFNet and '
+             'publishes', 'segmentation/labels, color, overlay and confidence with the input '
+             'header.', '', 'parameters (-p NAME:=VALUE; defaults in config/segment.yaml):']
+    for name, kind, default, limits, description in describe():
         extra = f' [{"; ".join(limits)}]' if limits else ''
-        lines.append(f'  {f.name} ({kind}, default {default!r}){extra}')
-        lines.append(f'      {meta["description"]}')
+        lines.append(f'  {name} ({kind}, default {default!r}){extra}')
+        lines.append(f'      {description}')
     return '\n'.join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The README's ONNX example, run as written, gives seg-predict's labels."""
+"""The ONNX example of docs/evaluation_export.md, run as written, gives seg-predict's labels."""
 
 from pathlib import Path
 import re
@@ -11,14 +11,15 @@ from seg_perception.predict import main as seg_predict
 from seg_training.export import export_model
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / 'docs' / 'evaluation_export.md'
 
 
 def readme_snippet() -> str:
-    """Return the Python block between the onnx-example markers of README.md."""
-    text = (ROOT / 'README.md').read_text(encoding='utf-8')
+    """Return the Python block between the onnx-example markers of the export docs."""
+    text = PAGE.read_text(encoding='utf-8')
     m = re.search(r'<!-- onnx-example:start -->\s*```python\n(.*?)```\s*<!-- onnx-example:end -->',
                   text, re.S)
-    assert m, 'README.md lost its onnx-example markers'
+    assert m, f'{PAGE.relative_to(ROOT)} lost its onnx-example markers'
     return m.group(1)
 
 
@@ -43,7 +44,7 @@ def test_readme_onnx_example_matches_seg_predict(tmp_path, tiny_model_file, monk
 
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(readme_snippet(), 'README.md onnx example', 'exec'), scope)
+    exec(compile(readme_snippet(), 'docs/evaluation_export.md onnx example', 'exec'), scope)
     labels = scope['labels']
     assert labels.shape == (h, w) == expected.shape
     assert len(np.unique(expected)) > 1  # the image is not one class
