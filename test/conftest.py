@@ -16,8 +16,8 @@ def tiny_model_file(tmp_path_factory):
     """Write a project model file: random ERFNet weights, the custom8 classes, 64x32 input."""
     import torch
 
-    from seg_training.checkpoint import build_model, ModelInfo, Normalization, save_model
-    from seg_training.classes import CUSTOM8
+    from seg_training.base.classes import CUSTOM8
+    from seg_training.nets.checkpoint import build_model, ModelInfo, Normalization, save_model
 
     torch.manual_seed(0)
     info = ModelInfo(classes=CUSTOM8, input_size=(64, 32),

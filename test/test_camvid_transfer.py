@@ -8,8 +8,8 @@ from PIL import Image
 import torch
 
 from file_module import load_file
-from seg_training.espnetv2 import ESPNetv2, ESPNetv2Config
-from seg_training.formats import CAMVID
+from seg_training.datasets.formats import CAMVID
+from seg_training.nets.espnetv2 import ESPNetv2, ESPNetv2Config
 
 ROOT = Path(__file__).resolve().parents[1]
 

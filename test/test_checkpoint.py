@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from seg_training.checkpoint import (atomic_save, build_model, load_imagenet_encoder, load_model,
-                                     ModelFileError, ModelInfo, Normalization, read_file,
-                                     save_model)
-from seg_training.classes import CUSTOM8
-from seg_training.model import ERFNet, ERFNetConfig
+from seg_training.base.classes import CUSTOM8
+from seg_training.nets.checkpoint import (atomic_save, build_model, load_imagenet_encoder,
+                                          load_model, ModelFileError, ModelInfo, Normalization,
+                                          read_file, save_model)
+from seg_training.nets.model import ERFNet, ERFNetConfig
 
 
 def assert_same_weights(a: nn.Module, b: nn.Module, skip_suffix: str = '') -> None:

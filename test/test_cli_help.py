@@ -6,8 +6,9 @@ import importlib
 import pytest
 
 COMMANDS = ['seg_perception.bag', 'seg_perception.predict', 'seg_perception.replay',
-            'seg_perception.demo.cli', 'seg_training.evaluate', 'seg_training.export',
-            'seg_training.provenance', 'seg_training.synth.dataset', 'seg_training.train']
+            'seg_perception.demo.cli', 'seg_training.evaluation.seg_eval', 'seg_training.export',
+            'seg_training.nets.provenance', 'seg_training.synth.dataset',
+            'seg_training.training.loop']
 
 
 @pytest.mark.parametrize('module', COMMANDS)

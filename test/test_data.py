@@ -8,9 +8,10 @@ from PIL import Image
 import pytest
 import yaml
 
-from seg_training.classes import cityscapes_label_to_train_id, cityscapes_table, CUSTOM8
-from seg_training.data import (build_dataset, CityscapesDataset, DatasetError, FolderDataset,
-                               JointDataset, read_classes_yaml)
+from seg_training.base.classes import cityscapes_label_to_train_id, cityscapes_table, CUSTOM8
+from seg_training.datasets.build import (build_dataset, CityscapesDataset, FolderDataset,
+                                         JointDataset)
+from seg_training.datasets.segmentation import DatasetError, read_classes_yaml
 from training_data import CITYSCAPES_LABEL_IDS, SCENE, write_cityscapes, write_folder
 
 

@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_training import evaluate, train
-from seg_training.data import build_dataset, DatasetError, JointDataset
+from seg_training.datasets.build import build_dataset, JointDataset
+from seg_training.datasets.segmentation import DatasetError
+from seg_training.evaluation import seg_eval as evaluate
+from seg_training.training import loop as train
 from training_data import write_cityscapes, write_folder
 
 TINY = ['--size', '64x32', '--batch-size', '2', '--workers', '0', '--epochs', '1',
@@ -37,7 +39,7 @@ def damaged(tmp_path):
 
 
 def test_every_bad_file_of_both_splits_is_listed_at_once(damaged):
-    from seg_training.data import check_datasets
+    from seg_training.datasets.build import check_datasets
 
     root, bad = damaged
     with pytest.raises(DatasetError) as e:
@@ -52,7 +54,7 @@ def test_every_bad_file_of_both_splits_is_listed_at_once(damaged):
 
 
 def test_a_truncated_jpeg_mask_is_found(tmp_path):
-    from seg_training.data import check_datasets
+    from seg_training.datasets.build import check_datasets
 
     root = write_folder(tmp_path / 'f', n_train=2, n_val=1)
     png = root / 'masks' / 'train' / 'frame_0001.png'
@@ -83,7 +85,7 @@ def _check_problems(check_datasets, ds) -> list:
 
 
 def test_check_counts_what_the_label_histogram_counts(tmp_path):
-    from seg_training.data import check_datasets
+    from seg_training.datasets.build import check_datasets
 
     root = write_folder(tmp_path / 'f', n_train=5, n_val=2)
     train_ds = build_dataset('folder', root, 'train')
@@ -95,7 +97,7 @@ def test_check_counts_what_the_label_histogram_counts(tmp_path):
 
 
 def test_cityscapes_unknown_train_id_is_found(tmp_path):
-    from seg_training.data import check_datasets
+    from seg_training.datasets.build import check_datasets
 
     root = write_cityscapes(tmp_path / 'cs', n_train=2, n_val=2, train_ids=True)
     (mask,) = sorted((root / 'gtFine' / 'val').rglob('*_000001_gtFine_labelTrainIds.png'))

@@ -19,10 +19,13 @@ import numpy as np
 import pytest
 
 from big_images import zero_png
-from seg_training import evaluate, train
-from seg_training import config
-from seg_training.config import ConfigError, read_yaml
-from seg_training.data import build_dataset, check_datasets, DatasetError, read_classes_yaml
+from seg_training.base import yaml_reader
+from seg_training.base.yaml_reader import ConfigError
+from seg_training.datasets.build import build_dataset, check_datasets
+from seg_training.datasets.segmentation import DatasetError, read_classes_yaml
+from seg_training.evaluation import seg_eval as evaluate
+from seg_training.training import loop as train
+from seg_training.training.config import read_yaml
 from test_formats import write_cvat
 from training_data import write_folder
 
@@ -62,13 +65,13 @@ def run_bounded(cmd, timeout: float = 120.0):
 
 
 def _train_cmd(root: Path, out: Path):
-    return [sys.executable, '-m', 'seg_training.train', '--dataset', 'folder', '--data-root',
-            str(root), '--output-dir', str(out), *TINY]
+    return [sys.executable, '-m', 'seg_training.training.loop', '--dataset', 'folder',
+            '--data-root', str(root), '--output-dir', str(out), *TINY]
 
 
 def _eval_cmd(root: Path, model: Path):
-    return [sys.executable, '-m', 'seg_training.evaluate', '--model', str(model), '--dataset',
-            'folder', '--data-root', str(root), '--device', 'cpu', '--workers', '0']
+    return [sys.executable, '-m', 'seg_training.evaluation.seg_eval', '--model', str(model),
+            '--dataset', 'folder', '--data-root', str(root), '--device', 'cpu', '--workers', '0']
 
 
 def _error_line(err: str) -> str:
@@ -101,10 +104,10 @@ def test_shared_yaml_reader_bounds(tmp_path):
     bomb.write_text(alias_bomb())
     t0 = time.monotonic()
     with pytest.raises(ConfigError, match=f'{bomb}: aliases expand 30 YAML values to '):
-        config.read_yaml_file(bomb)
+        yaml_reader.read_yaml_file(bomb)
     assert time.monotonic() - t0 < 1.0
     with pytest.raises(ConfigError, match='alias refers to a node that contains it'):
-        config.load_yaml('a: &a [1, *a]', 'loop.yaml')
+        yaml_reader.load_yaml('a: &a [1, *a]', 'loop.yaml')
     big = tmp_path / 'big.yaml'
     big.write_text('x: ' + 'a' * (2 << 20))
     with pytest.raises(ConfigError, match=f'{big}: config file larger than 1048576 bytes'):
@@ -117,9 +120,9 @@ def test_shared_yaml_reader_bounds(tmp_path):
     deep = tmp_path / 'deep.yaml'
     deep.write_text('[' * 5000 + ']' * 5000)
     with pytest.raises(ConfigError, match=f'{deep}: YAML nested too deeply'):
-        config.read_yaml_file(deep)
+        yaml_reader.read_yaml_file(deep)
     # Anchors used as people use them (shared colours, merge keys) still load.
-    assert config.load_yaml('c: &c [1, 2, 3]\nd: {<<: {x: *c}, y: *c}\n', 's') == {
+    assert yaml_reader.load_yaml('c: &c [1, 2, 3]\nd: {<<: {x: *c}, y: *c}\n', 's') == {
         'c': [1, 2, 3], 'd': {'x': [1, 2, 3], 'y': [1, 2, 3]}}
 
 
@@ -228,7 +231,7 @@ def test_image_links_out_of_the_root_are_read_and_counted(tmp_path, caplog):
         target = store / name
         image.rename(target)
         image.symlink_to(target)
-    with caplog.at_level(logging.INFO, logger='seg_training.data'):
+    with caplog.at_level(logging.INFO, logger='seg_training.datasets.segmentation'):
         ds = build_dataset('folder', root, 'train')
     notes = [r.getMessage() for r in caplog.records if 'links to outside' in r.getMessage()]
     assert notes == [f'{root} split train: 2 of 6 image and mask files are links to outside '

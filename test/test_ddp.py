@@ -8,17 +8,17 @@ import sys
 
 import pytest
 
-from seg_training.checkpoint import load_model
-from seg_training.classes import CUSTOM8
-from seg_training.evaluate import evaluate_model_file
+from seg_training.base.classes import CUSTOM8
+from seg_training.evaluation.seg_eval import evaluate_model_file
+from seg_training.nets.checkpoint import load_model
 from training_data import write_folder
 
 
 def _torchrun(root, out, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
-           '2', '-m', 'seg_training.train', '--dataset', 'folder', '--data-root', str(root),
-           '--output-dir', str(out), '--epochs', '1', '--size', '64x32', '--batch-size', '2',
-           '--workers', '0', '--device', 'cpu', '--no-plots', *extra]
+           '2', '-m', 'seg_training.training.loop', '--dataset', 'folder', '--data-root',
+           str(root), '--output-dir', str(out), '--epochs', '1', '--size', '64x32',
+           '--batch-size', '2', '--workers', '0', '--device', 'cpu', '--no-plots', *extra]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 

@@ -13,7 +13,7 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 
 from seg_perception import demo, ros_types
-from seg_training.classes import ClassTable, CUSTOM8
+from seg_training.base.classes import ClassTable, CUSTOM8
 from seg_training.synth import render_sequence
 
 SIZE = (256, 128)

@@ -16,8 +16,9 @@ import time
 import pytest
 import torch
 
-from seg_training import checkpoint, train
-from seg_training.checkpoint import atomic_save, read_file
+from seg_training.nets import checkpoint
+from seg_training.nets.checkpoint import atomic_save, read_file
+from seg_training.training import loop as train
 from training_data import write_folder
 
 TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0', '--seed', '5', '--no-plots']
@@ -52,7 +53,7 @@ class _FullDiskFile:
 
 
 def test_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
-    from seg_training.files import NoSpaceError
+    from seg_training.base.files import NoSpaceError
 
     target = tmp_path / 'last.pt'
     atomic_save({'epoch': 1, 'w': torch.arange(10.0)}, target)

@@ -11,17 +11,19 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from seg_training import provenance
-from seg_training.checkpoint import (build_model, load_model, ModelInfo, Normalization,
-                                     read_file, save_model)
-from seg_training.classes import ClassTable, cityscapes_table, CUSTOM8, IGNORE_INDEX
-from seg_training.config import ConfigError, IMAGENET_MEAN, IMAGENET_STD, load_config
-from seg_training.data import read_image
-from seg_training.class_map import build_class_map
-from seg_training.distill import DistillLoss, kd_loss, state_hash, Teacher
-from seg_training.formats import CAMVID
-from seg_training.preprocess import Resize
-from seg_training.train import main
+from seg_training.base.classes import ClassTable, cityscapes_table, CUSTOM8, IGNORE_INDEX
+from seg_training.base.yaml_reader import ConfigError
+from seg_training.datasets.class_map import build_class_map
+from seg_training.datasets.formats import CAMVID
+from seg_training.datasets.segmentation import read_image
+from seg_training.nets import provenance
+from seg_training.nets.checkpoint import (build_model, load_model, ModelInfo, Normalization,
+                                          read_file, save_model)
+from seg_training.nets.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from seg_training.nets.preprocess import Resize
+from seg_training.training.config import load_config
+from seg_training.training.distill import DistillLoss, kd_loss, state_hash, Teacher
+from seg_training.training.loop import main
 from training_data import write_folder
 
 TINY = ['--batch-size', '2', '--workers', '0', '--no-plots', '--lr', '0.003']

@@ -11,9 +11,9 @@ from seg_perception import engines
 from seg_perception.engines import build_engine, EngineError, resolve
 from seg_perception.pipeline import Frame, SegmentationPipeline
 from seg_perception.resources import default_model_path
-from seg_training.checkpoint import load_model, ModelInfo
-from seg_training.classes import ClassTable
-from seg_training.model import ERFNet, ERFNetConfig
+from seg_training.base.classes import ClassTable
+from seg_training.nets.checkpoint import load_model, ModelInfo
+from seg_training.nets.model import ERFNet, ERFNetConfig
 from seg_training.synth import render_frame
 
 CPU = torch.device('cpu')

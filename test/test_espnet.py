@@ -14,15 +14,15 @@ import torch
 
 from seg_perception.pipeline import Frame, SegmentationPipeline
 from seg_perception.predict import main as seg_predict
-from seg_training import architectures, espnet
-from seg_training.checkpoint import (detect_format, load_model, ModelFileError, read_file,
-                                     save_model)
-from seg_training.classes import CAMVID, cityscapes_table
-from seg_training.convert import main as convert
-from seg_training.espnet import ESPNet, ESPNetConfig
-from seg_training.evaluate import main as seg_eval
+from seg_training.base.classes import CAMVID, cityscapes_table
+from seg_training.evaluation.seg_eval import main as seg_eval
 from seg_training.export import export_model
-from seg_training.train import main as seg_train
+from seg_training.nets import architectures, espnet
+from seg_training.nets.checkpoint import (detect_format, load_model, ModelFileError, read_file,
+                                          save_model)
+from seg_training.nets.convert import main as convert
+from seg_training.nets.espnet import ESPNet, ESPNetConfig
+from seg_training.training.loop import main as seg_train
 from test_formats import write_camvid
 
 TINY = torch.finfo(torch.float32).tiny

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from seg_perception.pipeline import Frame, SegmentationPipeline
-from seg_training import architectures
-from seg_training.checkpoint import (detect_format, load_model, ModelFileError, ModelInfo,
-                                     Normalization, read_file, save_model)
-from seg_training.classes import cityscapes_table, CUSTOM8
-from seg_training.espnetv2 import ESPNetv2, ESPNetv2Config, scale_of_state_dict
+from seg_training.base.classes import cityscapes_table, CUSTOM8
 from seg_training.export import export_model
-from seg_training.train import main as seg_train
+from seg_training.nets import architectures
+from seg_training.nets.checkpoint import (detect_format, load_model, ModelFileError, ModelInfo,
+                                          Normalization, read_file, save_model)
+from seg_training.nets.espnetv2 import ESPNetv2, ESPNetv2Config, scale_of_state_dict
+from seg_training.training.loop import main as seg_train
 from training_data import write_folder
 
 ROOT = Path(__file__).resolve().parents[1]

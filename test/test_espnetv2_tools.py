@@ -8,9 +8,9 @@ from ros_probe import image_array, make_image, start_node
 import torch
 
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
-from seg_training import architectures
-from seg_training.checkpoint import ModelInfo, Normalization, save_model
-from seg_training.classes import CUSTOM8
+from seg_training.base.classes import CUSTOM8
+from seg_training.nets import architectures
+from seg_training.nets.checkpoint import ModelInfo, Normalization, save_model
 from test_bag import read_bag, SEG_BAG, seg_bag_args, write_bag
 
 W, H = 96, 64

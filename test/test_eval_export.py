@@ -13,14 +13,14 @@ from PIL import Image
 import pytest
 import torch
 
-from seg_training import evaluate as seg_eval
 from seg_training import export as seg_export
-from seg_training.checkpoint import (build_model, load_model, ModelFileError, ModelInfo,
-                                     Normalization, save_model)
-from seg_training.classes import (cityscapes_label_to_train_id, cityscapes_table, ClassTable,
-                                  CUSTOM8)
-from seg_training.metrics import ConfusionMatrix
-from seg_training.model import ERFNet, ERFNetConfig
+from seg_training.base.classes import (cityscapes_label_to_train_id, cityscapes_table, ClassTable,
+                                       CUSTOM8)
+from seg_training.evaluation import seg_eval
+from seg_training.evaluation.metrics import ConfusionMatrix
+from seg_training.nets.checkpoint import (build_model, load_model, ModelFileError, ModelInfo,
+                                          Normalization, save_model)
+from seg_training.nets.model import ERFNet, ERFNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 64, 32  # the tiny model's input size (conftest.tiny_model_file)
@@ -119,7 +119,7 @@ def test_seg_eval_on_a_full_disk_prints_the_report_and_fails(tmp_path, tiny_mode
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr('seg_training.files.os.fsync', no_space)
+    monkeypatch.setattr('seg_training.base.files.os.fsync', no_space)
     rc = seg_eval.main(['--model', str(tiny_model_file), '--dataset', 'folder',
                         '--data-root', str(tmp_path / 'data'), '--split', 'val',
                         '--json', str(out_json), '--plots', str(tmp_path / 'plots'),
@@ -158,8 +158,9 @@ def test_seg_eval_reproduces_the_training_summary(tmp_path, tiny_model_file):
     _folder_dataset(data, tiny_model_file, CUSTOM8, n=4, size=(96, 48), split='train')
     _folder_dataset(data, tiny_model_file, CUSTOM8, n=2, size=(96, 48), seed=1)
     out = tmp_path / 'run'
-    proc = subprocess.run([sys.executable, '-m', 'seg_training.train', '--dataset', 'folder',
-                           '--data-root', str(data), '--output-dir', str(out), '--epochs', '1',
+    proc = subprocess.run([sys.executable, '-m', 'seg_training.training.loop',
+                           '--dataset', 'folder', '--data-root', str(data), '--output-dir',
+                           str(out), '--epochs', '1',
                            '--batch-size', '2', '--size', '64x32', '--workers', '0',
                            '--device', 'cpu', '--seed', '0'],
                           capture_output=True, text=True, timeout=280, cwd=ROOT)
@@ -229,7 +230,7 @@ def test_seg_eval_official_model_leaves_void_out(tmp_path):
 
 def test_seg_eval_command_reports_a_missing_dataset(tmp_path, tiny_model_file):
     missing = tmp_path / 'nowhere'
-    proc = subprocess.run([sys.executable, '-m', 'seg_training.evaluate', '--model',
+    proc = subprocess.run([sys.executable, '-m', 'seg_training.evaluation.seg_eval', '--model',
                            str(tiny_model_file), '--dataset', 'folder', '--data-root',
                            str(missing)], capture_output=True, text=True, timeout=120,
                           cwd=ROOT, env=dict(os.environ))

@@ -13,11 +13,11 @@ import torch
 
 from seg_perception.pipeline import Frame, SegmentationPipeline
 from seg_perception.predict import main as seg_predict
-from seg_training import evaluate as seg_eval
-from seg_training.checkpoint import build_model, ModelInfo, Normalization, save_model
-from seg_training.classes import cityscapes_label_to_train_id, cityscapes_table
-from seg_training.data import build_dataset
-from seg_training.metrics import cityscapes_evaluator, ConfusionMatrix
+from seg_training.base.classes import cityscapes_label_to_train_id, cityscapes_table
+from seg_training.datasets.build import build_dataset
+from seg_training.evaluation import seg_eval
+from seg_training.evaluation.metrics import cityscapes_evaluator, ConfusionMatrix
+from seg_training.nets.checkpoint import build_model, ModelInfo, Normalization, save_model
 
 SIZE = (200, 100)  # the label resolution (W, H); the network runs at 64x32
 STEMS = ('ulm_000000_000019', 'ulm_000001_000019', 'ulm_000002_000019')

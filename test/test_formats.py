@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
-from seg_training.classes import cityscapes_table, IGNORE_INDEX
-from seg_training.data import build_dataset, DatasetError
-from seg_training.formats import CAMVID
-from seg_training.train import main
+from seg_training.base.classes import cityscapes_table, IGNORE_INDEX
+from seg_training.datasets.build import build_dataset
+from seg_training.datasets.formats import CAMVID
+from seg_training.datasets.segmentation import DatasetError
+from seg_training.training.loop import main
 from training_data import scene, SCENE
 
 SIZE = (64, 32)

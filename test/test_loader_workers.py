@@ -23,7 +23,7 @@ _SCRIPT = r'''
 import os, sys, time
 import torch
 from torch.utils.data import DataLoader, Dataset
-from seg_training.data import loader_worker_init
+from seg_training.datasets.build import loader_worker_init
 
 class Big(Dataset):
     transform = None
@@ -76,7 +76,7 @@ def test_workers_end_when_their_process_is_killed():
 
 def test_a_worker_whose_parent_is_already_gone_exits():
     # Bound to a PID that is not this process's parent, as after the parent died.
-    code = ('import os; from seg_training.data import die_with_parent; '
+    code = ('import os; from seg_training.datasets.build import die_with_parent; '
             'die_with_parent(os.getppid() + 1); print("still here")')
     run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          timeout=120)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg_training.losses import build_loss, DiceLoss, enet_class_weights, FocalLoss
+from seg_training.training.losses import build_loss, DiceLoss, enet_class_weights, FocalLoss
 
 
 def test_enet_weights_follow_the_formula():

@@ -12,9 +12,9 @@ from torch import nn
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from seg_training.classes import cityscapes_label_to_train_id, cityscapes_table
-from seg_training.metrics import cityscapes_evaluator, ConfusionMatrix, evaluate
-from seg_training.model import ERFNet, ERFNetConfig
+from seg_training.base.classes import cityscapes_label_to_train_id, cityscapes_table
+from seg_training.evaluation.metrics import cityscapes_evaluator, ConfusionMatrix, evaluate
+from seg_training.nets.model import ERFNet, ERFNetConfig
 
 
 def _same(a, b, tol=1e-9):

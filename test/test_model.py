@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from seg_training.model import (count_parameters, DownsamplerBlock, ERFNet, ERFNetConfig,
-                                NonBottleneck1D, UpsamplerBlock)
+from seg_training.nets.model import (count_parameters, DownsamplerBlock, ERFNet, ERFNetConfig,
+                                     NonBottleneck1D, UpsamplerBlock)
 
 
 def conv_params(c_in: int, c_out: int, kh: int, kw: int) -> int:

@@ -9,9 +9,11 @@ from ros_probe import NodeProcess
 import torch
 
 from seg_perception import bag, predict
-from seg_training import evaluate, export, train
-from seg_training.checkpoint import load_model, ModelFileError, read_file
-from seg_training.model import ERFNet, ERFNetConfig
+from seg_training import export
+from seg_training.evaluation import seg_eval as evaluate
+from seg_training.nets.checkpoint import load_model, ModelFileError, read_file
+from seg_training.nets.model import ERFNet, ERFNetConfig
+from seg_training.training import loop as train
 from test_bag import write_bag
 from training_data import write_folder
 
@@ -155,7 +157,7 @@ def test_node_refuses_to_start(bad_models, tmp_path):
 
 
 def test_bounds_leave_room_for_real_cameras():
-    from seg_training.checkpoint import check_input_bound
+    from seg_training.nets.checkpoint import check_input_bound
 
     check_input_bound(2048, 1024)
     check_input_bound(8192, 4096)

@@ -14,7 +14,7 @@ from ros_probe import image_array, LATCHED, make_image, start_node
 from std_msgs.msg import String
 
 from seg_perception.pipeline import Frame, Outputs
-from seg_training.classes import ClassTable, CUSTOM8
+from seg_training.base.classes import ClassTable, CUSTOM8
 
 SIZES = {'front': (96, 48), 'rear': (40, 24)}  # (W, H); the network input is 64x32
 ENCODINGS = {'front': 'rgb8', 'rear': 'bgr8'}

@@ -17,7 +17,7 @@ from std_msgs.msg import String
 from seg_perception.engines import cpu_cores
 from seg_perception.image_codec import overlay_encoding
 from seg_perception.pipeline import Frame, Outputs
-from seg_training.classes import ClassTable, CUSTOM8
+from seg_training.base.classes import ClassTable, CUSTOM8
 
 W, H = 80, 48  # camera size; the tiny model's network input is 64x32
 INPUT = '/image'

@@ -14,10 +14,10 @@ from std_msgs.msg import Header
 from seg_perception import ros_image
 from seg_perception.image_codec import ImageFormatError
 from seg_perception.node import input_qos, LATCHED_QOS, LatestFrames
-from seg_perception.pipeline import class_table_json, Frame
 from seg_perception.node import OUTPUT_QOS
 from seg_perception.params import NodeParams
-from seg_training.classes import ClassTable, CUSTOM8
+from seg_perception.pipeline import class_table_json, Frame
+from seg_training.base.classes import ClassTable, CUSTOM8
 
 
 def test_newest_frame_per_camera_wins_and_cameras_batch_together():

@@ -23,7 +23,7 @@ from rclpy.parameter_client import AsyncParameterClient
 from ros_probe import image_array, LATCHED, make_image, NODE_NAME, start_node
 
 from seg_perception import params
-from seg_training.classes import CUSTOM8
+from seg_training.base.classes import CUSTOM8
 
 W, H = 48, 32
 INPUT = '/image'

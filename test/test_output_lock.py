@@ -14,16 +14,17 @@ import time
 
 import pytest
 
-from seg_training.checkpoint import read_file
+from seg_training.nets.checkpoint import read_file
 from training_data import write_folder
 
 DEADLINE_S = 240.0
 
 
 def _cmd(data_root: Path, out: Path, *extra: str):
-    return [sys.executable, '-m', 'seg_training.train', '--dataset', 'folder', '--data-root',
-            str(data_root), '--output-dir', str(out), '--epochs', '500', '--size', '64x32',
-            '--batch-size', '2', '--workers', '1', '--seed', '3', '--no-plots', *extra]
+    return [sys.executable, '-m', 'seg_training.training.loop', '--dataset', 'folder',
+            '--data-root', str(data_root), '--output-dir', str(out), '--epochs', '500',
+            '--size', '64x32', '--batch-size', '2', '--workers', '1', '--seed', '3', '--no-plots',
+            *extra]
 
 
 def _run(cmd) -> subprocess.CompletedProcess:
@@ -62,7 +63,7 @@ def test_second_run_and_resume_are_refused_then_resume_after_sigkill(tmp_path):
             first.kill()
             first.communicate()
     assert first.returncode == -signal.SIGKILL
-    from seg_training.lock import LOCK_NAME
+    from seg_training.training.lock import LOCK_NAME
     assert (out / LOCK_NAME).read_text() == f'{first.pid}\n'  # what the killed run left
     done = read_file(out / 'last.pt')['training_state']['progress']['epoch']
     assert done < 500
@@ -76,7 +77,7 @@ def test_second_run_and_resume_are_refused_then_resume_after_sigkill(tmp_path):
 
 
 def test_folder_lock_in_one_process(tmp_path):
-    from seg_training.lock import folder_lock, FolderBusyError
+    from seg_training.training.lock import folder_lock, FolderBusyError
 
     folder = tmp_path / 'new' / 'run'
     with folder_lock(folder, 'a test') as path:
@@ -93,7 +94,7 @@ def test_folder_lock_in_one_process(tmp_path):
 
 
 def test_output_dir_that_cannot_be_made_is_a_one_line_error(tmp_path, capsys):
-    from seg_training import train
+    from seg_training.training import loop as train
 
     data = write_folder(tmp_path / 'data', n_train=2, n_val=1)
     (tmp_path / 'a_file').write_text('x')

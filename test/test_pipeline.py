@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
-from seg_training.cli import resolve_device
-from seg_training.checkpoint import load_model, ModelInfo
-from seg_training.classes import ClassTable
-from seg_training.model import ERFNet, ERFNetConfig
+from seg_training.base.classes import ClassTable
+from seg_training.base.cli import resolve_device
+from seg_training.nets.checkpoint import load_model, ModelInfo
+from seg_training.nets.model import ERFNet, ERFNetConfig
 
 NET_W, NET_H = 64, 32
 CUDA = torch.cuda.is_available()

@@ -14,10 +14,11 @@ from PIL import Image
 import torch
 import yaml
 
-from seg_training import evaluate, train
-from seg_training.checkpoint import build_model, ModelInfo, Normalization, save_model
-from seg_training.classes import ClassTable, CUSTOM8
-from seg_training.plots import plot_confusion, plot_per_class_iou
+from seg_training.base.classes import ClassTable, CUSTOM8
+from seg_training.evaluation import seg_eval as evaluate
+from seg_training.evaluation.plots import plot_confusion, plot_per_class_iou
+from seg_training.nets.checkpoint import build_model, ModelInfo, Normalization, save_model
+from seg_training.training import loop as train
 from training_data import write_folder
 
 MATH = r'$\nonexistent$'  # mathtext that matplotlib cannot lay out

@@ -7,9 +7,9 @@ from PIL import Image
 import pytest
 import torch
 
-from seg_training.classes import CUSTOM8
-from seg_training.plots import (colorize, plot_confusion, plot_curves, plot_per_class_iou,
-                                plot_samples, read_csv_columns)
+from seg_training.base.classes import CUSTOM8
+from seg_training.evaluation.plots import (colorize, plot_confusion, plot_curves,
+                                           plot_per_class_iou, plot_samples, read_csv_columns)
 
 
 def _png(path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from test_pipeline import block_image, colour_pipeline, NET_H, NET_W
 
-from seg_perception.pipeline import Frame, Outputs
 from seg_perception import image_codec
+from seg_perception.pipeline import Frame, Outputs
 from seg_perception.postprocess import cpu_area_input, label_grid, resolve_label_upsampling
 from seg_perception.timing import NO_TIMER, StageTimer
-from seg_training.preprocess import Resize
+from seg_training.nets.preprocess import Resize
 
 CUDA = torch.cuda.is_available()
 ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from seg_perception.predict import main
-from seg_training.classes import cityscapes_table
+from seg_training.base.classes import cityscapes_table
 from test_checkpoint import official_file, random_erfnet
 
 

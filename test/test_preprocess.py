@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from seg_perception.pipeline import SegmentationPipeline
-from seg_training.checkpoint import (build_model, load_model, model_file_dict, ModelFileError,
-                                     ModelInfo, Normalization, save_model)
-from seg_training.classes import CUSTOM8
-from seg_training.preprocess import (DEFAULT_RESIZE, OFFICIAL_RESIZE, preprocessing, Resize)
-from seg_training.transforms import val_transform
+from seg_training.base.classes import CUSTOM8
+from seg_training.datasets.transforms import val_transform
+from seg_training.nets.checkpoint import (build_model, load_model, model_file_dict, ModelFileError,
+                                          ModelInfo, Normalization, save_model)
+from seg_training.nets.preprocess import DEFAULT_RESIZE, OFFICIAL_RESIZE, preprocessing, Resize
 
 
 def smooth(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -88,7 +88,7 @@ def test_model_file_stores_the_resize_and_older_files_get_the_documented_default
 
 
 def test_official_erfnet_gets_pil_bilinear(tmp_path):
-    from seg_training.model import ERFNet, ERFNetConfig
+    from seg_training.nets.model import ERFNet, ERFNetConfig
 
     net = ERFNet(ERFNetConfig(num_classes=20))
     torch.save({f'module.{k}': v for k, v in net.state_dict().items()},
@@ -96,7 +96,7 @@ def test_official_erfnet_gets_pil_bilinear(tmp_path):
     info = load_model(tmp_path / 'erfnet_pretrained.pth')[1]
     assert info.resize == OFFICIAL_RESIZE == Resize('bilinear', True)
     # and it says where it comes from: real Cityscapes frames
-    from seg_training.provenance import describe, never_saw_real_images
+    from seg_training.nets.provenance import describe, never_saw_real_images
 
     assert info.provenance['real_images'] is True and not never_saw_real_images(info.provenance)
     assert 'cityscapes:train (real, 2975 images, 2048x1024)' in describe(info.provenance)

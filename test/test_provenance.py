@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from seg_perception.predict import main as seg_predict
-from seg_training import provenance
-from seg_training.checkpoint import load_model, ModelFileError, read_file
-from seg_training.data import build_dataset
+from seg_training.datasets.build import build_dataset
+from seg_training.nets import provenance, provenance_record
+from seg_training.nets.checkpoint import load_model, ModelFileError, read_file
 from seg_training.synth import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,8 +105,9 @@ def test_seg_train_on_seg_synth_data_records_synthetic_provenance(tmp_path):
     data = tmp_path / 'synth'
     generate(data, layout='cityscapes', n_train=2, n_val=1, size=(64, 32))
     out = tmp_path / 'run'
-    proc = subprocess.run([sys.executable, '-m', 'seg_training.train', '--dataset', 'cityscapes',
-                           '--data-root', str(data), '--output-dir', str(out), '--epochs', '1',
+    proc = subprocess.run([sys.executable, '-m', 'seg_training.training.loop',
+                           '--dataset', 'cityscapes', '--data-root', str(data), '--output-dir',
+                           str(out), '--epochs', '1',
                            '--batch-size', '2', '--size', '64x32', '--workers', '0',
                            '--device', 'cpu', '--seed', '0', '--class-weighting', 'none'],
                           capture_output=True, text=True, timeout=280, cwd=ROOT)
@@ -192,7 +193,7 @@ def test_provenance_fields_of_the_wrong_type_are_refused_at_load(tmp_path, tiny_
 
 def test_a_deep_chain_of_starting_models_is_refused(tmp_path, tiny_model_file):
     record = {'datasets': [REAL], 'real_images': True, 'init': None}
-    for i in range(provenance.MAX_INIT_DEPTH + 1):
+    for i in range(provenance_record.MAX_INIT_DEPTH + 1):
         record = {'datasets': [SYNTH], 'init': provenance.init_record(f'{i}.pt', record)}
     path = _with_provenance(tiny_model_file, tmp_path / 'model.pt', record)
     with pytest.raises(ModelFileError, match='nested more than 32 deep'):

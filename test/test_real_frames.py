@@ -9,8 +9,8 @@ import pytest
 from seg_perception.demo.real import class_map_for
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path, samples_root, synth_model_path
-from seg_training.checkpoint import load_model
-from seg_training.evaluate import evaluate_model_file
+from seg_training.evaluation.seg_eval import evaluate_model_file
+from seg_training.nets.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = ROOT / 'test' / 'data' / 'recorded_labels'

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from seg_training.checkpoint import read_file
+from seg_training.nets.checkpoint import read_file
 from training_data import write_folder
 
 EPOCHS = 3
@@ -32,9 +32,9 @@ def data_root(tmp_path_factory):
 
 
 def _cmd(data_root: Path, out: Path, workers: int, *extra: str):
-    return [sys.executable, '-m', 'seg_training.train', '--dataset', 'folder', '--data-root',
-            str(data_root), '--output-dir', str(out), '--epochs', str(EPOCHS), '--size',
-            '64x32', '--batch-size', '2', '--workers', str(workers), '--seed', '11',
+    return [sys.executable, '-m', 'seg_training.training.loop', '--dataset', 'folder',
+            '--data-root', str(data_root), '--output-dir', str(out), '--epochs', str(EPOCHS),
+            '--size', '64x32', '--batch-size', '2', '--workers', str(workers), '--seed', '11',
             '--no-plots', *extra]
 
 

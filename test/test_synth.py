@@ -10,9 +10,9 @@ from PIL import Image
 import pytest
 import yaml
 
-from seg_training.classes import cityscapes_label_to_train_id, CUSTOM8, IGNORE_INDEX
-from seg_training.cli import parse_size
-from seg_training.data import CityscapesDataset, FolderDataset
+from seg_training.base.classes import cityscapes_label_to_train_id, CUSTOM8, IGNORE_INDEX
+from seg_training.base.cli import parse_size
+from seg_training.datasets.build import CityscapesDataset, FolderDataset
 from seg_training.synth import (CITIES, drive_seed, generate, label_lut, LABEL_IDS, main,
                                 render_frame, render_sequence, sample_drive)
 from seg_training.synth.render import Look

@@ -8,15 +8,16 @@ import pytest
 import torch
 import yaml
 
-from seg_training import engine
-from seg_training.checkpoint import load_model, read_file
-from seg_training.classes import cityscapes_table
-from seg_training.config import (ConfigError, IMAGENET_MEAN, IMAGENET_STD, load_config,
-                                 TrainConfig)
-from seg_training.evaluate import evaluate_model_file
-from seg_training.losses import build_loss
-from seg_training.model import ERFNet, ERFNetConfig
-from seg_training.train import build_parser, config_from_args, main
+from seg_training.base.classes import cityscapes_table
+from seg_training.base.yaml_reader import ConfigError
+from seg_training.evaluation.seg_eval import evaluate_model_file
+from seg_training.nets.checkpoint import load_model, read_file
+from seg_training.nets.model import ERFNet, ERFNetConfig
+from seg_training.nets.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from seg_training.training import engine
+from seg_training.training.config import load_config, TrainConfig
+from seg_training.training.loop import build_parser, config_from_args, main
+from seg_training.training.losses import build_loss
 from training_data import write_cityscapes, write_folder
 
 ROOT = Path(__file__).resolve().parents[1]

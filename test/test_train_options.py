@@ -6,11 +6,11 @@ import logging
 import pytest
 import torch
 
-from seg_training import engine
-from seg_training.config import TrainConfig
-from seg_training.losses import build_loss, DiceLoss
-from seg_training.model import ERFNet, ERFNetConfig
-from seg_training.train import build_parser, main
+from seg_training.nets.model import ERFNet, ERFNetConfig
+from seg_training.training import engine
+from seg_training.training.config import TrainConfig
+from seg_training.training.loop import build_parser, main
+from seg_training.training.losses import build_loss, DiceLoss
 from training_data import write_folder
 
 TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0', '--no-plots']
@@ -58,7 +58,7 @@ def test_ce_dice_is_the_weighted_sum():
 def test_times_finished_resume_and_upscaling_warning(tmp_path, capsys, caplog):
     root = write_folder(tmp_path / 'data', n_train=4, n_val=2, size=(64, 32))
     out = tmp_path / 'run'
-    with caplog.at_level(logging.WARNING, logger='seg_training.train'):
+    with caplog.at_level(logging.WARNING, logger='seg_training.training.loop'):
         assert main(['--dataset', 'folder', '--data-root', str(root), '--output-dir', str(out),
                      '--epochs', '1', '--optimizer', 'adamw', '--loss', 'ce_dice',
                      *TINY[:1], '128x64', *TINY[2:]]) == 0

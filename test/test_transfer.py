@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from seg_training.checkpoint import (build_model, IMAGENET_ENCODER_PREFIX, load_model,
-                                     ModelFileError, ModelInfo, Normalization, read_file,
-                                     save_model)
-from seg_training.classes import ClassTable, cityscapes_table, CUSTOM8
-from seg_training.model import ERFNet, ERFNetConfig
-from seg_training.train import main
-from seg_training.transfer import HEAD_KEYS, init_from_file, match_classes
+from seg_training.base.classes import ClassTable, cityscapes_table, CUSTOM8
+from seg_training.nets.checkpoint import (build_model, IMAGENET_ENCODER_PREFIX, load_model,
+                                          ModelFileError, ModelInfo, Normalization, read_file,
+                                          save_model)
+from seg_training.nets.model import ERFNet, ERFNetConfig
+from seg_training.training.loop import main
+from seg_training.training.transfer import HEAD_KEYS, init_from_file, match_classes
 from training_data import write_folder
 
 TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0', '--no-plots']

@@ -8,8 +8,8 @@ from file_module import load_file
 import numpy as np
 import pytest
 
-from seg_training.classes import CUSTOM8, cityscapes_table, IGNORE_INDEX
-from seg_training.data import build_dataset
+from seg_training.base.classes import CUSTOM8, cityscapes_table, IGNORE_INDEX
+from seg_training.datasets.build import build_dataset
 from seg_training.synth import generate
 
 SCRIPT = Path(__file__).resolve().parents[1] / 'bench' / 'transfer_experiment.py'

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from seg_training.config import AugmentConfig
-from seg_training.transforms import denormalize, train_transform, val_transform
+from seg_training.datasets.transforms import AugmentConfig
+from seg_training.datasets.transforms import denormalize, train_transform, val_transform
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 # Colours far apart, so a class can be read back from a pixel's colour.

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from seg_training.model import ERFNet, ERFNetConfig
-from seg_training.tta import parse_tta, TTA, tta_probabilities
+from seg_training.nets.model import ERFNet, ERFNetConfig
+from seg_training.nets.tta import parse_tta, TTA, tta_probabilities
 
 
 @pytest.fixture(scope='module')
@@ -73,7 +73,7 @@ def test_seg_predict_and_seg_eval_take_tta(tmp_path, tiny_model_file, caplog):
     import logging
 
     from seg_perception.predict import main as seg_predict
-    from seg_training.evaluate import evaluate_model_file, main as seg_eval
+    from seg_training.evaluation.seg_eval import evaluate_model_file, main as seg_eval
     from training_data import write_folder
 
     root = write_folder(tmp_path / 'data', n_train=1, n_val=2, size=(64, 32))

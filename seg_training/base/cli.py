@@ -1,7 +1,7 @@
 """
 Small pieces the command-line tools share: help format, image sizes and the compute device.
 
-Light to import (torch only when a device or a network size is asked for), so tools without a
+Light to import (torch only when a device is asked for), so tools without a
 network, such as seg-replay, use it too.
 """
 
@@ -13,8 +13,6 @@ from typing import Iterator, Tuple, TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-
-    from seg_training.tta import TTA
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -51,20 +49,6 @@ def size_arg(text: str) -> Tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def network_size_arg(text: str) -> Tuple[int, int]:
-    """Argparse type of an ERFNet input size 'WxH': multiples of the stride, within bounds."""
-    from seg_training.checkpoint import check_input_bound
-    from seg_training.model import check_input_size
-
-    w, h = size_arg(text)
-    try:
-        check_input_size(h, w)
-        check_input_bound(w, h, f'size {text!r}')
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return w, h
-
-
 def unit_interval_arg(text: str) -> float:
     """Argparse type of a number in [0, 1], such as an overlay opacity (NaN refused)."""
     try:
@@ -74,15 +58,6 @@ def unit_interval_arg(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # also false for NaN
         raise argparse.ArgumentTypeError(f'{text} is outside [0, 1]')
     return value
-
-
-def tta_arg(text: str) -> 'TTA':
-    """Argparse type of --tta: 'flip', scales, or both ('flip,0.75,1,1.25')."""
-    from seg_training.tta import parse_tta
-    try:
-        return parse_tta(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def resolve_device(name: str, local_rank: int = 0) -> 'torch.device':

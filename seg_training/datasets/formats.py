@@ -36,10 +36,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from seg_training.classes import CAMVID, ClassTable, cityscapes_table, IGNORE_INDEX
-from seg_training.data import (_relative_stems, DatasetError, IMAGE_SUFFIXES, MaskSpec,
-                               PathLike, read_classes_yaml, read_image, read_single_channel,
-                               read_text_file, SegmentationDataset, Transform)
+from seg_training.base.classes import CAMVID, ClassTable, cityscapes_table, IGNORE_INDEX
+from seg_training.datasets.segmentation import (_relative_stems, DatasetError, IMAGE_SUFFIXES,
+                                                MaskSpec, PathLike, read_classes_yaml, read_image,
+                                                read_single_channel, read_text_file,
+                                                SegmentationDataset, Transform)
 
 CVAT_BACKGROUND = 'background'
 

@@ -21,17 +21,18 @@ from torch import nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from seg_training import metrics
-from seg_training.cli import resolve_device
-from seg_training.config import TrainConfig
-from seg_training import architectures
-from seg_training.model import ERFNet
+from seg_training.base.cli import resolve_device
+from seg_training.evaluation import metrics
+from seg_training.nets import architectures
+from seg_training.nets.model import ERFNet
+from seg_training.training.config import TrainConfig
 
 _logger = logging.getLogger(__name__)
 
 STAGES = ('encoder', 'full')
 PARTS = ('ce', 'kd')  # parts of a distillation loss, logged per epoch
-# (logits, targets, images) -> (loss, {part: detached value}): seg_training.distill.DistillLoss
+# (logits, targets, images) -> (loss, {part: detached value}):
+# seg_training.training.distill.DistillLoss
 PartsLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
                      Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
@@ -260,9 +261,9 @@ def train_one_epoch(module: nn.Module, loader: Iterable, criterion: nn.Module,
 
     ``module`` returns logits (B, K, h, w); targets are resized to (h, w) by nearest neighbour when
     the logits are smaller (the encoder stage trains against labels at 1/8 resolution).
-    ``distill`` (seg_training.distill.DistillLoss), if given, replaces ``criterion``: it also sees
-    the images and returns the loss with its parts. The result holds ``loss`` and each part
-    (``ce``, ``kd``) averaged over the samples of the batches that had it.
+    ``distill`` (seg_training.training.distill.DistillLoss), if given, replaces ``criterion``: it
+    also sees the images and returns the loss with its parts. The result holds ``loss`` and each
+    part (``ce``, ``kd``) averaged over the samples of the batches that had it.
     """
     sums: Dict[str, float] = {'loss': 0.0}
     counts: Dict[str, float] = {'loss': 0.0}

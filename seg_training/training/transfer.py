@@ -2,10 +2,10 @@
 Initialising a model from another one of the same architecture (project or published files).
 
 Everything but the class heads (ERFNet: ``encoder.output_conv`` and ``decoder.output_conv``;
-ESPNetv2: ``bu_dec_l4.merge_layer.3``, see :mod:`seg_training.architectures`) is copied as is.
+ESPNetv2: ``bu_dec_l4.merge_layer.3``, see :mod:`seg_training.nets.architectures`) is copied as is.
 When the class sets are equal the heads are copied too; otherwise the new heads keep their
 fresh initialisation except for the rows of target classes that exist in the source by name (or
-by an alias of :data:`seg_training.classes.CLASS_ALIASES`, e.g. ``vehicle`` from ``car``).
+by an alias of :data:`seg_training.base.classes.CLASS_ALIASES`, e.g. ``vehicle`` from ``car``).
 """
 
 from dataclasses import dataclass, field
@@ -15,12 +15,13 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from seg_training import architectures
-from seg_training.checkpoint import (bare_state_dict, check_finite, check_state_dict,
-                                     detect_format, flush_denormals, info_from_dict,
-                                     ModelFileError, Normalization, PUBLISHED, read_file, unwrap)
-from seg_training.class_map import build_class_map, match_classes
-from seg_training.classes import ClassTable, cityscapes_table
+from seg_training.base.classes import ClassTable, cityscapes_table
+from seg_training.datasets.class_map import build_class_map, match_classes
+from seg_training.nets import architectures
+from seg_training.nets.checkpoint import (bare_state_dict, check_finite, check_state_dict,
+                                          detect_format, flush_denormals, info_from_dict,
+                                          ModelFileError, Normalization, PUBLISHED, read_file,
+                                          unwrap)
 
 _logger = logging.getLogger(__name__)
 
@@ -109,8 +110,8 @@ def init_from_file(model: torch.nn.Module, path: PathLike, classes: ClassTable,
 
     ``classes`` is the class table of ``model``; the report says what was copied. The source
     must have the architecture of ``model`` (ESPNetv2: also its width scale). A ``class_map``
-    file (:mod:`seg_training.class_map`) names the source classes of target classes whose names
-    differ; a row starts from the first source class listed. ``source`` is ``path`` already
+    file (:mod:`seg_training.datasets.class_map`) names the source classes of target classes whose
+    names differ; a row starts from the first source class listed. ``source`` is ``path`` already
     read by :func:`read_source` (read here otherwise).
     """
     net = unwrap(model)

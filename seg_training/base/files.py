@@ -2,6 +2,7 @@
 
 from contextlib import contextmanager
 import errno
+import json
 import logging
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Iterator, List, Optional, Union
+from typing import Any, Iterator, List, Optional, Union
 
 _logger = logging.getLogger(__name__)
 
@@ -156,3 +157,10 @@ def atomic_path(path: PathLike, suffix: str = '.tmp') -> Iterator[Path]:
         if tmp.exists():
             tmp.unlink()
     remove_leftovers(path.parent, temporary_pattern(path, suffix), started)
+
+
+def write_json(obj: Any, path: PathLike) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + '\n')
+    return Path(path)

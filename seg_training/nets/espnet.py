@@ -39,8 +39,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from seg_training.espnetv2 import BNAct, ConvBNAct
-from seg_training.model import check_multiple
+from seg_training.nets.espnetv2 import BNAct, ConvBNAct
+from seg_training.nets.model import check_multiple
 
 STRIDE = 8                           # three halvings; the decoder needs exact halves back
 BN_EPS = 1e-3                        # the authors' BatchNorm eps, everywhere

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import yaml
 
-from seg_training.classes import CLASS_ALIASES, ClassTable, IGNORE_INDEX
-from seg_training.config import ConfigError
+from seg_training.base.classes import CLASS_ALIASES, ClassTable, IGNORE_INDEX
+from seg_training.base.yaml_reader import ConfigError
 
 PathLike = Union[str, os.PathLike]
 

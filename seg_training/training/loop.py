@@ -37,26 +37,31 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from seg_training import architectures, distill, engine, provenance
-from seg_training.checkpoint import (atomic_save, info_from_dict, load_imagenet_encoder,
-                                     load_model, load_state_dict_checked, model_file_dict,
-                                     ModelFileError, ModelInfo, Normalization, read_file,
-                                     unwrap)
-from seg_training.classes import ClassTable
-from seg_training.cli import network_size_arg, sigterm_as_interrupt
-from seg_training.config import (AMP_DTYPES, apply_overrides, ARCHS, CLASS_WEIGHTINGS,
-                                 config_from_dict, ConfigError, DATASETS, IMAGENET_MEAN,
-                                 IMAGENET_STD, load_config, LOSSES, OPTIMIZERS, read_yaml,
-                                 save_config, SCHEDULES, stage_epochs, TRAIN_DATASETS,
-                                 TrainConfig, UNLABELLED_DATASETS)
-from seg_training.data import (build_dataset, check_datasets, DatasetError, JointDataset,
-                               loader_worker_init, SegmentationDataset)
-from seg_training.files import atomic_path, NoSpaceError
-from seg_training.lock import folder_lock, FolderLockError
-from seg_training.losses import build_loss, describe_weights, enet_class_weights
-from seg_training.preprocess import DEFAULT_RESIZE
-from seg_training.transfer import init_from_file, read_source, Source
-from seg_training.transforms import denormalize, train_transform, val_transform
+from seg_training.base.classes import ClassTable
+from seg_training.base.cli import sigterm_as_interrupt
+from seg_training.base.dataset_kinds import DATASETS, UNLABELLED_DATASETS
+from seg_training.base.files import atomic_path, NoSpaceError
+from seg_training.base.yaml_reader import ConfigError
+from seg_training.datasets.build import (build_dataset, check_datasets, JointDataset,
+                                         loader_worker_init)
+from seg_training.datasets.segmentation import DatasetError, SegmentationDataset
+from seg_training.datasets.transforms import denormalize, train_transform, val_transform
+from seg_training.nets import architectures, provenance
+from seg_training.nets.checkpoint import (atomic_save, info_from_dict, load_imagenet_encoder,
+                                          load_model, load_state_dict_checked, model_file_dict,
+                                          ModelFileError, ModelInfo, Normalization, read_file,
+                                          unwrap)
+from seg_training.nets.options import network_size_arg
+from seg_training.nets.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from seg_training.nets.preprocess import DEFAULT_RESIZE
+from seg_training.training import distill, engine
+from seg_training.training.config import (AMP_DTYPES, apply_overrides, ARCHS, CLASS_WEIGHTINGS,
+                                          config_from_dict, load_config, LOSSES, OPTIMIZERS,
+                                          read_yaml, save_config, SCHEDULES, stage_epochs,
+                                          TRAIN_DATASETS, TrainConfig)
+from seg_training.training.lock import folder_lock, FolderLockError
+from seg_training.training.losses import build_loss, describe_weights, enet_class_weights
+from seg_training.training.transfer import init_from_file, read_source, Source
 
 _logger = logging.getLogger(__name__)
 
@@ -392,7 +397,7 @@ def _initialise(net: torch.nn.Module, cfg: TrainConfig, classes: ClassTable,
 
 def _sample_panels(net: torch.nn.Module, ds: SegmentationDataset, cfg: TrainConfig,
                    device: torch.device, out_png: Path) -> None:
-    from seg_training import plots
+    from seg_training.evaluation import plots
     n = min(cfg.val_panels, len(ds))
     if n == 0:
         return
@@ -702,14 +707,14 @@ def _summary(cfg: TrainConfig, progress: engine.Progress, final: Optional[Dict[s
 
 
 def _plot_curves(out: Path) -> None:
-    from seg_training import plots
+    from seg_training.evaluation import plots
     png = out / 'plots' / 'curves.png'
     plots.draw_safely(png, lambda: plots.plot_curves(out / 'metrics.csv', png))
 
 
 def _final_plots(out: Path, cfg: TrainConfig, progress: engine.Progress, classes: ClassTable,
                  val_ds: SegmentationDataset, device: torch.device) -> None:
-    from seg_training import plots
+    from seg_training.evaluation import plots
     _plot_curves(out)
     best = progress.best_metrics or {}
     keep = [i for i in range(classes.num_classes) if i != classes.void_index]

@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 
-from seg_training.files import atomic_path
+from seg_training.base.files import atomic_path
 
 _logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from seg_training.classes import IGNORE_INDEX
+from seg_training.base.classes import IGNORE_INDEX
 
 _logger = logging.getLogger(__name__)
 

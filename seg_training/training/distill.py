@@ -1,10 +1,11 @@
 """
 Knowledge distillation: a teacher model's soft targets teach the network seg-train trains.
 
-The teacher is any model file :func:`seg_training.checkpoint.load_model` reads, used only through
-the module and the :class:`~seg_training.checkpoint.ModelInfo` it returns. It runs in eval mode
-without gradients, at its own preprocessing (input size, resize, mean/std), on the same augmented
-frame the student sees; its logits are resized (bilinear) to the student's logit size.
+The teacher is any model file :func:`seg_training.nets.checkpoint.load_model` reads, used only
+through the module and the :class:`~seg_training.nets.checkpoint.ModelInfo` it returns. It runs in
+eval mode without gradients, at its own preprocessing (input size, resize, mean/std), on the
+same augmented frame the student sees; its logits are resized (bilinear) to the student's logit
+size.
 
 Classes (:class:`ClassMap`): each student class takes the summed probability of its teacher
 classes. By default a student class takes the teacher class of the same name (case ignored, and
@@ -38,11 +39,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from seg_training import provenance
-from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.classes import ClassTable, IGNORE_INDEX
-from seg_training.config import ConfigError
-from seg_training.class_map import build_class_map, ClassMap
+from seg_training.base.classes import ClassTable, IGNORE_INDEX
+from seg_training.base.yaml_reader import ConfigError
+from seg_training.datasets.class_map import build_class_map, ClassMap
+from seg_training.nets import provenance
+from seg_training.nets.checkpoint import load_model, ModelFileError, ModelInfo
 
 _logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Teacher:
         return out
 
     def record(self) -> Dict:
-        """Provenance entry of the teacher (seg_training.provenance.teacher_record)."""
+        """Provenance entry of the teacher (seg_training.nets.provenance.teacher_record)."""
         return provenance.teacher_record(self.source, self.state_sha256,
                                          self.class_map.to_dict(), self.info.provenance)
 

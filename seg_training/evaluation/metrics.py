@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from seg_training.classes import IGNORE_INDEX
+from seg_training.base.classes import IGNORE_INDEX
 
 _logger = logging.getLogger(__name__)
 

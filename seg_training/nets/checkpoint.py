@@ -5,7 +5,7 @@ A project model file is a plain dict (loadable with ``torch.load(weights_only=Tr
 
     format          'seg_perception.model'
     format_version  1
-    arch            'erfnet' | 'espnetv2' | 'espnet' (seg_training.architectures)
+    arch            'erfnet' | 'espnetv2' | 'espnet' (seg_training.nets.architectures)
     arch_config     {'num_classes': int, 'encoder_only': bool} (ERFNet),
                     {'num_classes': int, 'scale': float, 'proj_planes': int} (ESPNetv2) or
                     {'num_classes': int, 'p': int, 'q': int, 'skip_image': bool,
@@ -16,9 +16,9 @@ A project model file is a plain dict (loadable with ``torch.load(weights_only=Tr
     input_size      [width, height] the network runs at
     train_config    dict (may be empty)
     metrics         dict (may be empty)
-    preprocess      {'resize': 'area'|'bilinear', 'antialias': bool} (seg_training.preprocess;
+    preprocess      {'resize': 'area'|'bilinear', 'antialias': bool} (seg_training.nets.preprocess;
                     absent from older files, which get preprocess.legacy_resize)
-    provenance      what the model was trained on (seg_training.provenance; may be absent)
+    provenance      what the model was trained on (seg_training.nets.provenance; may be absent)
 
 Training checkpoints (``last.pt``) are model files with an extra ``training_state`` entry.
 
@@ -42,7 +42,7 @@ and as published by the ESPNet authors (github.com/sacmehta/ESPNet, ``pretrained
 * ``espnet_p_2_q_8_camvid.pth``: a bare state_dict (``encoder.*``, ``level3_C``, ``up_l2``, ...;
   a ``module.`` prefix is stripped) of their ``train/Model.py`` network, 12 outputs (CamVid's 11
   classes, index 11 = void), trained at 480x360 on OpenCV's BGR images normalised with a mean and
-  std over CamVid train (seg_training.espnet), run at 480x360.
+  std over CamVid train (seg_training.nets.espnet), run at 480x360.
 * ``espnet_p_2_q_{3,5,8}.pth``: the same for their ``test/Model.py`` network (its 1/2 skip
   without the image), 20 outputs (19 Cityscapes train ids, index 19 = void), BGR normalised
   with their Cityscapes mean and std, OpenCV bilinear resize to 1024x512.
@@ -65,15 +65,16 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from seg_training import architectures
-from seg_training import espnet
-from seg_training.classes import CAMVID, ClassTable, cityscapes_table, with_void
-from seg_training.config import IMAGENET_MEAN, IMAGENET_STD
-from seg_training.espnetv2 import scale_of_state_dict
-from seg_training.files import atomic_path
-from seg_training.preprocess import (DEFAULT_RESIZE, legacy_resize, OFFICIAL_RESIZE,
-                                     OPENCV_LINEAR_RESIZE, Preprocessing, Resize)
-from seg_training.provenance import check_provenance
+from seg_training.base.classes import CAMVID, ClassTable, cityscapes_table, with_void
+from seg_training.base.files import atomic_path
+from seg_training.nets import architectures
+from seg_training.nets import espnet
+from seg_training.nets.espnetv2 import scale_of_state_dict
+from seg_training.nets.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from seg_training.nets.preprocess import (DEFAULT_RESIZE, legacy_resize, OFFICIAL_RESIZE,
+                                          OPENCV_LINEAR_RESIZE, Preprocessing, Resize)
+from seg_training.nets.provenance_record import (check_provenance, espnet_provenance,
+                                                 espnetv2_provenance, official_provenance)
 
 _logger = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def model_file_dict(model: torch.nn.Module, info: ModelInfo, extra: Optional[Dic
 
 def atomic_save(obj: Any, path: PathLike) -> None:
     """
-    ``torch.save`` through :func:`seg_training.files.atomic_path`: whole or not at all.
+    ``torch.save`` through :func:`seg_training.base.files.atomic_path`: whole or not at all.
 
     The bytes go through a Python file, so a full disk is an OSError with its errno (torch's own
     file writer reports only 'unexpected pos'), which atomic_path turns into a NoSpaceError.
@@ -445,8 +446,6 @@ def _from_project_dict(d: Mapping, source: str) -> Tuple[torch.nn.Module, ModelI
 
 def official_info() -> ModelInfo:
     """Describe the official Cityscapes ERFNet: [0, 1] inputs, 1024x512, void at 19."""
-    from seg_training.provenance import official_provenance
-
     return ModelInfo(classes=cityscapes_table(with_void=True), input_size=OFFICIAL_INPUT_SIZE,
                      normalization=Normalization(), source_format='erfnet_pretrained',
                      resize=OFFICIAL_RESIZE, provenance=official_provenance())
@@ -483,8 +482,6 @@ def espnetv2_info(sd: Mapping[str, torch.Tensor], source: str) -> ModelInfo:
     the classes alone; the inputs were resized with PIL bilinear to 1024x512 and normalised with
     the ImageNet mean and std.
     """
-    from seg_training.provenance import espnetv2_provenance
-
     scale = scale_of_state_dict(sd)
     if scale is None:
         raise ModelFileError(f'{source}: ESPNetv2 state_dict with level widths that match no '
@@ -509,10 +506,8 @@ def espnet_info(sd: Mapping[str, torch.Tensor], source: str) -> ModelInfo:
 
     12 outputs are CamVid's 11 classes plus void (index 11), 20 outputs the 19 Cityscapes
     classes plus void (index 19); the normalisation is the authors' BGR mean and std of that
-    dataset (:func:`seg_training.espnet.authors_normalization`), the resize OpenCV's bilinear.
+    dataset (:func:`seg_training.nets.espnet.authors_normalization`), the resize OpenCV's bilinear.
     """
-    from seg_training.provenance import espnet_provenance
-
     cfg = espnet.config_of_state_dict(sd)
     if cfg is None:
         raise ModelFileError(f'{source}: ESPNet state_dict whose {ESPNET_HEAD} and '

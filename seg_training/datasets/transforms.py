@@ -8,13 +8,14 @@ neighbour and padded with the ignore label, so no invented class appears at a bo
 
 Training: random scale relative to the network size (one resize from the original), pad with
 ignore where the scaled image is smaller, random crop, horizontal flip, small rotation, blur and
-colour jitter. Validation: the model's own network-input step (seg_training.preprocess, the
+colour jitter. Validation: the model's own network-input step (seg_training.nets.preprocess, the
 one the node runs) and a nearest-neighbour mask.
 
 Randomness comes from the albumentations ``Compose`` generator only; :meth:`SegTransform.set_seed`
 makes it reproducible (the trainer reseeds it every epoch and in every DataLoader worker).
 """
 
+from dataclasses import dataclass
 import logging
 from typing import Any, Dict, Sequence, Tuple
 
@@ -24,11 +25,27 @@ import cv2
 import numpy as np
 import torch
 
-from seg_training.classes import IGNORE_INDEX
-from seg_training.config import AugmentConfig
-from seg_training.preprocess import DEFAULT_RESIZE, Preprocessing, preprocessing, Resize
+from seg_training.base.classes import IGNORE_INDEX
+from seg_training.nets.preprocess import DEFAULT_RESIZE, Preprocessing, preprocessing, Resize
 
 _logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation, applied to image and mask together (see transforms.py)."""
+
+    hflip_p: float = 0.5
+    scale_min: float = 0.75      # random scale relative to the network input size
+    scale_max: float = 1.5
+    rotate_deg: float = 5.0      # rotation limit in degrees, either way
+    rotate_p: float = 0.3
+    blur_p: float = 0.2
+    color_p: float = 0.5
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.03
 
 
 class ScaleToSize(A.DualTransform):
@@ -126,7 +143,7 @@ def train_transform(size: Tuple[int, int], mean: Sequence[float], std: Sequence[
 
 class ValTransform:
     """
-    The model's own network-input step (seg_training.preprocess) and a nearest-neighbour mask.
+    The model's own network-input step (seg_training.nets.preprocess) and a nearest-neighbour mask.
 
     The image goes through exactly what the node runs; the mask is resized to the network size
     with nearest neighbour (``label_size=False``) or kept at its own size (``label_size=True``).

@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 
 RESIZE_METHODS = ('area', 'bilinear')
+# ImageNet statistics: the default input normalisation of a model trained from scratch.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 Device = Union[str, torch.device]
 
 

