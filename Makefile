@@ -45,7 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_inference.py --output bench/results
 
 lint: $(STAMP)
-	$(PY) -m pytest -q test/test_flake8.py test/test_pep257.py
+	$(PY) -m pytest -q test/lint/test_flake8.py test/lint/test_pep257.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -4,7 +4,8 @@ launch_testing: segment.launch.py with ``cameras:=front,rear`` on a real graph.
 One ``/segmentation_node`` reads ``/front/image_raw`` and ``/rear/image_raw`` and publishes
 ``/front/segmentation/*`` and ``/rear/segmentation/*`` with each frame's header; Ctrl-C (the
 launch's SIGINT) ends it with status 0. Run by ``colcon test`` in a ROS install (or
-``launch_test test/test_launch_segment_graph.py``); skipped where launch_testing is absent.
+``launch_test test/node/test_launch_segment_graph.py``); skipped where launch_testing is
+absent.
 """
 
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 pytest.importorskip('launch_testing', reason='launch_testing (a ROS 2 install) is not installed')
 pytest.importorskip('launch_ros', reason='launch_ros (a ROS 2 install) is not installed')
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # launch_graph, also under launch_test
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch_graph, under launch_test
 from builtin_interfaces.msg import Time  # noqa: E402
 from launch import LaunchDescription  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
@@ -26,7 +27,7 @@ import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
 from launch_graph import frame, GraphProbe, image_msg, STARTUP_S  # noqa: E402
 
-LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'segment.launch.py'
+LAUNCH = Path(__file__).resolve().parents[2] / 'launch' / 'segment.launch.py'
 CAMERAS = ('front', 'rear')
 SIZE = (96, 64)  # (W, H) of the probe's frames
 

@@ -12,7 +12,7 @@ from seg_perception.resources import default_model_path, samples_root, synth_mod
 from seg_training.evaluation.seg_eval import evaluate_model_file
 from seg_training.nets.checkpoint import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / 'test' / 'data' / 'recorded_labels'
 FRAMES = sorted((ROOT / 'samples' / 'camvid' / 'test').glob('*.png'))
 # mIoU of the default model on the four frames against their hand labels, measured when the

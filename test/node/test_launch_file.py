@@ -6,7 +6,7 @@ from pathlib import Path
 from file_module import load_file
 import pytest
 
-LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'segment.launch.py'
+LAUNCH = Path(__file__).resolve().parents[2] / 'launch' / 'segment.launch.py'
 ARGUMENTS = {'image', 'model', 'params_file', 'use_sim_time',  # the original four, and
              'cameras', 'image_name', 'input_transport', 'reliability', 'rviz', 'rviz_config',
              'camera_frame', 'dds_profile'}

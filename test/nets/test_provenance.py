@@ -17,7 +17,7 @@ from seg_training.nets import provenance, provenance_record
 from seg_training.nets.checkpoint import load_model, ModelFileError, read_file
 from seg_training.synth import generate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / 'models' / 'erfnet_synth.pt'
 SYNTH = {'role': 'train', 'dataset': 'cityscapes', 'synthetic': True}
 REAL = {'role': 'train', 'dataset': 'folder', 'synthetic': False}

@@ -279,7 +279,7 @@ def test_bag_source_start_offset_and_bad_inputs(drive, tmp_path):
         replay.BagSource(tmp_path / 'imu')
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_launch_file(name):

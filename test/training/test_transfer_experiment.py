@@ -12,7 +12,7 @@ from seg_training.base.classes import CUSTOM8, cityscapes_table, IGNORE_INDEX
 from seg_training.datasets.build import build_dataset
 from seg_training.synth import generate
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'bench' / 'transfer_experiment.py'
+SCRIPT = Path(__file__).resolve().parents[2] / 'bench' / 'transfer_experiment.py'
 RUN_NAMES = ('target_only', 'decoder_finetune', 'full_finetune', 'joint')
 TINY = ['--quick', '--size', '64x32', '--source-train', '4', '--source-val', '2',
         '--target-train', '4', '--target-val', '2', '--epochs', '2', '--source-epochs', '1',

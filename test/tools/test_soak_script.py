@@ -10,7 +10,7 @@ from std_msgs.msg import Header
 from seg_perception import ros_image
 from seg_perception.image_codec import ImageFormatError
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'bench' / 'soak.py'
+SCRIPT = Path(__file__).resolve().parents[2] / 'bench' / 'soak.py'
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,7 @@ import runpy
 
 import pytest
 
-LAUNCH_DIR = Path(__file__).resolve().parents[1] / 'launch'
+LAUNCH_DIR = Path(__file__).resolve().parents[2] / 'launch'
 LAUNCH_FILES = sorted(LAUNCH_DIR.glob('*.py'))
 
 

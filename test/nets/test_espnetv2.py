@@ -17,7 +17,7 @@ from seg_training.nets.espnetv2 import ESPNetv2, ESPNetv2Config, scale_of_state_
 from seg_training.training.loop import main as seg_train
 from training_data import write_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / 'models' / 'espnetv2_cityscapes.pt'
 TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0', '--no-plots']
 

@@ -20,7 +20,7 @@ from seg_perception.image_codec import (CONVERTED, decode, ImageFormatError, ove
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_training.synth import render_frame
 
-MODEL = Path(__file__).resolve().parents[1] / 'models' / 'erfnet_synth.pt'
+MODEL = Path(__file__).resolve().parents[2] / 'models' / 'erfnet_synth.pt'
 CAMERA = (512, 256)  # (W, H) of the drive frame; the model's input is 256x128
 # The most the torch path may differ from OpenCV's, per channel value (grey levels).
 MAX_DIFF = 1

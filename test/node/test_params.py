@@ -12,7 +12,7 @@ import yaml
 
 from seg_perception import params, resources
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / 'config' / 'segment.yaml'
 
 

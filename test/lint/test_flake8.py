@@ -5,7 +5,7 @@ from pathlib import Path
 from ament_flake8.main import main_with_errors
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The project's own Python sources (never .venv or build outputs).
 LINTED = ('seg_perception', 'seg_training', 'test', 'bench', 'launch', 'setup.py')
 

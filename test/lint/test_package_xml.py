@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ('seg_perception', 'seg_training')
 # Keys the public rosdep database resolves, as found in github.com/ros/rosdistro at commit
 # 8468e88ccd523427f9131e39d2af0938f1c298b2 (2026-08-22). Python libraries: rosdep/python.yaml,

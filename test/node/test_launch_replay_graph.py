@@ -6,7 +6,7 @@ once the node is ready, the front frames come back segmented on ``/front/segment
 their recorded headers, nothing is published for the rear camera, and the player ends cleanly.
 Run twice: raw input and ``input_transport:=compressed`` (the bag holds both).
 Run by ``colcon test`` in a ROS install with rosbag2 (or ``launch_test
-test/test_launch_replay_graph.py``); skipped where launch_testing is absent.
+test/node/test_launch_replay_graph.py``); skipped where launch_testing is absent.
 """
 
 import atexit
@@ -22,7 +22,7 @@ pytest.importorskip('launch_testing', reason='launch_testing (a ROS 2 install) i
 pytest.importorskip('launch_ros', reason='launch_ros (a ROS 2 install) is not installed')
 pytest.importorskip('rosbags', reason='rosbags (rosdep key python3-rosbags-pip) is not installed')
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # launch_graph, also under launch_test
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch_graph, under launch_test
 from launch import LaunchDescription  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
@@ -36,7 +36,7 @@ import cv2  # noqa: E402
 from seg_perception import ros_types  # noqa: E402
 from seg_perception.bag import AtomicBagWriter  # noqa: E402
 
-LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'replay.launch.py'
+LAUNCH = Path(__file__).resolve().parents[2] / 'launch' / 'replay.launch.py'
 CAMERAS = ('front', 'rear')
 SIZE = (128, 64)  # (W, H)
 FRAMES = 10

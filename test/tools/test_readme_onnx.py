@@ -10,7 +10,7 @@ import pytest
 from seg_perception.predict import main as seg_predict
 from seg_training.export import export_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_snippet() -> str:

@@ -20,7 +20,7 @@ from seg_training.training.loop import build_parser, config_from_args, main
 from seg_training.training.losses import build_loss
 from training_data import write_cityscapes, write_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ['--size', '64x32', '--batch-size', '4', '--workers', '0']
 
 

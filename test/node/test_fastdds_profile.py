@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from file_module import load_file
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / 'config' / 'fastdds_large_images.xml'
 SCRIPT = ROOT / 'bench' / 'qos_large_images.py'
 NS = {'f': 'http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles'}

@@ -11,7 +11,7 @@ import yaml
 from seg_perception import launch_support as ls
 from seg_perception import params as node_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEGMENT_YAML = ROOT / 'config' / 'segment.yaml'
 SEGMENT_RVIZ = ROOT / 'config' / 'segment.rviz'
 

@@ -22,7 +22,7 @@ from seg_training.nets.checkpoint import (build_model, load_model, ModelFileErro
                                           Normalization, save_model)
 from seg_training.nets.model import ERFNet, ERFNetConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 W, H = 64, 32  # the tiny model's input size (conftest.tiny_model_file)
 
 

@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ('seg_perception', 'seg_training')
 
 Graph = Dict[str, Set[str]]

@@ -11,7 +11,7 @@ from file_module import load_file
 from seg_training.datasets.formats import CAMVID
 from seg_training.nets.espnetv2 import ESPNetv2, ESPNetv2Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_camvid(root: Path, counts=(('train', 6), ('val', 3), ('test', 3))) -> Path:
