@@ -6,8 +6,9 @@ that are not RGB channels (yuv422, Bayer) are viewed as they are, (H, W, 2) and 
 converted to RGB later, on the model's device (:mod:`seg_perception.color_convert`). Compressed
 images (sensor_msgs/CompressedImage, jpeg or png as image_transport publishes them) are decoded
 with OpenCV, after their bytes are checked to be that format and their size is read from the
-header (PNG IHDR, JPEG SOFn), so a frame declaring more than ``max_pixels`` is refused before
-anything is allocated for it.
+header (PNG IHDR, JPEG SOFn; :mod:`seg_training.datasets.image_header`, which dataset readers use
+too), so a frame declaring more than ``max_pixels`` is refused before anything is allocated for
+it.
 """
 
 from dataclasses import dataclass

@@ -30,8 +30,8 @@ Folder dataset::
 ``values`` defaults to ``[i]`` (index, palette) or ``[color]`` (rgb) for class ``i``. Instead of
 ``classes``, ``preset: cityscapes19`` takes Cityscapes' 19 classes (mask value = train id). Every
 bad file is an error that names its path. BDD100K, mmsegmentation, CamVid and CVAT layouts are
-read by seg_training/formats.py. Frames without labels (``images``: every image under a folder)
-train by distillation alone (:class:`ImageFolderDataset`).
+read by seg_training/datasets/formats.py. Frames without labels (``images``: every image under a
+folder) train by distillation alone (:class:`ImageFolderDataset`).
 """
 
 

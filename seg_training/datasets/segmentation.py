@@ -49,8 +49,8 @@ def image_file_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Tuple
     (W, H) of an image file from its header, without decoding it; DatasetError names the file.
 
     PNG and JPEG headers are read as the node reads compressed frames
-    (:func:`seg_perception.image_codec.compressed_size`), other formats by PIL; an image over
-    ``max_pixels`` is refused before anything is allocated for its pixels.
+    (:func:`seg_training.datasets.image_header.compressed_size`), other formats by PIL; an image
+    over ``max_pixels`` is refused before anything is allocated for its pixels.
     """
     path = Path(path)
     try:
