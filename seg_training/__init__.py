@@ -1,4 +1,11 @@
-"""Training side of seg_perception: ERFNet, class tables, model files, datasets and training."""
+"""
+Training side of seg_perception: ERFNet, class tables, model files, datasets and training.
+
+Its rooms, each importing only those listed before it: ``base`` (what all share), ``nets`` (the
+networks and the model file), ``datasets``, ``evaluation`` (seg-eval, which scores through
+seg_perception's pipeline), ``training`` (seg-train); ``export`` (seg-export) and ``synth``
+(seg-synth) beside them. The modules' paths from before the rooms still import (:data:`MOVED`).
+"""
 
 import importlib
 import importlib.abc
