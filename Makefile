@@ -46,10 +46,10 @@ bench: $(STAMP)
 
 # the docs' tables of parameters and options, from the code that declares them
 docs: $(STAMP)
-	$(PY) -m seg_perception.docs_tables
+	$(PY) docs/docs_tables.py
 
 lint: $(STAMP)
-	$(PY) -m pytest -q test/test_flake8.py test/test_pep257.py
+	$(PY) -m pytest -q test/lint/test_flake8.py test/lint/test_pep257.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

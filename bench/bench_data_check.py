@@ -8,8 +8,8 @@ Benchmark the up-front dataset check of seg-train and seg-eval against one pass 
 Writes a folder dataset of ``--samples`` Cityscapes-sized PNG images with index masks into a
 temporary folder, then times, side by side in one run:
 
-* ``check``: :func:`seg_training.data.check_datasets` (each image and mask decoded once, plus the
-  mask counts that give the class weights) with each ``--threads`` count;
+* ``check``: :func:`seg_training.datasets.build.check_datasets` (each image and mask decoded
+  once, plus the mask counts that give the class weights) with each ``--threads`` count;
 * ``label_histogram``: the masks alone, as class weighting read them before the check existed;
 * ``load``: ``dataset.load`` of every sample in one thread, what one epoch's DataLoader decodes.
 
@@ -32,9 +32,9 @@ import cv2
 import numpy as np
 import yaml
 
-from seg_training.classes import CUSTOM8
-from seg_training.cli import size_arg
-from seg_training.data import build_dataset, check_datasets
+from seg_training.base.classes import CUSTOM8
+from seg_training.base.cli import size_arg
+from seg_training.datasets.build import build_dataset, check_datasets
 
 
 def write_dataset(root: Path, n: int, size) -> None:

@@ -41,8 +41,9 @@ from bench_inference import base_environment, device_slug, summarize  # this fol
 from seg_perception.engines import ACCELERATIONS, resolve
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path
-from seg_training.checkpoint import load_model
-from seg_training.cli import network_size_arg, resolve_device, size_arg
+from seg_training.base.cli import resolve_device, size_arg
+from seg_training.nets.checkpoint import load_model
+from seg_training.nets.options import network_size_arg
 from seg_training.synth import render_frame
 
 CPU_ENGINES = ('none', 'channels_last', 'compile', 'onnxruntime')

@@ -66,9 +66,9 @@ from seg_perception.pipeline import Frame, Outputs, PRECISIONS, SegmentationPipe
 from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_perception.resources import default_model_path
 from seg_perception.timing import StageTimer
-from seg_training.checkpoint import build_model, load_model, ModelInfo
-from seg_training.classes import cityscapes_table
-from seg_training.cli import resolve_device
+from seg_training.base.classes import cityscapes_table
+from seg_training.base.cli import resolve_device
+from seg_training.nets.checkpoint import build_model, load_model, ModelInfo
 
 CAMERA_SIZE = (2048, 1024)  # (W, H) of the frames sent through the pipeline and the node
 FORWARD_SIZES = ((512, 256), (1024, 512))

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer_experiment import (environment, evaluate_cached, ExperimentError,  # noqa: E402
                                  seg_train_once)
 
-from seg_training.evaluate import write_json  # noqa: E402
+from seg_training.base.files import write_json  # noqa: E402
 
 _logger = logging.getLogger('camvid_transfer')
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transfer_experiment import environment, evaluate_cached, seg_train_once  # noqa: E402
 
-from seg_training.evaluate import write_json  # noqa: E402
+from seg_training.base.files import write_json  # noqa: E402
 
 _logger = logging.getLogger('distill_erfnet')
 
@@ -108,9 +108,9 @@ def train_argv(args: argparse.Namespace, data: Path, out: Path) -> List[str]:
 def agreement(student: Path, teacher: Path, root: Path) -> Dict[str, Any]:
     """Pixels where the student's published labels equal the teacher's, Cityscapes val frames."""
     from seg_perception.pipeline import SegmentationPipeline
-    from seg_training.checkpoint import load_model
-    from seg_training.data import build_dataset
-    from seg_training.evaluate import iter_label_predictions
+    from seg_training.datasets.build import build_dataset
+    from seg_training.evaluation.seg_eval import iter_label_predictions
+    from seg_training.nets.checkpoint import load_model
 
     ds = build_dataset('cityscapes', root, 'val')
     pipes = [SegmentationPipeline(*load_model(m), device='cpu', warmup=False)

@@ -37,9 +37,9 @@ def main() -> int:
     from cityscapesscripts.helpers.labels import labels as cs_labels
 
     from seg_perception.predict import main as seg_predict
-    from seg_training.classes import cityscapes_label_to_train_id
-    from seg_training.evaluate import evaluate_model_file
-    from seg_training.metrics import cityscapes_evaluator, ConfusionMatrix
+    from seg_training.base.classes import cityscapes_label_to_train_id
+    from seg_training.evaluation.metrics import cityscapes_evaluator, ConfusionMatrix
+    from seg_training.evaluation.seg_eval import evaluate_model_file
     from seg_training.synth import generate
 
     root = Path(args.data_root)

@@ -157,8 +157,8 @@ run install 120 bash "$0" --install-step $([ "$DRY" = 1 ] && echo --dry-run) "$O
 if [ "$DRY" = 0 ] && [ ! -x "$WORK/venv/bin/python" ]; then PY="$PYTHON"; fi
 
 # --- 2. tests ------------------------------------------------------------------------------
-run tests 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda test/test_engines.py \
-  test/test_pipeline.py test/test_postprocess.py
+run tests 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda test/pipeline/test_engines.py \
+  test/pipeline/test_pipeline.py test/pipeline/test_postprocess.py
 
 # --- 3-7. benchmarks, most wanted first (a step that would end past the budget is cut) ------
 if [ "$DRY" = 1 ]; then

@@ -48,11 +48,12 @@ from bench_engines import bench_group, scene  # this folder
 from bench_inference import base_environment, bench_node, device_slug  # this folder
 from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame
-from seg_training.checkpoint import load_model
-from seg_training.cli import network_size_arg, resolve_device
-from seg_training.data import build_dataset
-from seg_training.evaluate import iter_label_predictions, mapped_classes
-from seg_training.metrics import ConfusionMatrix
+from seg_training.base.cli import resolve_device
+from seg_training.datasets.build import build_dataset
+from seg_training.evaluation.metrics import ConfusionMatrix
+from seg_training.evaluation.seg_eval import iter_label_predictions, mapped_classes
+from seg_training.nets.checkpoint import load_model
+from seg_training.nets.options import network_size_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = (ROOT / 'models' / 'espnetv2_cityscapes.pt', ROOT / 'models' / 'espnetv2_camvid.pt')

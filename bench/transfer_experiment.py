@@ -56,12 +56,12 @@ import numpy as np
 import torch
 import yaml
 
-from seg_training import train as seg_train
-from seg_training.classes import CUSTOM8, IGNORE_INDEX
-from seg_training.cli import parse_size
-from seg_training.evaluate import evaluate_model_file, write_json
-from seg_training.files import atomic_path
+from seg_training.base.classes import CUSTOM8, IGNORE_INDEX
+from seg_training.base.cli import parse_size
+from seg_training.base.files import atomic_path, write_json
+from seg_training.evaluation.seg_eval import evaluate_model_file
 from seg_training.synth import generate, label_lut
+from seg_training.training import loop as seg_train
 
 _logger = logging.getLogger('transfer_experiment')
 

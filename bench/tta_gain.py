@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
-from seg_training.data import read_image
-from seg_training.evaluate import evaluate_model_file
+from seg_training.datasets.segmentation import read_image
+from seg_training.evaluation.seg_eval import evaluate_model_file
+from seg_training.nets.tta import parse_tta
 from seg_training.synth import generate
-from seg_training.tta import parse_tta
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ('none', 'flip', 'flip,0.75,1,1.25')

@@ -37,10 +37,11 @@ from seg_perception.image_codec import ImageFormatError, MAX_INPUT_PIXELS
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.postprocess import LABEL_UPSAMPLING
 from seg_perception.ros_types import BagError, format_time
-from seg_training.cli import (HelpFormatter, network_size_arg, sigterm_as_interrupt, Terminated,
-                              unit_interval_arg)
-from seg_training.config import ConfigError, read_yaml_file
-from seg_training.files import atomic_path, check_writable, remove_leftovers
+from seg_training.base.cli import (HelpFormatter, sigterm_as_interrupt, Terminated,
+                                   unit_interval_arg)
+from seg_training.base.files import atomic_path, check_writable, remove_leftovers
+from seg_training.base.yaml_reader import ConfigError, read_yaml_file
+from seg_training.nets.options import network_size_arg
 
 _logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ Two paths give the same picture:
   demosaicing as a depthwise ``conv2d`` (each missing sample is the mean of its 2 or 4 nearest
   same-colour neighbours), the one-pixel border copied from its neighbour as OpenCV does.
 
-On 8-bit frames the two paths agree to at most 1 grey level (test/test_color_convert.py; on the
-test images they are equal).
+On 8-bit frames the two paths agree to at most 1 grey level (test/pipeline/test_color_convert.py;
+on the test images they are equal).
 
 Encoding names are those of sensor_msgs/image_encodings.hpp: ``yuv422`` is UYVY (U Y0 V Y1),
 ``yuv422_yuy2`` is YUYV (Y0 U Y1 V); ``bayer_rggb8`` has R at row 0, column 0. OpenCV names a

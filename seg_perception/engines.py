@@ -38,7 +38,7 @@ import warnings
 
 import torch
 
-from seg_training.checkpoint import ModelInfo
+from seg_training.nets.checkpoint import ModelInfo
 
 _logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ publishes the JSON table only.
 
 from typing import Any, List, Tuple
 
-from seg_training.classes import ClassTable
+from seg_training.base.classes import ClassTable
 
 try:
     from vision_msgs.msg import LabelInfo, VisionClass

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import xml.etree.ElementTree as ET
 
 from seg_perception import ros_args
-from seg_training.logtext import loggable
+from seg_training.base.logtext import loggable
 
 NODE_NAME = 'segmentation_node'
 TRUE = ('true', '1', 'yes', 'on')

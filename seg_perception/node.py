@@ -35,18 +35,18 @@ from std_msgs.msg import Header, String
 from seg_perception import label_info
 from seg_perception import params as node_params
 from seg_perception import ros_image
-from seg_perception.parameter_service import GuardedParameterService
 from seg_perception.diagnostics import (FAR_STAMP_S, NodeStats, OUTPUT_NAMES, stamp_age,
                                         statistics_line, Throttle)
 from seg_perception.image_codec import (check_compressed, check_pixels, decode_compressed,
                                         ImageFormatError)
+from seg_perception.parameter_service import GuardedParameterService
 from seg_perception.pipeline import class_table_json, Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import default_model_path, ResourceNotFoundError
 from seg_perception.ros_args import name_error, read_params_file
 from seg_perception.timing import NO_TIMER, StageTimer
-from seg_training.checkpoint import load_model, ModelFileError
-from seg_training.logtext import loggable, MAX_LINE_CHARS
-from seg_training.provenance import log_model
+from seg_training.base.logtext import loggable, MAX_LINE_CHARS
+from seg_training.nets.checkpoint import load_model, ModelFileError
+from seg_training.nets.provenance import log_model
 
 NODE_NAME = 'segmentation_node'
 RCLError = _rclpy.RCLError

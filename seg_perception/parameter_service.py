@@ -20,7 +20,7 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_service import ParameterService
 
 from seg_perception.diagnostics import Throttle
-from seg_training.logtext import loggable
+from seg_training.base.logtext import loggable
 
 PARAMETER_TYPES = frozenset(t.value for t in Parameter.Type)
 WARN_PERIOD_S = 5.0

@@ -23,11 +23,11 @@ from seg_perception.postprocess import (cpu_area_input, cpu_camera_labels, cpu_c
                                         cpu_labels, CpuPainter, CudaPainter, CudaUploader,
                                         label_grid, resolve_label_upsampling, scaled_size)
 from seg_perception.timing import NO_TIMER, NoTimer
-from seg_training import architectures
-from seg_training.checkpoint import load_model, ModelInfo
-from seg_training.classes import ClassTable
-from seg_training.cli import resolve_device
-from seg_training.tta import TTA, TTAModel
+from seg_training.base.classes import ClassTable
+from seg_training.base.cli import resolve_device
+from seg_training.nets import architectures
+from seg_training.nets.checkpoint import load_model, ModelInfo
+from seg_training.nets.tta import TTA, TTAModel
 
 _logger = logging.getLogger(__name__)
 
@@ -107,11 +107,11 @@ class SegmentationPipeline:
         # How the network runs (seg_perception/engines.py); it owns the model's device and dtype.
         self.engine = build_engine(model, info, self.device, precision, accelerate)
         self.model = self.engine.model
-        # Test-time augmentation (seg_training.tta) reads as logits too; None: one plain run.
+        # Test-time augmentation (seg_training.nets.tta) reads as logits too; None: one plain run.
         self.tta = tta
         self._net = (self.engine if tta is None
                      else TTAModel(self.engine, tta, architectures.get(info.arch).stride))
-        # The one network-input step (seg_training.preprocess), as stored in the model file.
+        # The one network-input step (seg_training.nets.preprocess), as stored in the model file.
         self.preprocess = info.preprocessing(self.input_size)
         self._norm = self.preprocess.constants(self.device)
         self.label_upsampling = resolve_label_upsampling(label_upsampling, self.device)

@@ -80,7 +80,7 @@ def cpu_area_input(image: np.ndarray, encoding: str, hw: Tuple[int, int],
     Only where the model's resize is ``area`` and the frame is a whole multiple of the network
     size (2048x1024 to 256x128: 8x8 pixels per output pixel); the sums are exact and the
     division is the same float division, so the result is bit for bit what
-    ``seg_training.preprocess`` computes on a float image, without making one. The channel
+    ``seg_training.nets.preprocess`` computes on a float image, without making one. The channel
     order is fixed on the small image.
     """
     (h, w), (big_h, big_w, c) = hw, image.shape

@@ -28,11 +28,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame, PRECISIONS, Result, SegmentationPipeline
 from seg_perception.postprocess import LABEL_UPSAMPLING
-from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import (HelpFormatter, network_size_arg, resolve_device, tta_arg,
-                              unit_interval_arg)
-from seg_training.logtext import loggable, MAX_LINE_CHARS
-from seg_training.provenance import log_model
+from seg_training.base.cli import HelpFormatter, resolve_device, unit_interval_arg
+from seg_training.base.logtext import loggable, MAX_LINE_CHARS
+from seg_training.nets.checkpoint import load_model, ModelFileError, ModelInfo
+from seg_training.nets.options import network_size_arg, tta_arg
+from seg_training.nets.provenance import log_model
 
 _logger = logging.getLogger(__name__)
 

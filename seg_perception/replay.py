@@ -30,7 +30,7 @@ from tqdm import tqdm
 from seg_perception import image_codec, ros_types
 from seg_perception.image_codec import CONVERTED
 from seg_perception.ros_types import BagError
-from seg_training.cli import HelpFormatter
+from seg_training.base.cli import HelpFormatter
 
 _logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from rclpy.validate_full_topic_name import validate_full_topic_name
 from rclpy.validate_namespace import validate_namespace
 import yaml
 
-from seg_training.logtext import loggable
+from seg_training.base.logtext import loggable
 
 MAX_PARAMS_FILE_BYTES = 1 << 20  # a parameter file larger than 1 MiB is refused unread
 

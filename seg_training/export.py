@@ -10,7 +10,7 @@ After writing, the export is run on a seeded random input (onnxruntime for ONNX,
 logit difference and the argmax agreement are reported, and a difference over ``--tolerance`` is
 an error (nothing is left at the output path then). The sidecar ``<output>.json`` holds what a
 runtime needs besides the weights: class names and colours, normalisation, input size, the resize
-(``resize``: method and antialias of seg_training.preprocess, the step the node runs), tensor
+(``resize``: method and antialias of seg_training.nets.preprocess, the step the node runs), tensor
 names and the check's numbers.
 
 Example::
@@ -34,10 +34,10 @@ import warnings
 import numpy as np
 import torch
 
-from seg_training.checkpoint import load_model, ModelFileError, ModelInfo
-from seg_training.cli import HelpFormatter, network_size_arg
-from seg_training.evaluate import write_json
-from seg_training.files import check_writable
+from seg_training.base.cli import HelpFormatter
+from seg_training.base.files import check_writable, write_json
+from seg_training.nets.checkpoint import load_model, ModelFileError, ModelInfo
+from seg_training.nets.options import network_size_arg
 
 _logger = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
 """Shared test fixtures: an isolated DDS domain per run and small model files."""
 
 import os
+from pathlib import Path
 import random
+import sys
 
 import pytest
 
@@ -10,14 +12,21 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1, 100)))
 os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
 
+# The tests sit in sub-folders by what they test (node, pipeline, nets, ...); the helpers they
+# share (ros_probe, published, big_images, ...) and test/data stay here, in test/. Some tests
+# reuse another's writers (test_bag.write_bag, test_formats.write_camvid): every sub-folder is
+# importable whichever is collected first, as pytest makes each one once it has collected it.
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE)] + sorted({str(p.parent) for p in HERE.glob('*/test_*.py')})
+
 
 @pytest.fixture(scope='session')
 def tiny_model_file(tmp_path_factory):
     """Write a project model file: random ERFNet weights, the custom8 classes, 64x32 input."""
     import torch
 
-    from seg_training.checkpoint import build_model, ModelInfo, Normalization, save_model
-    from seg_training.classes import CUSTOM8
+    from seg_training.base.classes import CUSTOM8
+    from seg_training.nets.checkpoint import build_model, ModelInfo, Normalization, save_model
 
     torch.manual_seed(0)
     info = ModelInfo(classes=CUSTOM8, input_size=(64, 32),

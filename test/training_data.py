@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 import yaml
 
-from seg_training.classes import CUSTOM8
+from seg_training.base.classes import CUSTOM8
 
 # Scene classes, in CUSTOM8 order (custom8 calls the car 'vehicle').
 SCENE = ('road', 'sidewalk', 'building', 'pole', 'vegetation', 'sky', 'person', 'car')
@@ -62,7 +62,7 @@ def _write_gray(path: Path, arr: np.ndarray) -> None:
 def write_cityscapes(root: Path, n_train: int = 8, n_val: int = 4, size=(64, 32), seed: int = 0,
                      train_ids: bool = False) -> Path:
     """Cityscapes layout with labelIds (and labelTrainIds PNGs if ``train_ids``)."""
-    from seg_training.classes import cityscapes_label_to_train_id
+    from seg_training.base.classes import cityscapes_label_to_train_id
 
     rng = np.random.default_rng(seed)
     to_label = np.array([CITYSCAPES_LABEL_IDS[n] for n in SCENE], np.uint8)

@@ -37,16 +37,16 @@ from rclpy.context import Context
 
 from seg_perception import ros_types
 from seg_perception.bag import AtomicBagWriter
-from seg_perception.resources import (default_model_path, ResourceNotFoundError, samples_root,
-                                      synth_model_path)
-from seg_training.classes import ClassTable
-from seg_training.cli import HelpFormatter, size_arg
-from seg_training.synth.style import DOMAINS
 from seg_perception.demo.drive import DemoError, DriveSpec, record_drive
 from seg_perception.demo.graph import NODE_NAME, Recorder, run_graph
 from seg_perception.demo.media import choose_times, write_contact_sheet, write_video
 from seg_perception.demo.real import segment_real_frames
 from seg_perception.demo.timing import camera_summary, write_frames_csv
+from seg_perception.resources import (default_model_path, ResourceNotFoundError, samples_root,
+                                      synth_model_path)
+from seg_training.base.classes import ClassTable
+from seg_training.base.cli import HelpFormatter, size_arg
+from seg_training.synth.style import DOMAINS
 
 _logger = logging.getLogger(__name__)
 

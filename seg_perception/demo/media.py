@@ -12,8 +12,8 @@ from matplotlib.patches import Patch
 import numpy as np
 
 from seg_perception import ros_types
-from seg_training.classes import ClassTable
 from seg_perception.demo.drive import DemoError, drive_topic, DriveSpec
+from seg_training.base.classes import ClassTable
 
 LEGEND_COLUMNS = 10
 

@@ -17,9 +17,9 @@ import numpy as np
 
 from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
 from seg_perception.resources import find_resource
-from seg_training.checkpoint import load_model
-from seg_training.classes import ClassTable
-from seg_training.formats import CAMVID
+from seg_training.base.classes import ClassTable
+from seg_training.datasets.formats import CAMVID
+from seg_training.nets.checkpoint import load_model
 
 _logger = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ def segment_real_frames(model_path: Path, samples: Path, out_png: Path,
     """Draw the sheet of real frames at ``out_png``; return the scores for the summary."""
     import torch
 
-    from seg_training.data import build_dataset
-    from seg_training.evaluate import mapped_classes
-    from seg_training.metrics import ConfusionMatrix
+    from seg_training.datasets.build import build_dataset
+    from seg_training.evaluation.metrics import ConfusionMatrix
+    from seg_training.evaluation.seg_eval import mapped_classes
 
     model, info = load_model(model_path)
     pipe = SegmentationPipeline(model, info, device=device, accelerate='none', warmup=False)

@@ -33,7 +33,7 @@ Layouts
         images/<split>/<city>_<seq:06d>_<frame:06d>.png
         masks/<split>/<city>_<seq:06d>_<frame:06d>.png
 
-    ``classes.yaml`` (what :func:`seg_training.data.read_classes_yaml` reads)::
+    ``classes.yaml`` (what :func:`seg_training.datasets.build.read_classes_yaml` reads)::
 
         classes:
           - {name: road, color: [128, 64, 128], values: [0]}
@@ -77,9 +77,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seg_training.cli import HelpFormatter, parse_size
-from seg_training.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
-                                  CUSTOM8, IGNORE_INDEX)
+from seg_training.base.classes import (ClassTable, cityscapes_label_to_train_id, cityscapes_table,
+                                       CUSTOM8, IGNORE_INDEX)
+from seg_training.base.cli import HelpFormatter, parse_size
 from seg_training.synth.scene import (BUILDING, CAR, Drive, PERSON, POLE, render_frame, ROAD,
                                       sample_drive, SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT,
                                       TRAFFIC_SIGN, TRUCK, VEGETATION)
