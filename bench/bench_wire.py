@@ -21,8 +21,10 @@ In one run, on the same frames (rgb8 of ``--size``, default 2048x1024) and the s
 
 ``node_share`` = node - pipeline - floor (medians): what the node itself adds between the
 arrival of a frame and the publication of its outputs (reading the message, queueing, the
-worker, serialization, executor). The result (device, versions, load average, medians and
-percentiles) is printed and saved as ``<output>/wire-<device>-<date>[-quick].json``.
+worker, serialization, executor). ``--repeat N`` alternates the three parts N times (the load
+of a shared machine drifts) and reports the medians over the rounds. The result (device,
+versions, load average, medians and percentiles) is printed and saved as
+``<output>/wire-<device>-<date>[-quick].json``.
 """
 
 # First, as in the node: the package sets OpenMP's wait policy before torch loads.
@@ -151,6 +153,21 @@ def shares(report: Dict) -> Dict:
     return out
 
 
+def median_shares(rounds: Sequence[Dict]) -> Dict:
+    """Per path, the median over rounds of node, pipeline and floor, and the share they leave."""
+    import numpy as np
+
+    out = {}
+    for key in rounds[0]:
+        med = {name: round(float(np.median([r[key][name] for r in rounds])), 2)
+               for name in ('node_end_to_end_ms', 'pipeline_ms', 'floor_ms')}
+        med['node_share_ms'] = round(
+            med['node_end_to_end_ms'] - med['pipeline_ms'] - med['floor_ms'], 2)
+        med['node_share_per_round_ms'] = [r[key]['node_share_ms'] for r in rounds]
+        out[key] = med
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip())
     parser.add_argument('--output', type=Path, default=Path('bench/results'),
@@ -171,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--duration', type=float,
                         help='seconds the camera publishes, per graph (default 40; quick 4)')
     parser.add_argument('--iterations', type=int, help='timed pipeline iterations')
+    parser.add_argument('--repeat', type=int, default=1,
+                        help='rounds of pipeline, node and floor, alternating; the shares are '
+                        'the medians over the rounds (default 1)')
     parser.add_argument('--node-reliability', default='reliable',
                         choices=('reliable', 'best_effort'),
                         help="the node's (and relay's) input QoS reliability (default reliable)")
@@ -195,14 +215,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               'quick': args.quick, 'frame': '{}x{} rgb8'.format(*args.size),
               'output_scale': args.output_scale, 'camera_rate_hz': args.rate,
               'duration_s': duration, 'model': str(args.model), 'environment': env}
-    report['pipeline'] = bench_pipeline(args, device, warmup, iterations)
+    rounds = []
     with tempfile.TemporaryDirectory(prefix='seg_bench_wire_') as tmp:
-        report['node'] = bench.bench_node(
-            args.model, device, 'fp32', args.rate, duration, args.node_reliability,
-            warmup_frames=warmup, workdir=Path(tmp), accelerate=args.accelerate,
-            input_size=args.input_size, size=args.size, output_scale=args.output_scale)
-        report['floor'] = bench_floor(args, duration, warmup, Path(tmp))
-    report['shares'] = shares(report)
+        for _ in range(args.repeat):  # node and floor alternate: drifting load hits both
+            part = {'pipeline': bench_pipeline(args, device, warmup, iterations)}
+            part['node'] = bench.bench_node(
+                args.model, device, 'fp32', args.rate, duration, args.node_reliability,
+                warmup_frames=warmup, workdir=Path(tmp), accelerate=args.accelerate,
+                input_size=args.input_size, size=args.size, output_scale=args.output_scale)
+            part['floor'] = bench_floor(args, duration, warmup, Path(tmp))
+            part['shares'] = shares(part)
+            part['load_average_1m'] = round(os.getloadavg()[0], 2)
+            rounds.append(part)
+    report.update(rounds[0])
+    if len(rounds) > 1:
+        report['rounds'] = rounds
+        report['shares'] = median_shares([r['shares'] for r in rounds])
     env['load_average_1m_at_end'] = round(os.getloadavg()[0], 2)
     env['load_average'] = [round(v, 2) for v in os.getloadavg()]
     date = datetime.date.today().isoformat()
@@ -233,8 +261,10 @@ def print_summary(report: Dict) -> None:
                   f'(n {v["n"]})')
     bench.print_stages(report['node']['stages'])
     for key, v in report['shares'].items():
+        rounds = (f' (per round: {v["node_share_per_round_ms"]})'
+                  if 'node_share_per_round_ms' in v else '')
         print(f'{key}: node {v["node_end_to_end_ms"]:.1f} - pipeline {v["pipeline_ms"]:.1f} - '
-              f'floor {v["floor_ms"]:.1f} = node share {v["node_share_ms"]:.1f} ms')
+              f'floor {v["floor_ms"]:.1f} = node share {v["node_share_ms"]:.1f} ms{rounds}')
 
 
 if __name__ == '__main__':
