@@ -407,8 +407,8 @@ def node_command(model_path: Path, device: torch.device, precision: str, reliabi
 
 
 def run_graph(middle_cmd: Sequence[str], name: str, rate: float, duration: float,
-              workdir: Path, cameras: int = 1,
-              size: Tuple[int, int] = CAMERA_SIZE) -> Dict:
+              workdir: Path, cameras: int = 1, size: Tuple[int, int] = CAMERA_SIZE,
+              middle_env: Optional[Dict[str, str]] = None) -> Dict:
     """
     Camera process -> ``middle_cmd`` process -> this process, on a real DDS graph.
 
@@ -416,6 +416,7 @@ def run_graph(middle_cmd: Sequence[str], name: str, rate: float, duration: float
     outputs; this process subscribes to them raw (timed on receipt of the bytes, before rclpy
     would convert them to Python). Returns the receipts per output as (receipt ns, stamp ns),
     the middle process's last /diagnostics pipeline values, frames sent, its exit code and log.
+    ``middle_env`` adds variables to the middle process's environment only.
     """
     env = ros_environment()
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
@@ -459,7 +460,8 @@ def run_graph(middle_cmd: Sequence[str], name: str, rate: float, duration: float
     probe.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, qos)
     log = open(log_path, 'wb')
     middle = subprocess.Popen(list(middle_cmd), stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(env, PYTHONUNBUFFERED='1', RCUTILS_COLORIZED_OUTPUT='0'))
+                              env=dict(env, **(middle_env or {}), PYTHONUNBUFFERED='1',
+                                       RCUTILS_COLORIZED_OUTPUT='0'))
     camera = None
     try:
         deadline = time.monotonic() + NODE_STARTUP_S
@@ -536,11 +538,13 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
                duration: float, reliability: str, warmup_frames: int, workdir: Path,
                cameras: int = 1, accelerate: str = 'auto',
                input_size: Optional[Tuple[int, int]] = None,
-               size: Tuple[int, int] = CAMERA_SIZE, output_scale: float = 1.0) -> Dict:
+               size: Tuple[int, int] = CAMERA_SIZE, output_scale: float = 1.0,
+               node_env: Optional[Dict[str, str]] = None) -> Dict:
     """Camera process -> segmentation_node process -> this process, on a real DDS graph."""
     node_cmd = node_command(model_path, device, precision, reliability, cameras, accelerate,
                             input_size, output_scale)
-    graph = run_graph(node_cmd, 'segmentation_node', rate, duration, workdir, cameras, size)
+    graph = run_graph(node_cmd, 'segmentation_node', rate, duration, workdir, cameras, size,
+                      node_env)
     received, diagnostics, sent = graph['received'], graph['diagnostics'], graph['sent']
     labels = received['labels'][warmup_frames:]
     if len(labels) < 2:

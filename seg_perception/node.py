@@ -33,6 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from seg_perception import label_info
+from seg_perception.allocator import keep_frame_buffers
 from seg_perception import params as node_params
 from seg_perception import ros_image
 from seg_perception.parameter_service import GuardedParameterService
@@ -629,6 +630,7 @@ def main(args: Optional[List[str]] = None) -> int:
     if error is not None:
         print(f'{NODE_NAME}: error: {error}', file=sys.stderr)
         return 2
+    keep_frame_buffers()  # frame-sized buffers reused warm, not faulted in again every frame
     # Signals are this function's: the first SIGINT/SIGTERM asks the spin loop to stop, later
     # ones (Ctrl-C under ros2 launch arrives from the terminal and from launch) change nothing,
     # so no interrupt can land inside rclpy's executor or the node's shutdown.
