@@ -17,7 +17,8 @@ In one run, on the same frames (rgb8 of ``--size``, default 2048x1024) and the s
   ``image`` with the node's input QoS and, from the subscription callback, publishes the bytes
   the node would (labels mono8 at camera size, colour and overlay rgb8 at ``--output-scale``)
   with the node's output QoS, each a prepared serialized Image with the input's header copied
-  in. Same camera, same Fast DDS profile (config/fastdds_large_images.xml) in every process.
+  in, and the node's allocator settings (seg_perception.allocator). Same camera, same Fast DDS
+  profile (config/fastdds_large_images.xml) in every process.
 
 ``node_share`` = node - pipeline - floor (medians): what the node itself adds between the
 arrival of a frame and the publication of its outputs (reading the message, queueing, the
@@ -70,10 +71,12 @@ def run_relay(args: argparse.Namespace) -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
+    from seg_perception.allocator import keep_frame_buffers
     from seg_perception.node import input_qos, OUTPUT_QOS
     from seg_perception.params import NodeParams
     from seg_perception.ros_image import serialized_image
 
+    keep_frame_buffers()  # as the node does: the floor is not raised by page faults
     rclpy.init()
     node = rclpy.create_node('bench_wire_relay')
     header = Header(frame_id='bench_camera')  # the camera's: the same layout after the stamp
