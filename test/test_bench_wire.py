@@ -77,5 +77,11 @@ def test_quick_run_reports_node_pipeline_floor_and_the_node_share(wire, tiny_mod
         assert share['node_end_to_end_ms'] == node and share['floor_ms'] == floor
         assert share['node_share_ms'] == pytest.approx(
             node - report['pipeline']['median_ms'] - floor, abs=0.02)
+        stages = report['node']['stages']
+        in_node = sum(stages[s]['p50_ms'] for s in ('upload', 'resize', 'forward', 'labels',
+                                                    'color', 'overlay') if s in stages)
+        assert share['pipeline_in_node_ms'] == pytest.approx(in_node, abs=0.02)
+        assert share['node_share_same_frames_ms'] == pytest.approx(node - in_node - floor,
+                                                                   abs=0.02)
     printed = capsys.readouterr().out
     assert 'node share' in printed and str(path) in printed
