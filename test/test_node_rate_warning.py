@@ -39,24 +39,24 @@ def _stream(probe, node, fps, seconds, until=None):
 
 
 def test_a_camera_faster_than_the_node_is_warned_about_once(tiny_model_file, tmp_path, probe):
-    # The tiny network at 1024x512 takes a few hundred ms per frame on these CPUs: 20 fps is
-    # more than it sustains.
+    # The tiny network at 1024x512 takes 60-400 ms per frame on a CPU: 30 fps is more than it
+    # sustains.
     node = start_node([f'model:={tiny_model_file}', 'device:=cpu', 'input_width:=1024',
                        'input_height:=512', 'diagnostics_period:=0.5'],
                       tmp_path / 'segmentation_node.log', probe)
     try:
         with probe.listening(['/segmentation/labels']):
-            _stream(probe, node, 20.0, 90.0, until=lambda: WARNING.search(node.log()))
+            _stream(probe, node, 30.0, 90.0, until=lambda: WARNING.search(node.log()))
             found = WARNING.search(node.log())
             assert found, f'no warning about the camera rate:\n{node.log()[-3000:]}'
-            _stream(probe, node, 20.0, 4.0)  # still too fast: no second warning
+            _stream(probe, node, 30.0, 4.0)  # still too fast: no second warning
             assert probe.messages['/segmentation/labels'], 'the node segments what it takes'
     finally:
         assert node.stop() == 0, node.log()
     log = node.log()
     assert len(WARNING.findall(log)) == 1, log
     camera_fps, node_fps = (float(v) for v in found.groups())
-    assert 10.0 < camera_fps < 30.0, found.group(0)
+    assert 10.0 < camera_fps < 45.0, found.group(0)
     assert node_fps < 0.8 * camera_fps, found.group(0)
     line = next(ln for ln in log.splitlines() if WARNING.search(ln))
     assert '[WARN]' in line
