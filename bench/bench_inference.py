@@ -20,7 +20,9 @@ uncounted warm-up:
   ``segmentation_node``
   process (``stage_timing:=true``), this process subscribes to labels, colour and overlay (raw:
   timed on receipt of the bytes, before rclpy would convert them to Python): latency from the
-  header stamp to the receipt of the labels, the node's own stage times from /diagnostics
+  header stamp to the receipt of the labels (and of the last of the three outputs:
+  bench_wire.py sets it against the bare transport of the same bytes), the node's own stage
+  times from /diagnostics
   (input = stamp to the worker taking the frame: camera serialization, transport, reading,
   queue; message, publish; transport out = end to end minus stamp to labels sent), and the
   ratio to the node's own forward stage (same frames, same load). Input QoS reliable
@@ -189,7 +191,8 @@ def bench_forward(device: torch.device, warmup: int, iterations: int) -> List[Di
 
 def time_pipeline(pipe: SegmentationPipeline, msg: bytes, outputs: Outputs,
                   warmup: int, iterations: int, desc: str,
-                  reference: Optional[Callable[[], None]] = None) -> Dict:
+                  reference: Optional[Callable[[], None]] = None,
+                  output_scale: float = 1.0) -> Dict:
     """
     Time the pipeline call end to end and per stage, plus two node stages around it.
 
@@ -215,10 +218,11 @@ def time_pipeline(pipe: SegmentationPipeline, msg: bytes, outputs: Outputs,
         with timer('decode'):
             frame = frame_from_serialized(msg)[1]
         t0 = time.perf_counter()
-        (res,) = pipe([frame], outputs, timer=timer)
+        (res,) = pipe([frame], outputs, output_scale=output_scale, timer=timer)
         if cuda:  # the stage timer synchronises at each stage: time the total without it
             t0 = time.perf_counter()
-            (res,) = pipe([frame], outputs)  # ends with the one synchronised download
+            # ends with the one synchronised download
+            (res,) = pipe([frame], outputs, output_scale=output_scale)
         total.append(time.perf_counter() - t0)
         with timer('message'):
             if res.labels is not None:
@@ -380,11 +384,41 @@ def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> Optional[int]:
         return None
 
 
-def bench_node(model_path: Path, device: torch.device, precision: str, rate: float,
-               duration: float, reliability: str, warmup_frames: int, workdir: Path,
-               cameras: int = 1, accelerate: str = 'auto',
-               input_size: Optional[Tuple[int, int]] = None) -> Dict:
-    """Camera process -> segmentation_node process -> this process, on a real DDS graph."""
+def node_command(model_path: Path, device: torch.device, precision: str, reliability: str,
+                 cameras: int = 1, accelerate: str = 'auto',
+                 input_size: Optional[Tuple[int, int]] = None,
+                 output_scale: float = 1.0) -> List[str]:
+    """Return the command line of the benchmarked ``segmentation_node`` (stage timing on)."""
+    node_exe = Path(sys.executable).with_name('segmentation_node')
+    if node_exe.exists():
+        node_cmd = [str(node_exe)]
+    else:
+        node_cmd = [sys.executable, '-m', 'seg_perception.node']
+    node_cmd += ['--ros-args', '-p', f'model:={model_path}', '-p', f'device:={device}',
+                 '-p', f'precision:={precision}', '-p', f'reliability:={reliability}',
+                 '-p', 'stage_timing:=true', '-p', 'diagnostics_period:=0.5',
+                 '-p', f'accelerate:={accelerate}', '-p', f'output_scale:={output_scale}']
+    if input_size:
+        node_cmd += ['-p', f'input_width:={input_size[0]}', '-p',
+                     f'input_height:={input_size[1]}']
+    if cameras > 1:
+        node_cmd += ['-p', 'cameras:=[%s]' % ', '.join(
+            p.rstrip('/') for p in camera_prefixes(cameras))]
+    return node_cmd
+
+
+def run_graph(middle_cmd: Sequence[str], name: str, rate: float, duration: float,
+              workdir: Path, cameras: int = 1, size: Tuple[int, int] = CAMERA_SIZE,
+              middle_env: Optional[Dict[str, str]] = None) -> Dict:
+    """
+    Camera process -> ``middle_cmd`` process -> this process, on a real DDS graph.
+
+    The middle process (the node, or a bare relay) subscribes to ``image`` and publishes the
+    outputs; this process subscribes to them raw (timed on receipt of the bytes, before rclpy
+    would convert them to Python). Returns the receipts per output as (receipt ns, stamp ns),
+    the middle process's last /diagnostics pipeline values, frames sent, its exit code and log.
+    ``middle_env`` adds variables to the middle process's environment only.
+    """
     env = ros_environment()
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
                                            'FASTDDS_BUILTIN_TRANSPORTS',
@@ -395,40 +429,26 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    node_exe = Path(sys.executable).with_name('segmentation_node')
-    if node_exe.exists():
-        node_cmd = [str(node_exe)]
-    else:
-        node_cmd = [sys.executable, '-m', 'seg_perception.node']
-    node_cmd += ['--ros-args', '-p', f'model:={model_path}', '-p', f'device:={device}',
-                 '-p', f'precision:={precision}', '-p', f'reliability:={reliability}',
-                 '-p', 'stage_timing:=true', '-p', 'diagnostics_period:=0.5',
-                 '-p', f'accelerate:={accelerate}']
-    if input_size:
-        node_cmd += ['-p', f'input_width:={input_size[0]}', '-p',
-                     f'input_height:={input_size[1]}']
     prefixes = camera_prefixes(cameras)
-    if cameras > 1:
-        node_cmd += ['-p', 'cameras:=[%s]' % ', '.join(p.rstrip('/') for p in prefixes)]
-    node_log_path = workdir / 'node.log'
-    received: Dict[str, List[tuple]] = {name: [] for name in OUTPUTS}
+    log_path = workdir / f'{name}.log'
+    received: Dict[str, List[tuple]] = {out: [] for out in OUTPUTS}
 
     rclpy.init()
     probe = rclpy.create_node('bench_probe')
     executor = SingleThreadedExecutor()
     executor.add_node(probe)
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    for name in OUTPUTS:
+    for out in OUTPUTS:
         # Raw: the receipt is timed before any conversion to a Python message (which costs this
         # process ~10 ms per 6 MB, a cost of Python subscribers, not of the node).
-        def on_output(data: bytes, name: str = name) -> None:
+        def on_output(data: bytes, out: str = out) -> None:
             now = time.time_ns()
             order = '<' if data[1] == 1 else '>'  # CDR encapsulation: byte order
             sec, nanosec = struct.unpack_from(order + 'iI', data, 4)  # header.stamp
-            received[name].append((now, sec * 1_000_000_000 + nanosec))
+            received[out].append((now, sec * 1_000_000_000 + nanosec))
 
         for prefix in prefixes:
-            probe.create_subscription(Image, f'{prefix}segmentation/{name}', on_output, qos,
+            probe.create_subscription(Image, f'{prefix}segmentation/{out}', on_output, qos,
                                       raw=True)
     diagnostics: Dict[str, str] = {}
 
@@ -439,26 +459,27 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
                 diagnostics.update({kv.key: kv.value for kv in status.values})
 
     probe.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, qos)
-    node_log = open(node_log_path, 'wb')
-    node = subprocess.Popen(node_cmd, stdout=node_log, stderr=subprocess.STDOUT,
-                            env=dict(env, PYTHONUNBUFFERED='1', RCUTILS_COLORIZED_OUTPUT='0'))
+    log = open(log_path, 'wb')
+    middle = subprocess.Popen(list(middle_cmd), stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(env, **(middle_env or {}), PYTHONUNBUFFERED='1',
+                                       RCUTILS_COLORIZED_OUTPUT='0'))
     camera = None
     try:
         deadline = time.monotonic() + NODE_STARTUP_S
         while not all(probe.count_subscribers(f'{p}image') > 0 and all(
                 probe.count_publishers(f'{p}segmentation/{n}') > 0 for n in OUTPUTS)
                 for p in prefixes):
-            if node.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError('segmentation_node did not come up:\n'
-                                   + node_log_path.read_text(errors='replace')[-3000:])
+            if middle.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f'{name} did not come up:\n'
+                                   + log_path.read_text(errors='replace')[-3000:])
             executor.spin_once(timeout_sec=0.1)
         camera = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), '--camera', '--rate', str(rate),
-             '--duration', str(duration), '--width', str(CAMERA_SIZE[0]),
-             '--height', str(CAMERA_SIZE[1]), '--cameras', str(cameras)],
+             '--duration', str(duration), '--width', str(size[0]),
+             '--height', str(size[1]), '--cameras', str(cameras)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         end = time.monotonic() + duration + 120.0
-        with tqdm(total=round(duration), desc=f'node {precision}', unit='s', leave=False) as bar:
+        with tqdm(total=round(duration), desc=name, unit='s', leave=False) as bar:
             started = time.monotonic()
             while camera.poll() is None and time.monotonic() < end:
                 executor.spin_once(timeout_sec=0.1)
@@ -471,31 +492,73 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
         # Frames still in flight when the camera stopped: wait until the outputs go quiet
         # (and the node's statistics have counted them).
         quiet_until = time.monotonic() + 3.0
-        last = len(received['labels'])
+        last = sum(len(v) for v in received.values())
         while time.monotonic() < quiet_until:
             executor.spin_once(timeout_sec=0.1)
-            if len(received['labels']) != last:
-                last = len(received['labels'])
+            if sum(len(v) for v in received.values()) != last:
+                last = sum(len(v) for v in received.values())
                 quiet_until = time.monotonic() + 5.0
     finally:
         if camera is not None and camera.poll() is None:
             _stop(camera)
-        node_rc = _stop(node)
-        node_log.close()
+        rc = _stop(middle)
+        log.close()
         executor.shutdown()
         probe.destroy_node()
         rclpy.try_shutdown()
+    return {'received': received, 'diagnostics': diagnostics, 'exit_code': rc,
+            'sent': json.loads(camera_out.strip().splitlines()[-1])['sent'],
+            'log_tail': log_path.read_text(errors='replace').splitlines()[-5:],
+            'log_path': log_path}
 
-    sent = json.loads(camera_out.strip().splitlines()[-1])['sent']
+
+def output_latencies(received: Dict[str, List[tuple]], warmup_frames: int
+                     ) -> Dict[str, List[float]]:
+    """
+    Latencies in s from the header stamp: to the labels, and to the last of the outputs.
+
+    ``all_outputs`` counts the frames (stamps) every output arrived for, latest receipt; the
+    first ``warmup_frames`` labels (and their stamps) are left out.
+    """
+    labels = sorted(received['labels'], key=lambda r: r[1])[warmup_frames:]
+    firsts = {stamp for _, stamp in sorted(received['labels'], key=lambda r: r[1])
+              [:warmup_frames]}
+    last: Dict[int, int] = {}
+    counts: Dict[int, int] = {}
+    for name in OUTPUTS:
+        for recv, stamp in received[name]:
+            if stamp not in firsts:
+                last[stamp] = max(last.get(stamp, 0), recv)
+                counts[stamp] = counts.get(stamp, 0) + 1
+    return {'labels': [(recv - stamp) / 1e9 for recv, stamp in labels],
+            'all_outputs': [(last[s] - s) / 1e9 for s in sorted(last)
+                            if counts[s] == len(OUTPUTS)]}
+
+
+def bench_node(model_path: Path, device: torch.device, precision: str, rate: float,
+               duration: float, reliability: str, warmup_frames: int, workdir: Path,
+               cameras: int = 1, accelerate: str = 'auto',
+               input_size: Optional[Tuple[int, int]] = None,
+               size: Tuple[int, int] = CAMERA_SIZE, output_scale: float = 1.0,
+               node_env: Optional[Dict[str, str]] = None) -> Dict:
+    """Camera process -> segmentation_node process -> this process, on a real DDS graph."""
+    node_cmd = node_command(model_path, device, precision, reliability, cameras, accelerate,
+                            input_size, output_scale)
+    graph = run_graph(node_cmd, 'segmentation_node', rate, duration, workdir, cameras, size,
+                      node_env)
+    received, diagnostics, sent = graph['received'], graph['diagnostics'], graph['sent']
     labels = received['labels'][warmup_frames:]
     if len(labels) < 2:
         raise RuntimeError(f'only {len(received["labels"])} labels received from {sent} frames; '
                            'segmentation_node log:\n'
-                           + node_log_path.read_text(errors='replace')[-3000:])
-    latencies = [(recv - stamp) / 1e9 for recv, stamp in labels]
+                           + graph['log_path'].read_text(errors='replace')[-3000:])
+    latencies = output_latencies(received, warmup_frames)
     span = (labels[-1][0] - labels[0][0]) / 1e9
-    stats = summarize(latencies)
+    stats = summarize(latencies['labels'])
     stats.pop('fps')  # the rate is measured from arrivals, not from the latency
+    every = summarize(latencies['all_outputs']) if latencies['all_outputs'] else None
+    if every:
+        every.pop('fps')
     # The node's stage times (its last /diagnostics: the frames of the last 5 s... up to 1000).
     stages: Dict[str, Dict[str, float]] = {}
     for key, value in diagnostics.items():
@@ -507,19 +570,18 @@ def bench_node(model_path: Path, device: torch.device, precision: str, rate: flo
         stages['transport_out'] = {
             'p50_ms': round(max(0.0, stats['median_ms'] - sent_labels['p50_ms']), 2),
             'note': 'end to end p50 minus the node\'s stamp-to-labels-sent p50'}
-    return {'frame': '{}x{} rgb8'.format(*CAMERA_SIZE), 'model': str(model_path),
+    return {'frame': '{}x{} rgb8'.format(*size), 'model': str(model_path),
             'network_input': diagnostics.get('input_size'),
             'label_upsampling': diagnostics.get('label_upsampling'), 'precision': precision,
-            'accelerate': accelerate, 'cameras': cameras,
+            'accelerate': accelerate, 'cameras': cameras, 'output_scale': output_scale,
             'node_input_reliability': reliability, 'camera_rate_hz': rate,
             'duration_s': duration, 'frames_sent': sent,
             'outputs_received': {n: len(v) for n, v in received.items()},
             'warmup_outputs_excluded': warmup_frames,
             'output_fps': round((len(labels) - 1) / span, 3) if span > 0 else None,
-            'latency_stamp_to_labels': stats, 'stages': stages,
-            'stamp_to_labels_sent': sent_labels,
-            'node_exit_code': node_rc,
-            'node_log_tail': node_log_path.read_text(errors='replace').splitlines()[-5:]}
+            'latency_stamp_to_labels': stats, 'latency_stamp_to_all_outputs': every,
+            'stages': stages, 'stamp_to_labels_sent': sent_labels,
+            'node_exit_code': graph['exit_code'], 'node_log_tail': graph['log_tail']}
 
 
 def cpu_model() -> str:

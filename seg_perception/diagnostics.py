@@ -16,6 +16,10 @@ import numpy as np
 OUTPUT_NAMES = ('labels', 'color', 'overlay', 'confidence')
 # Header stamps further than this from the node's clock are from another clock: no latency.
 FAR_STAMP_S = 10.0
+# A camera outpaces the node when, over a window with at least OUTPACED_MIN_FRAMES arrivals, at
+# least this fraction of its frames were replaced by newer ones before the worker took them.
+OUTPACED_FRACTION = 0.2
+OUTPACED_MIN_FRAMES = 10
 
 
 class WindowStats:
@@ -42,6 +46,11 @@ class WindowStats:
         span = min(self.window_s, now - self._start)
         return len(self._events) / span if span > 0 else 0.0
 
+    def times(self, now: float) -> List[float]:
+        """Return the times of the events within the window, oldest first."""
+        self._trim(now)
+        return [t for t, _ in self._events]
+
     def values(self, now: float) -> List[float]:
         """Return the values recorded within the window."""
         self._trim(now)
@@ -64,7 +73,9 @@ class CameraStats:
     dropped_failed: int = 0
     skipped_no_subscribers: int = 0
     last_malformed: Optional[float] = None
-    window: WindowStats = field(default_factory=WindowStats)
+    window: WindowStats = field(default_factory=WindowStats)  # published frames
+    arrivals: WindowStats = field(default_factory=WindowStats)
+    replaced: WindowStats = field(default_factory=WindowStats)  # dropped_overwritten
 
 
 class NodeStats:
@@ -74,20 +85,46 @@ class NodeStats:
         self._lock = threading.Lock()
         self.window_s = window_s
         self.cameras: Dict[str, CameraStats] = {
-            t: CameraStats(t, window=WindowStats(window_s, start=now)) for t in topics}
+            t: CameraStats(t, window=WindowStats(window_s, start=now),
+                           arrivals=WindowStats(window_s, start=now),
+                           replaced=WindowStats(window_s, start=now)) for t in topics}
         self.inference = WindowStats(window_s, start=now)
         self.batches = 0
         self.batch_size_max = 0
         self.computed = {name: 0 for name in OUTPUT_NAMES}
 
-    def received(self, topic: str) -> None:
+    def received(self, topic: str, now: float) -> None:
         with self._lock:
-            self.cameras[topic].received += 1
+            cam = self.cameras[topic]
+            cam.received += 1
+            cam.arrivals.add(now)
 
-    def overwritten(self, topic: str) -> None:
+    def overwritten(self, topic: str, now: float) -> None:
         """Count a frame replaced by a newer one before the worker took it."""
         with self._lock:
-            self.cameras[topic].dropped_overwritten += 1
+            cam = self.cameras[topic]
+            cam.dropped_overwritten += 1
+            cam.replaced.add(now)
+
+    def outpaced(self, topic: str, now: float) -> Optional[Tuple[float, float]]:
+        """
+        Return (camera fps, fps the node takes) when the camera outpaces the node, else None.
+
+        Judged over the window, once at least OUTPACED_MIN_FRAMES frames arrived in it over at
+        least half its length: outpaced when at least OUTPACED_FRACTION of them were replaced
+        by newer frames before the worker took them. The rates are over the time since the
+        window's first arrival.
+        """
+        with self._lock:
+            cam = self.cameras[topic]
+            arrivals = cam.arrivals.times(now)
+            if len(arrivals) < OUTPACED_MIN_FRAMES or now - arrivals[0] < self.window_s / 2:
+                return None
+            replaced = len([t for t in cam.replaced.times(now) if t >= arrivals[0]])
+            if replaced < OUTPACED_FRACTION * len(arrivals):
+                return None
+            span = now - arrivals[0]
+            return len(arrivals) / span, (len(arrivals) - replaced) / span
 
     def malformed(self, topic: str, now: float) -> None:
         with self._lock:

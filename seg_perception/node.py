@@ -33,6 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from seg_perception import label_info
+from seg_perception.allocator import keep_frame_buffers
 from seg_perception import params as node_params
 from seg_perception import ros_image
 from seg_perception.diagnostics import (FAR_STAMP_S, NodeStats, OUTPUT_NAMES, stamp_age,
@@ -177,6 +178,7 @@ class SegmentationNode(Node):
         self.stats = NodeStats(topics, time.monotonic())
         self._throttle = Throttle(WARN_PERIOD_S)
         self._far_stamp_warned: Set[str] = set()  # topics warned about stamps of another clock
+        self._outpaced_warned: Set[str] = set()  # topics warned about a camera faster than this
         self._frames = LatestFrames()
         self._timer = StageTimer(max_records=1000) if self.params.stage_timing else NO_TIMER
         self.add_pre_set_parameters_callback(self._coerce_parameters)
@@ -275,7 +277,7 @@ class SegmentationNode(Node):
     # --- callbacks (never block) --------------------------------------------------------------
 
     def _on_serialized_image(self, cam: _Camera, data: bytes) -> None:
-        self.stats.received(cam.topic)
+        self.stats.received(cam.topic, time.monotonic())
         try:
             header, frame = ros_image.frame_from_serialized(data)  # checks every field; a view
             check_pixels(frame.image.shape[1], frame.image.shape[0], self.params.max_input_pixels)
@@ -285,7 +287,7 @@ class SegmentationNode(Node):
         self._offer(cam, _Pending(header, frame=frame))
 
     def _on_compressed(self, cam: _Camera, msg: CompressedImage) -> None:
-        self.stats.received(cam.topic)
+        self.stats.received(cam.topic, time.monotonic())
         try:
             # Signature and size from the header only; decoding waits for the worker.
             check_compressed(msg.format, msg.data, self.params.max_input_pixels)
@@ -296,7 +298,7 @@ class SegmentationNode(Node):
 
     def _offer(self, cam: _Camera, pending: _Pending) -> None:
         if self._frames.put(cam.topic, pending):
-            self.stats.overwritten(cam.topic)
+            self.stats.overwritten(cam.topic, time.monotonic())
 
     def _malformed(self, cam: _Camera, error: ImageFormatError) -> None:
         now = time.monotonic()
@@ -509,10 +511,30 @@ class SegmentationNode(Node):
             'use_sim_time:=true and publish /clock (ros2 bag play --clock). A live camera: '
             'synchronise its clock with this machine\'s. (Warned once per topic.)')
 
+    def _warn_outpaced(self, cam: _Camera, now: float) -> None:
+        """Warn once per camera when it delivers frames faster than this node takes them."""
+        if cam.topic in self._outpaced_warned:
+            return
+        rates = self.stats.outpaced(cam.topic, now)
+        if rates is None:
+            return
+        self._outpaced_warned.add(cam.topic)
+        camera_fps, node_fps = rates
+        self.get_logger().warning(
+            f'{cam.topic}: the camera delivers {camera_fps:.1f} fps, this node sustains '
+            f'{node_fps:.1f} fps: the newest frame wins and the others are dropped (counted as '
+            'dropped_overwritten in /diagnostics). To keep up, lower the cost per frame: a '
+            'smaller network input (input_width, input_height), a faster engine (parameter '
+            'accelerate: onnxruntime or an int8 engine), output_scale below 1, fewer subscribed '
+            'outputs; '
+            'docs/performance.md maps speed against accuracy. (Warned once per topic.)')
+
     # --- diagnostics --------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
+        for cam in self._cameras:
+            self._warn_outpaced(cam, now)
         totals = self.stats.totals(now)
         totals.update({'device': str(self.pipeline.device), 'precision': self.params.precision,
                        'model': self.model_path, 'engine': self.pipeline.engine.describe(),
@@ -608,6 +630,7 @@ def main(args: Optional[List[str]] = None) -> int:
     if error is not None:
         print(f'{NODE_NAME}: error: {error}', file=sys.stderr)
         return 2
+    keep_frame_buffers()  # frame-sized buffers reused warm, not faulted in again every frame
     # Signals are this function's: the first SIGINT/SIGTERM asks the spin loop to stop, later
     # ones (Ctrl-C under ros2 launch arrives from the terminal and from launch) change nothing,
     # so no interrupt can land inside rclpy's executor or the node's shutdown.

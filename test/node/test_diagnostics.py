@@ -35,9 +35,9 @@ def test_window_percentiles_of_recent_values():
 def test_node_stats_count_each_drop_kind_per_camera():
     stats = NodeStats(['/front/image', '/rear/image'], now=0.0, window_s=5.0)
     for _ in range(3):
-        stats.received('/front/image')
-    stats.received('/rear/image')
-    stats.overwritten('/front/image')
+        stats.received('/front/image', 0.5)
+    stats.received('/rear/image', 0.5)
+    stats.overwritten('/front/image', 0.5)
     stats.malformed('/rear/image', now=1.0)
     stats.skipped('/front/image')
     stats.forward(1.0, 0.02, 2, {'labels': 2, 'color': 0, 'overlay': 2, 'confidence': 0})
@@ -85,9 +85,9 @@ def test_throttle_forgets_quiet_keys():
 def test_failed_frames_are_counted_apart_and_in_the_statistics_line():
     stats = NodeStats(['/front/image', '/rear/image'], now=0.0)
     for _ in range(4):
-        stats.received('/front/image')
+        stats.received('/front/image', 0.5)
     stats.skipped('/front/image')
-    stats.overwritten('/front/image')
+    stats.overwritten('/front/image', 0.5)
     stats.malformed('/front/image', now=0.5)
     stats.failed('/front/image')
     stats.failed('/front/image')
@@ -111,3 +111,32 @@ def test_stamp_age_takes_any_stamp(sec, nanosec, age):
 
 def test_stamp_age_of_an_unset_stamp_is_none():
     assert stamp_age(0, 0, 100_500_000_000) is None
+
+
+def _camera_at(stats, topic, fps, keep, start, end):
+    """Record frames at ``fps`` from ``start`` to ``end``; all but every keep-th replaced."""
+    n = round((end - start) * fps)
+    for i in range(n):
+        t = start + i / fps
+        stats.received(topic, t)
+        if i % keep:
+            stats.overwritten(topic, t)
+
+
+def test_a_camera_faster_than_the_node_is_outpaced_with_both_rates():
+    stats = NodeStats(['/cam/image'], now=0.0, window_s=5.0)
+    _camera_at(stats, '/cam/image', fps=20.0, keep=4, start=1.0, end=9.0)
+    camera, node = stats.outpaced('/cam/image', 9.0)
+    assert camera == pytest.approx(20.0, rel=0.05)
+    assert node == pytest.approx(5.0, rel=0.1)
+
+
+@pytest.mark.parametrize('fps,taken_every,now', [
+    (20.0, 1, 9.0),    # every frame taken: the node keeps up
+    (20.0, 20, 2.0),   # under half a window of frames: too early to tell
+    (1.0, 2, 9.0),     # too few frames in the window to tell
+    (20.0, 4, 30.0)])  # the camera stopped: nothing in the window
+def test_no_outpacing_without_evidence(fps, taken_every, now):
+    stats = NodeStats(['/cam/image'], now=0.0, window_s=5.0)
+    _camera_at(stats, '/cam/image', fps, taken_every, start=1.0, end=min(now, 9.0))
+    assert stats.outpaced('/cam/image', now) is None
