@@ -46,8 +46,8 @@ import bench_inference as bench  # noqa: E402
 
 from seg_perception.pipeline import Outputs, SegmentationPipeline  # noqa: E402
 from seg_perception.resources import default_model_path  # noqa: E402
-from seg_training.checkpoint import load_model  # noqa: E402
-from seg_training.cli import resolve_device  # noqa: E402
+from seg_training.base.cli import resolve_device  # noqa: E402
+from seg_training.nets.checkpoint import load_model  # noqa: E402
 
 HEADER_BYTES = 12  # CDR encapsulation (4) and header.stamp (8): what the relay copies in
 

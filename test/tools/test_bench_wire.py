@@ -14,7 +14,7 @@ import pytest
 
 from seg_perception.pipeline import Frame
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'bench' / 'bench_wire.py'
+SCRIPT = Path(__file__).resolve().parents[2] / 'bench' / 'bench_wire.py'
 
 
 @pytest.fixture(scope='module')
