@@ -223,7 +223,8 @@ class SegmentationNode(Node):
             return SegmentationPipeline(model, info, device=self.params.device,
                                         precision=self.params.precision, input_size=(w, h),
                                         accelerate=self.params.accelerate,
-                                        label_upsampling=self.params.label_upsampling)
+                                        label_upsampling=self.params.label_upsampling,
+                                        source=str(self.model_path))
         except (ModelFileError, OSError, RuntimeError, ValueError) as e:
             raise NodeConfigError(f'cannot run model {self.model_path}: {e}') from None
 

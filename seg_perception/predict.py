@@ -178,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pipeline = SegmentationPipeline(model, info, device=str(device),
                                         precision=args.precision, input_size=args.input_size,
                                         warmup=device.type == 'cuda',
-                                        accelerate=args.accelerate,
+                                        accelerate=args.accelerate, source=args.model,
                                         label_upsampling=args.label_upsampling,
                                         tta=args.tta)
     except (ModelFileError, RuntimeError, ValueError) as e:

@@ -19,6 +19,9 @@ A project model file is a plain dict (loadable with ``torch.load(weights_only=Tr
     preprocess      {'resize': 'area'|'bilinear', 'antialias': bool} (seg_training.preprocess;
                     absent from older files, which get preprocess.legacy_resize)
     provenance      what the model was trained on (seg_training.provenance; may be absent)
+    calibration     int8 activation ranges of the onnxruntime_int8 engine
+                    (seg_training.calibration; may be absent; written by seg-export
+                    --calibrate, dropped by writers of new weights)
 
 Training checkpoints (``last.pt``) are model files with an extra ``training_state`` entry.
 
@@ -66,6 +69,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from seg_training import architectures
+from seg_training.calibration import check_calibration
 from seg_training import espnet
 from seg_training.classes import CAMVID, ClassTable, cityscapes_table, with_void
 from seg_training.config import IMAGENET_MEAN, IMAGENET_STD
@@ -126,6 +130,7 @@ class ModelInfo:
     provenance: Optional[Dict] = None  # None: not recorded
     arch: str = 'erfnet'
     arch_options: Dict = field(default_factory=dict)  # arch_config besides the class count
+    calibration: Optional[Dict] = None  # int8 calibration record; None: not calibrated
 
     @property
     def num_classes(self) -> int:
@@ -420,6 +425,9 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
         provenance = d.get('provenance')
         if provenance is not None:
             check_provenance(provenance)  # ValueError naming the field
+        calibration = d.get('calibration')
+        if calibration is not None:
+            check_calibration(calibration)  # ValueError naming the field
         return ModelInfo(classes=classes, input_size=(w, h),
                          normalization=Normalization.from_dict(d['normalization']),
                          encoder_only=bool(arch.get('encoder_only', False)),
@@ -427,7 +435,8 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
                          train_config=dict(d.get('train_config') or {}),
                          metrics=dict(d.get('metrics') or {}), resize=resize,
                          provenance=dict(provenance) if provenance is not None else None,
-                         arch=arch_name, arch_options=architectures.options(arch))
+                         arch=arch_name, arch_options=architectures.options(arch),
+                         calibration=dict(calibration) if calibration is not None else None)
     except KeyError as e:
         raise ModelFileError(f'{source}: model file lacks field {e.args[0]!r}') from None
     except ValueError as e:
