@@ -103,8 +103,8 @@ def resolve(accelerate: str, device: torch.device, precision: str,
             raise EngineError(f'accelerate {accelerate} runs on the CPU only, not on {device}; '
                               'use auto, cuda_graphs, compile or channels_last there')
         if precision != 'fp32':
-            raise EngineError(f'accelerate {accelerate} runs with fp32 input only, not '
-                              f'{precision}')
+            what = 'fp32' if accelerate == 'onnxruntime' else 'with fp32 input'
+            raise EngineError(f'accelerate {accelerate} runs {what} only, not {precision}')
     return accelerate
 
 

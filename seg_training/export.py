@@ -355,12 +355,15 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 def calibrate_model(model_path: PathLike, frames_dir: PathLike, output: Optional[PathLike] = None,
                     size: Optional[Tuple[int, int]] = None, frames: int = DEFAULT_FRAMES,
-                    method: str = 'minmax') -> Tuple[Path, Dict[str, Any]]:
+                    method: str = 'minmax', description: Optional[str] = None
+                    ) -> Tuple[Path, Dict[str, Any]]:
     """
     Write a copy of a model file with its int8 calibration; return (path, record).
 
-    ``frames`` images spread evenly over the sorted folder are used. A project model file is
-    copied entry by entry (weights bit-identical); a published file becomes a project file.
+    ``frames`` images spread evenly over the sorted folder are used; ``description`` says what
+    they are (default: the folder). A project model file is copied entry by entry (weights
+    bit-identical) and its provenance gets a ``calibration`` line; a published file becomes a
+    project file.
     """
     from seg_perception.engines import cpu_cores, export_onnx as runtime_export
     from seg_perception.engines import ONNX_EXPORTER, ONNX_OPSET
@@ -391,12 +394,19 @@ def calibrate_model(model_path: PathLike, frames_dir: PathLike, output: Optional
                  len(inputs), frames_dir, method)
     record = calibration.make_record(
         runtime_export(model, h, w), inputs, method, ONNX_OPSET, ONNX_EXPORTER,
-        state_hash(model), (w, h), str(frames_dir), threads=cpu_cores())
+        state_hash(model), (w, h), description or str(frames_dir), threads=cpu_cores())
     _logger.info('int8 vs fp32 labels agree on %.2f %% of the pixels of %d held-out frames '
                  '(auto runs int8 from %.0f %%)', 100 * record['agreement'],
                  record['frames']['held_out'], 100 * calibration.MIN_AGREEMENT)
     if detect_format(obj) == 'project':
         d = dict(obj, calibration=record)
+        if isinstance(d.get('provenance'), dict):
+            fr = record['frames']
+            d['provenance'] = dict(d['provenance'], calibration=(
+                f'int8 ranges ({method}, {"/".join(record["op_types"])}) from '
+                f'{fr["calibration"]} frames of {fr["source"]} at {w}x{h}; int8 vs fp32 '
+                f'labels agree on {100 * record["agreement"]:.2f} % of {fr["held_out"]} '
+                'held-out frames'))
     else:
         d = model_file_dict(model, info, extra={'calibration': record})
     try:
@@ -421,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
                    'calibration measured on the images of this folder (or dataset root)')
     p.add_argument('--frames', type=int, default=DEFAULT_FRAMES,
                    help='--calibrate: frames used, spread over the folder')
+    p.add_argument('--calibration-source', metavar='TEXT',
+                   help='--calibrate: what the frames are, recorded in the model file '
+                   '(default: the folder)')
     p.add_argument('--calibration-method', choices=calibration.METHODS, default='minmax',
                    help='--calibrate: activation ranges from min/max or the 99.999th '
                    'percentile')
@@ -447,7 +460,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.calibrate is not None:
         try:
             out, record = calibrate_model(args.model, args.calibrate, args.output, args.size,
-                                          args.frames, args.calibration_method)
+                                          args.frames, args.calibration_method,
+                                          args.calibration_source)
         except (ModelFileError, ExportError, ValueError, OSError) as e:
             sys.exit(f'seg-export: error: {e}')
         print(json.dumps({'output': str(out), 'agreement': record['agreement'],

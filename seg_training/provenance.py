@@ -16,6 +16,9 @@ What a model was trained on: the ``provenance`` entry of a model file, and its l
         'real_images': True | False | None,   # None: unknown (a parent without provenance)
     }
 
+``seg-export --calibrate`` adds ``calibration``: one line on how the int8 calibration
+(seg_training.calibration) was made.
+
 Every field may be null (absent or unknown) but not of another type: :func:`check_provenance`
 refuses a record naming the field (``provenance.datasets[0].images``), and the model file
 loaders call it. A record's text is someone else's: its log line goes through
@@ -80,7 +83,7 @@ _SIZE = ('a list of [width, height] pairs', lambda v: isinstance(v, (list, tuple
     isinstance(s, (list, tuple)) and len(s) == 2 and all(_COUNT[1](x) for x in s) for s in v))
 # field -> (what it must be, test); every field may also be null or absent
 RECORD_FIELDS = {'epochs': _COUNT, 'best_epoch': _COUNT, 'best_val_miou': _NUMBER,
-                 'real_images': _FLAG, 'source': _TEXT, 'note': _TEXT}
+                 'real_images': _FLAG, 'source': _TEXT, 'note': _TEXT, 'calibration': _TEXT}
 DATASET_FIELDS = {'role': _TEXT, 'dataset': _TEXT, 'root': _TEXT, 'split': _TEXT,
                   'synthetic': _FLAG, 'images': _COUNT, 'image_sizes': _SIZE}
 
