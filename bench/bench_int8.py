@@ -90,8 +90,8 @@ def run_size(args: argparse.Namespace, model_path: str, size, tmp: Path) -> Dict
     stats = {name: summarize(t) for name, t in times.items()}
     return {
         'model': model_path, 'network_input': f'{w}x{h}',
-        'calibration': {k: record[k] for k in ('method', 'input_size', 'frames', 'agreement',
-                                               'op_types')},
+        'calibration': {k: record.get(k) for k in ('method', 'input_size', 'frames', 'agreement',
+                                                   'speedup', 'op_types')},
         'calibrate_s': round(calibrate_s, 1),
         'setup_s': {n: engines[n + '_setup_s'] for n in times},
         'test_frames': {'folder': args.frames, 'count': len(inputs)},

@@ -12,8 +12,9 @@ seg-bag):
 
 * ``auto``: the fastest engine measured for the device and precision (see :func:`resolve`):
   on the CPU in fp32 ``onnxruntime_int8`` where the model file carries an int8 calibration whose
-  measured label agreement with fp32 is at least 98 %, ``onnxruntime`` otherwise (and where the
-  calibration no longer fits the model, with a warning); ``none`` on the CPU in fp16/bf16,
+  measured label agreement with fp32 is at least 98 % and whose measured speed-up is at least
+  1.2x, ``onnxruntime`` otherwise (and where the calibration no longer fits the model, with a
+  warning); ``none`` on the CPU in fp16/bf16,
   ``channels_last`` on CUDA;
 * ``none``: the PyTorch model as it is (eager);
 * ``channels_last``: eager with the NHWC memory layout (``compile`` and ``cuda_graphs`` use it on
@@ -35,18 +36,19 @@ seg-bag):
   on 64 frames of the folder (images, or a Cityscapes or folder-layout dataset root) at its
   network size (``--size``), takes the ranges from three quarters of them (min/max, or
   ``--calibration-method percentile``) and records the label agreement int8 vs fp32 on the other
-  quarter. A model file without a calibration, or one whose calibration belongs to other
-  weights or another ONNX graph (another torch exporter or opset; for ESPNetv2, whose adaptive
-  pooling changes the graph with the size, another network size), is refused naming the
-  command. ERFNet's graph is the same at every size: its ranges serve all sizes.
-  Measured (bench/bench_int8.py, 2-core AMD EPYC with avx512_vnni, shared, load 7.5-10.6;
+  quarter and how much faster int8 ran on them. A model file without a calibration, or one
+  whose calibration belongs to other weights or another ONNX graph (another torch exporter or
+  opset; for ESPNetv2, whose adaptive pooling changes the graph with the size, another network
+  size), is refused naming the command. ERFNet's graph is the same at every size: its ranges
+  serve all sizes.
+  Measured (bench/bench_int8.py, 2-core AMD EPYC with avx512_vnni, shared, load 6-11;
   bench/results/int8-*.json): ERFNet (erfnet_synth.pt, calibrated on 24 seg-synth frames,
   timed on CamVid test frames) 2.7x faster than ``onnxruntime`` at 512x256 (98.3 % of the
-  labels equal) and 2.0x at 1024x512 (97.8 %); ESPNetv2 (depthwise convolutions) gains nothing
-  (1.0x at 512x256) and loses 0.5-1.2 mIoU points on real frames. No bundled model carries a
-  calibration: ERFNet's synthetic model agrees only 96 % with its fp32 labels on the real
-  CamVid samples at 256x128, ESPNetv2's models 92.6-95.7 % (all convolutions int8) and
-  97.6 % (dense ones only) on held-out CamVid frames.
+  labels equal) and 2.0x at 1024x512 (97.8 %); ESPNetv2 (mostly depthwise convolutions, which
+  stay fp32) 0.94-1.07x, so not worth it (its all-convolutions int8 was slower still), losing
+  0.5-1.2 mIoU points on real frames. No bundled model carries a calibration: ERFNet's
+  synthetic model agrees only 96 % with its fp32 labels on the real CamVid samples at 256x128,
+  and ESPNetv2 is not faster.
 
 An engine that cannot run on the device or in the precision raises :class:`EngineError` naming
 the setting and why.
@@ -89,7 +91,8 @@ def resolve(accelerate: str, device: torch.device, precision: str,
 
     ``auto`` picks the fastest engine measured (bench/bench_engines.py, bench/bench_int8.py): on
     the CPU in fp32, onnxruntime_int8 where ``calibration_record`` (the model file's) measured
-    int8 labels agreeing with fp32 on at least calibration.MIN_AGREEMENT of the pixels, else
+    int8 labels agreeing with fp32 on at least calibration.MIN_AGREEMENT of the pixels and a
+    speed-up of at least calibration.MIN_SPEEDUP (calibration.within_bound), else
     onnxruntime (ERFNet forward 1.8-3x faster than eager, same labels); on the CPU in fp16/bf16,
     eager (onnxruntime runs fp32 only); on CUDA, eager channels_last. Other settings are returned
     as they are once checked against the device and precision.

@@ -18,6 +18,7 @@ FRAMES`` measures the ranges and writes a copy of the model file with a ``calibr
         'ranges': {key: [low, high]},        # per activation tensor, keyed by graph position
         'frames': {'source': str, 'calibration': int, 'held_out': int},
         'agreement': float,                  # int8 vs fp32 labels on the held-out frames
+        'speedup': float,                    # fp32 / int8 median time on those frames
         'torch_version': str, 'onnxruntime_version': str,
     }
 
@@ -28,8 +29,9 @@ export of the same model finds its ranges by position; one whose graph differs (
 exporter, another opset) or whose weights differ is refused with the command that recalibrates.
 
 ``agreement`` is the share of pixels whose int8 label equals the fp32 label on frames held out
-from the range measurement (every fourth frame, when there are four or more); the engine's
-``auto`` setting runs int8 only where it is at least :data:`MIN_AGREEMENT`.
+from the range measurement (every fourth frame, when there are four or more), ``speedup`` the
+fp32 / int8 median time on them, measured side by side; the engine's ``auto`` setting runs int8
+only where they are at least :data:`MIN_AGREEMENT` and :data:`MIN_SPEEDUP`.
 """
 
 import hashlib
@@ -39,6 +41,7 @@ import os
 from pathlib import Path
 import re
 import tempfile
+import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -52,6 +55,7 @@ VERSION = 1
 METHODS = ('minmax', 'percentile')
 PERCENTILE = 99.999  # of the absolute activation values, for method 'percentile'
 MIN_AGREEMENT = 0.98  # int8 vs fp32 label agreement at which 'auto' runs int8
+MIN_SPEEDUP = 1.2     # and fp32 / int8 time (ESPNetv2 measured 0.94-1.07: not worth a label)
 HOLD_OUT_EVERY = 4    # every fourth frame measures the agreement instead of the ranges
 MAX_RANGES = 100_000  # activation tensors one record may list
 # Op types quantized: the convolutions (the time); the rest (adds, concatenations, pooling,
@@ -69,7 +73,8 @@ FIELDS = {'version': _COUNT, 'method': ('one of ' + ', '.join(METHODS), lambda v
                          and len(v) == 2 and all(_COUNT[1](x) and x > 0 for x in v)),
           'ranges': ('a mapping', lambda v: isinstance(v, Mapping)),
           'frames': ('a mapping', lambda v: isinstance(v, Mapping)),
-          'agreement': _SHARE, 'torch_version': _TEXT, 'onnxruntime_version': _TEXT,
+          'agreement': _SHARE, 'speedup': ('a number > 0', lambda v: _NUMBER[1](v) and v > 0),
+          'torch_version': _TEXT, 'onnxruntime_version': _TEXT,
           'op_types': ('a list of ONNX op types', lambda v: isinstance(v, (list, tuple))
                        and bool(v) and all(isinstance(t, str) for t in v))}
 FRAME_FIELDS = {'source': _TEXT, 'calibration': _COUNT, 'held_out': _COUNT}
@@ -112,8 +117,14 @@ def check_calibration(record: Any, where: str = 'calibration') -> None:
 
 
 def within_bound(record: Optional[Mapping]) -> bool:
-    """Tell whether ``record`` measured int8 labels agreeing with fp32 on >= MIN_AGREEMENT."""
-    return record is not None and record.get('agreement', 0.0) >= MIN_AGREEMENT
+    """
+    Tell whether int8 is worth running by ``record``'s measurements.
+
+    Its labels agreed with fp32 on at least MIN_AGREEMENT of the pixels, and it ran at least
+    MIN_SPEEDUP times as fast.
+    """
+    return (record is not None and record.get('agreement', 0.0) >= MIN_AGREEMENT
+            and record.get('speedup', 0.0) >= MIN_SPEEDUP)
 
 
 def graph_keys(graph: Any) -> Tuple[str, Dict[str, str]]:
@@ -287,17 +298,28 @@ def session(data: bytes, threads: int) -> Any:
     return ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
 
 
-def label_agreement(fp32_onnx: bytes, int8_onnx: bytes, frames: Sequence[np.ndarray],
-                    threads: int = 1) -> float:
-    """Return the share of pixels whose argmax label is the same in both models."""
+def compare(fp32_onnx: bytes, int8_onnx: bytes, frames: Sequence[np.ndarray],
+            threads: int = 1) -> Tuple[float, float]:
+    """
+    Return (share of pixels with the same argmax label, fp32 / int8 median time) of two models.
+
+    Each frame runs on one model, then on the other, after a first run of each that is not
+    timed: a busy machine slows both alike, and the ratio stays comparable.
+    """
     a, b = session(fp32_onnx, threads), session(int8_onnx, threads)
+    times: Tuple[List[float], List[float]] = ([], [])
     same = total = 0
-    for x in frames:
-        la = a.run(None, {ACTIVATION_INPUT: x})[0].argmax(1)  # (1, h, w)
-        lb = b.run(None, {ACTIVATION_INPUT: x})[0].argmax(1)
-        same += int((la == lb).sum())
-        total += la.size
-    return same / total if total else 0.0
+    for i, x in enumerate([frames[0], *frames]):
+        labels = []
+        for s, t in zip((a, b), times):
+            t0 = time.perf_counter()
+            labels.append(s.run(None, {ACTIVATION_INPUT: x})[0].argmax(1))  # (1, h, w)
+            if i:
+                t.append(time.perf_counter() - t0)
+        if i:
+            same += int((labels[0] == labels[1]).sum())
+            total += labels[0].size
+    return same / total, float(np.median(times[0]) / np.median(times[1]))
 
 
 def split_frames(count: int) -> Tuple[List[int], List[int]]:
@@ -335,7 +357,7 @@ def make_record(fp32_onnx: bytes, frames: Sequence[np.ndarray], method: str, ops
         'onnxruntime_version': str(onnxruntime.__version__), 'op_types': list(op_types),
     }
     check = [frames[i] for i in held] or [frames[i] for i in calib]
-    record['agreement'] = label_agreement(fp32_onnx, quantize(fp32_onnx, record, source), check,
-                                          threads)
+    agreement, speedup = compare(fp32_onnx, quantize(fp32_onnx, record, source), check, threads)
+    record.update(agreement=agreement, speedup=round(speedup, 3))
     check_calibration(record)
     return record

@@ -98,15 +98,18 @@ def test_int8_runs_on_the_cpu_with_fp32_input_only():
 
 def test_auto_picks_int8_only_when_calibrated_within_bound(net_and_record):
     net, info, record = net_and_record
-    assert resolve('auto', CPU, 'fp32', dict(record, agreement=0.98)) == 'onnxruntime_int8'
-    assert resolve('auto', CPU, 'fp32', dict(record, agreement=0.979)) == 'onnxruntime'
+    fast = dict(record, speedup=1.2)
+    assert resolve('auto', CPU, 'fp32', dict(fast, agreement=0.98)) == 'onnxruntime_int8'
+    assert resolve('auto', CPU, 'fp32', dict(fast, agreement=0.979)) == 'onnxruntime'
+    # Exact enough, but measured no faster (ESPNetv2 on this CPU): fp32.
+    assert resolve('auto', CPU, 'fp32', dict(fast, agreement=0.99, speedup=1.19)) == 'onnxruntime'
     assert resolve('auto', CPU, 'fp32', None) == 'onnxruntime'
     assert resolve('auto', CPU, 'fp16', record) == 'none'
     assert resolve('auto', torch.device('cuda'), 'fp32', record) == 'channels_last'
-    good = with_calibration(info, dict(record, agreement=0.99))
+    good = with_calibration(info, dict(fast, agreement=0.99))
     engine = build_engine(copy.deepcopy(net), good, CPU, 'fp32', 'auto', input_size=SIZE)
     assert engine.name == 'onnxruntime_int8'
-    low = build_engine(copy.deepcopy(net), with_calibration(info, dict(record, agreement=0.9)),
+    low = build_engine(copy.deepcopy(net), with_calibration(info, dict(fast, agreement=0.9)),
                        CPU, 'fp32', 'auto')
     assert low.name == 'onnxruntime'
     # A calibration that no longer fits: auto runs fp32 (with a warning) instead of failing.
@@ -151,6 +154,7 @@ def test_calibration_round_trip_through_the_model_file(calibrated_file, source_f
     assert record['input_size'] == [64, 32] and record['method'] == 'minmax'
     assert record['frames']['calibration'] + record['frames']['held_out'] == 5
     assert record['frames']['held_out'] == 1 and 0.0 <= record['agreement'] <= 1.0
+    assert record['speedup'] > 0
     assert record['frames']['source'] == 'five seg-synth frames'
     assert record['op_types'] == ['Conv', 'ConvTranspose']
     original = read_file(source_file)
@@ -158,7 +162,7 @@ def test_calibration_round_trip_through_the_model_file(calibrated_file, source_f
     assert raw['provenance'] == dict(original['provenance'], calibration=(
         'int8 ranges (minmax, Conv/ConvTranspose) from 4 frames of five seg-synth frames at '
         f'64x32; int8 vs fp32 labels agree on {100 * record["agreement"]:.2f} % of 1 '
-        'held-out frames'))
+        f'held-out frames, int8 {record["speedup"]:.2f}x as fast'))
     for k, v in original['state_dict'].items():  # the weights are the same bits
         assert torch.equal(raw['state_dict'][k], v)
     model, info = load_model(calibrated_file)
@@ -173,6 +177,7 @@ def test_calibration_round_trip_through_the_model_file(calibrated_file, source_f
     (('agreement',), 'high', "calibration.agreement is str 'high', not a number in [0, 1]"),
     (('agreement',), 1.5, 'calibration.agreement is float 1.5, not a number in [0, 1]'),
     (('graph_sha256',), None, 'calibration.graph_sha256 is missing'),
+    (('speedup',), 0, 'calibration.speedup is int 0, not a number > 0'),
     (('method',), 'entropy', "calibration.method is str 'entropy', not one of minmax"),
     (('input_size',), [64], 'calibration.input_size is list, not [width, height]'),
     (('frames', 'held_out'), '1', "calibration.frames.held_out is str '1', not an integer"),
