@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='network precision (fp16/bf16: CUDA)')
     p.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
                    help='how the network runs; auto: the fastest engine for the device and '
-                   'precision (README, Engines)')
+                   'precision (docs/performance.md, Engines)')
     p.add_argument('--input-size', type=network_size_arg, default=None, metavar='WxH',
                    help="network input size (default: the model's own)")
     p.add_argument('--alpha', type=unit_interval_arg, default=0.5,

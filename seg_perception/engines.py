@@ -11,7 +11,11 @@ extra files are written or read.
 seg-bag):
 
 * ``auto``: the fastest engine measured for the device and precision (see :func:`resolve`):
-  ``onnxruntime`` on the CPU in fp32, ``none`` on the CPU in fp16/bf16, ``channels_last`` on CUDA;
+  on the CPU in fp32 ``onnxruntime_int8`` where the model file carries an int8 calibration whose
+  measured label agreement with fp32 is at least 98 % and whose measured speed-up is at least
+  1.2x, ``onnxruntime`` otherwise (and where the calibration no longer fits the model, with a
+  warning); ``none`` on the CPU in fp16/bf16,
+  ``channels_last`` on CUDA;
 * ``none``: the PyTorch model as it is (eager);
 * ``channels_last``: eager with the NHWC memory layout (``compile`` and ``cuda_graphs`` use it on
   CUDA too);
@@ -23,6 +27,28 @@ seg-bag):
 * ``onnxruntime``: CPU and fp32 only; the model is exported to ONNX in memory and run by
   onnxruntime's CPU provider with one thread per core (spinning threads off: the CPU is shared
   with DDS and the rest of the pipeline).
+* ``onnxruntime_int8``: CPU and fp32 input only; the same export quantized at start-up (a few
+  seconds) by onnxruntime's static QDQ quantizer: the convolutions' weights int8 per output
+  channel and their inputs and outputs uint8 per tensor, with the activation ranges stored in
+  the model file's ``calibration`` entry (seg_training.nets.calibration), so no extra file is read;
+  grouped (depthwise) convolutions, the other ops and the layer that makes the logits stay fp32.
+  ``seg-export --model M --calibrate FRAMES_DIR --output M`` adds that entry: it runs the model
+  on 64 frames of the folder (images, or a Cityscapes or folder-layout dataset root) at its
+  network size (``--size``), takes the ranges from three quarters of them (min/max, or
+  ``--calibration-method percentile``) and records the label agreement int8 vs fp32 on the other
+  quarter and how much faster int8 ran on them. A model file without a calibration, or one
+  whose calibration belongs to other weights or another ONNX graph (another torch exporter or
+  opset; for ESPNetv2, whose adaptive pooling changes the graph with the size, another network
+  size), is refused naming the command. ERFNet's graph is the same at every size: its ranges
+  serve all sizes.
+  Measured (bench/bench_int8.py, 2-core AMD EPYC with avx512_vnni, shared, load 6-11;
+  bench/results/int8-*.json): ERFNet (erfnet_synth.pt, calibrated on 24 seg-synth frames,
+  timed on CamVid test frames) 2.7x faster than ``onnxruntime`` at 512x256 (98.3 % of the
+  labels equal) and 2.0x at 1024x512 (97.8 %); ESPNetv2 (mostly depthwise convolutions, which
+  stay fp32) 0.94-1.07x, so not worth it (its all-convolutions int8 was slower still), losing
+  0.5-1.2 mIoU points on real frames. No bundled model carries a calibration: ERFNet's
+  synthetic model agrees only 96 % with its fp32 labels on the real CamVid samples at 256x128,
+  and ESPNetv2 is not faster.
 
 An engine that cannot run on the device or in the precision raises :class:`EngineError` naming
 the setting and why.
@@ -33,19 +59,23 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 import warnings
 
 import torch
 
-from seg_training.nets.checkpoint import ModelInfo
+from seg_training.nets import calibration
+from seg_training.nets.checkpoint import ModelInfo, state_hash
 
 _logger = logging.getLogger(__name__)
 
-ACCELERATIONS = ('auto', 'none', 'channels_last', 'compile', 'cuda_graphs', 'onnxruntime')
+ACCELERATIONS = ('auto', 'none', 'channels_last', 'compile', 'cuda_graphs', 'onnxruntime',
+                 'onnxruntime_int8')
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 ONNX_OPSET = 17
 ONNX_INPUT, ONNX_OUTPUT = 'image', 'logits'
+# How export_onnx exports (recorded with an int8 calibration, whose ranges belong to its graph).
+ONNX_EXPORTER = 'torch.onnx.export (TorchScript, dynamo=False, constant folding, dynamic batch)'
 CUDA_GRAPH_WARMUP = 3  # eager runs on a side stream before a capture (cuDNN picks algorithms)
 
 
@@ -53,11 +83,15 @@ class EngineError(RuntimeError):
     """An acceleration setting that cannot run here; the message says which and why."""
 
 
-def resolve(accelerate: str, device: torch.device, precision: str) -> str:
+def resolve(accelerate: str, device: torch.device, precision: str,
+            calibration_record: Optional[Mapping] = None) -> str:
     """
     Return the engine ``accelerate`` stands for on ``device`` in ``precision``.
 
-    ``auto`` picks the fastest engine measured (bench/bench_engines.py): on the CPU in fp32,
+    ``auto`` picks the fastest engine measured (bench/bench_engines.py, bench/bench_int8.py): on
+    the CPU in fp32, onnxruntime_int8 where ``calibration_record`` (the model file's) measured
+    int8 labels agreeing with fp32 on at least calibration.MIN_AGREEMENT of the pixels and a
+    speed-up of at least calibration.MIN_SPEEDUP (calibration.within_bound), else
     onnxruntime (ERFNet forward 1.8-3x faster than eager, same labels); on the CPU in fp16/bf16,
     eager (onnxruntime runs fp32 only); on CUDA, eager channels_last. Other settings are returned
     as they are once checked against the device and precision.
@@ -69,16 +103,20 @@ def resolve(accelerate: str, device: torch.device, precision: str) -> str:
     if accelerate == 'auto':
         if device.type == 'cuda':
             return 'channels_last'
-        return 'onnxruntime' if precision == 'fp32' else 'none'
+        if precision != 'fp32':
+            return 'none'
+        return ('onnxruntime_int8' if calibration.within_bound(calibration_record)
+                else 'onnxruntime')
     if accelerate == 'cuda_graphs' and device.type != 'cuda':
         raise EngineError(f'accelerate cuda_graphs needs a CUDA device, not {device}; '
                           'use auto, none, channels_last, compile or onnxruntime')
-    if accelerate == 'onnxruntime':
+    if accelerate in ('onnxruntime', 'onnxruntime_int8'):
         if device.type != 'cpu':
-            raise EngineError(f'accelerate onnxruntime runs on the CPU only, not on {device}; '
+            raise EngineError(f'accelerate {accelerate} runs on the CPU only, not on {device}; '
                               'use auto, cuda_graphs, compile or channels_last there')
         if precision != 'fp32':
-            raise EngineError(f'accelerate onnxruntime runs fp32 only, not {precision}')
+            what = 'fp32' if accelerate == 'onnxruntime' else 'with fp32 input'
+            raise EngineError(f'accelerate {accelerate} runs {what} only, not {precision}')
     return accelerate
 
 
@@ -209,20 +247,18 @@ class OnnxRuntimeEngine(Engine):
     def describe(self) -> str:
         return f'onnxruntime (CPU provider, {self.threads} threads, fp32)'
 
+    def _onnx(self, h: int, w: int) -> bytes:
+        """Return the ONNX model the session for input size (h, w) runs."""
+        return export_onnx(self.model, h, w)
+
     def _session(self, h: int, w: int) -> object:
         import onnxruntime as ort
 
         t0 = time.perf_counter()
-        data = export_onnx(self.model, h, w)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        # Spinning worker threads cost other processes on a shared CPU and measured slower here.
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
+        session = calibration.session(self._onnx(h, w), self.threads)
         _logger.info('exported the network to ONNX for %dx%d and loaded it into onnxruntime '
-                     '%s in %.1f s', w, h, ort.__version__, time.perf_counter() - t0)
+                     '%s in %.1f s (%s)', w, h, ort.__version__, time.perf_counter() - t0,
+                     self.describe())
         return session
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,6 +270,48 @@ class OnnxRuntimeEngine(Engine):
         inp = x.detach().to('cpu', torch.float32).contiguous().numpy()  # (B, 3, h, w)
         (out,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: inp})  # (B, K, h, w) float32
         return torch.from_numpy(out)
+
+
+class OnnxRuntimeInt8Engine(OnnxRuntimeEngine):
+    """
+    The ONNX export quantized to int8 (QDQ) with the model file's calibration, on the CPU.
+
+    The session for ``input_size`` (W, H; default the calibrated size) is made here, at
+    start-up, so a calibration that does not fit the model fails before the first frame; other
+    sizes get theirs on their first call.
+    """
+
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: torch.device,
+                 precision: str, threads: int = 0, source: str = 'MODEL',
+                 input_size: Optional[Tuple[int, int]] = None) -> None:
+        record = info.calibration
+        if record is None:
+            raise EngineError(f'accelerate onnxruntime_int8 needs a model file with an int8 '
+                              f'calibration; {source} has none: add it with '
+                              f'{calibration.recalibrate_hint(source)}')
+        super().__init__(model, device, precision, threads)
+        self.name = 'onnxruntime_int8'
+        self.record = record
+        self.source = source
+        if record['opset'] != ONNX_OPSET or state_hash(self.model) != record['state_sha256']:
+            what = (f'ONNX opset {record["opset"]}' if record['opset'] != ONNX_OPSET
+                    else 'other weights')
+            raise EngineError(f'{source}: its int8 calibration was made for {what}; '
+                              f'recalibrate with: {calibration.recalibrate_hint(source)}')
+        w, h = input_size or record['input_size']
+        self._sessions[(int(h), int(w))] = self._session(int(h), int(w))
+
+    def describe(self) -> str:
+        return (f'onnxruntime_int8 (CPU provider, {self.threads} threads, int8 QDQ, '
+                f'{self.record["method"]} calibration, label agreement '
+                f'{100 * self.record["agreement"]:.1f} %)')
+
+    def _onnx(self, h: int, w: int) -> bytes:
+        try:
+            return calibration.quantize(export_onnx(self.model, h, w), self.record, self.source,
+                                        (w, h))
+        except calibration.CalibrationError as e:
+            raise EngineError(str(e)) from None
 
 
 def cpu_cores() -> int:
@@ -263,17 +341,31 @@ def export_onnx(model: torch.nn.Module, height: int, width: int) -> bytes:
 
 
 def build_engine(model: torch.nn.Module, info: ModelInfo, device: torch.device,
-                 precision: str = 'fp32', accelerate: str = 'auto') -> Engine:
+                 precision: str = 'fp32', accelerate: str = 'auto', source: str = 'MODEL',
+                 input_size: Optional[Tuple[int, int]] = None) -> Engine:
     """
     Make the engine ``accelerate`` names for ``model`` on ``device`` in ``precision``.
 
     The model is moved to the device and precision (in place). Raises ValueError for an unknown
     setting and EngineError for one that cannot run on the device or in the precision.
+    ``source`` names the model file in errors (the int8 engine's command to calibrate it);
+    ``input_size`` (W, H), the network size it will run at, is prepared at once by the int8
+    engine (so ``auto`` falls back to fp32 at start-up where its calibration does not fit).
     """
-    name = resolve(accelerate, device, precision)
+    name = resolve(accelerate, device, precision, info.calibration)
     assert info.num_classes >= 1, 'a model predicts at least one class'
-    if name == 'onnxruntime':
-        engine: Engine = OnnxRuntimeEngine(model, device, precision)
+    engine: Engine
+    if name == 'onnxruntime_int8':
+        try:
+            engine = OnnxRuntimeInt8Engine(model, info, device, precision, source=source,
+                                           input_size=input_size)
+        except EngineError as e:
+            if accelerate != 'auto':
+                raise
+            _logger.warning('accelerate auto: %s; running onnxruntime (fp32) instead', e)
+            engine = OnnxRuntimeEngine(model, device, precision)
+    elif name == 'onnxruntime':
+        engine = OnnxRuntimeEngine(model, device, precision)
     elif name == 'cuda_graphs':
         engine = CudaGraphEngine(model, device, precision)
     elif name == 'compile':

@@ -150,7 +150,7 @@ class _Job:
 
 
 class SegmentationNode(Node):
-    """Segments camera topics with ERFNet; see the package README for topics and parameters."""
+    """Segments camera topics; docs/node.md has its topics and parameters."""
 
     def __init__(self, **kwargs: Any) -> None:
         services = kwargs.pop('start_parameter_services', True)
@@ -225,7 +225,8 @@ class SegmentationNode(Node):
             return SegmentationPipeline(model, info, device=self.params.device,
                                         precision=self.params.precision, input_size=(w, h),
                                         accelerate=self.params.accelerate,
-                                        label_upsampling=self.params.label_upsampling)
+                                        label_upsampling=self.params.label_upsampling,
+                                        source=str(self.model_path))
         except (ModelFileError, OSError, RuntimeError, ValueError) as e:
             raise NodeConfigError(f'cannot run model {self.model_path}: {e}') from None
 

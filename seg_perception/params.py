@@ -23,7 +23,8 @@ from seg_perception.ros_args import check_camera
 DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 MAX_INPUT_SIDE = 4096
 # Engine settings of seg_perception.engines.ACCELERATIONS (repeated so this module needs no torch).
-ACCELERATIONS = ('auto', 'none', 'channels_last', 'compile', 'cuda_graphs', 'onnxruntime')
+ACCELERATIONS = ('auto', 'none', 'channels_last', 'compile', 'cuda_graphs', 'onnxruntime',
+                 'onnxruntime_int8')
 _ROS_TYPES = {str: 'string', int: 'integer', float: 'double', bool: 'bool', tuple: 'string array'}
 
 
@@ -45,7 +46,8 @@ class NodeParams:
     device: str = _param('auto', 'inference device', constraints='auto, cpu, cuda or cuda:N')
     precision: str = _param('fp32', 'inference precision', choices=('fp32', 'fp16', 'bf16'))
     accelerate: str = _param('auto', 'how the network runs (seg_perception/engines.py): auto = '
-                             'the fastest for the device (CPU fp32: onnxruntime; CUDA: '
+                             'the fastest for the device (CPU fp32: onnxruntime, int8 where '
+                             'the model file carries a calibration within bound; CUDA: '
                              'channels_last)', choices=ACCELERATIONS)
     input_width: int = _param(0, "network input width in px (multiple of 8); 0 = the model's own",
                               int_range=(0, MAX_INPUT_SIDE, 8))

@@ -86,7 +86,8 @@ class SegmentationPipeline:
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str = 'auto',
                  precision: str = 'fp32', input_size: Optional[Tuple[int, int]] = None,
                  warmup: bool = True, accelerate: str = 'auto',
-                 label_upsampling: str = 'auto', tta: Optional[TTA] = None) -> None:
+                 label_upsampling: str = 'auto', tta: Optional[TTA] = None,
+                 source: str = 'MODEL') -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision {precision!r} not in {sorted(PRECISIONS)}')
         if info.encoder_only:
@@ -105,7 +106,9 @@ class SegmentationPipeline:
         if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
         # How the network runs (seg_perception/engines.py); it owns the model's device and dtype.
-        self.engine = build_engine(model, info, self.device, precision, accelerate)
+        # ``source`` (the model file) is named in the engines' errors.
+        self.engine = build_engine(model, info, self.device, precision, accelerate,
+                                   source=source, input_size=self.input_size)
         self.model = self.engine.model
         # Test-time augmentation (seg_training.nets.tta) reads as logits too; None: one plain run.
         self.tta = tta
@@ -129,7 +132,7 @@ class SegmentationPipeline:
     @classmethod
     def from_file(cls, path: str, **kwargs) -> 'SegmentationPipeline':
         model, info = load_model(path)
-        return cls(model, info, **kwargs)
+        return cls(model, info, **dict(kwargs, source=kwargs.get('source', path)))
 
     def warmup(self, iterations: int = 2) -> float:
         """Run the network on zeros so cuDNN picks its kernels before the first frame."""

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='network precision (fp16/bf16: CUDA)')
     parser.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
                         help='how the network runs; auto: the fastest engine for the device and '
-                        'precision (README, Engines)')
+                        'precision (docs/performance.md, Engines)')
     parser.add_argument('--input-size', type=network_size_arg, metavar='WxH',
                         help="network input size (default: the model's own)")
     parser.add_argument('--output-dir', type=Path, default=DEFAULT_OUTPUT_DIR,
@@ -178,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pipeline = SegmentationPipeline(model, info, device=str(device),
                                         precision=args.precision, input_size=args.input_size,
                                         warmup=device.type == 'cuda',
-                                        accelerate=args.accelerate,
+                                        accelerate=args.accelerate, source=args.model,
                                         label_upsampling=args.label_upsampling,
                                         tta=args.tta)
     except (ModelFileError, RuntimeError, ValueError) as e:

@@ -16,6 +16,18 @@ names and the check's numbers.
 Example::
 
     seg-export --model out/custom/best.pt --format onnx --dynamic-batch
+
+``--calibrate FRAMES_DIR`` instead writes a copy of the model file with the int8 calibration of
+the ``onnxruntime_int8`` engine (seg_training.nets.calibration): the model runs, exported to ONNX
+exactly as the engine exports it, on ``--frames`` frames of the folder at the network size
+(``--size`` or the model's), and the activation ranges and the measured int8 vs fp32 label
+agreement go into the file's ``calibration`` entry (``--output``, default
+``<model>.calibrated.pt``; the model's own path rewrites it in place, atomically, weights
+untouched). It lives here because it is the same step as an ONNX export: the model file made
+ready for one runtime, checked against PyTorch's labels.
+
+    seg-export --model models/espnetv2_camvid.pt --calibrate camvid/train \
+        --output models/espnetv2_camvid.pt
 """
 
 import argparse
@@ -28,7 +40,7 @@ import os
 from pathlib import Path
 import sys
 import tempfile
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import warnings
 
 import numpy as np
@@ -36,7 +48,10 @@ import torch
 
 from seg_training.base.cli import HelpFormatter
 from seg_training.base.files import check_writable, write_json
-from seg_training.nets.checkpoint import load_model, ModelFileError, ModelInfo
+from seg_training.datasets.segmentation import IMAGE_SUFFIXES
+from seg_training.nets import calibration
+from seg_training.nets.checkpoint import (atomic_save, detect_format, load_model, model_file_dict,
+                                          ModelFileError, ModelInfo, read_file, state_hash)
 from seg_training.nets.options import network_size_arg
 
 _logger = logging.getLogger(__name__)
@@ -50,6 +65,7 @@ MIN_OPSET = 7
 DEFAULT_TOLERANCE = 1e-3
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'logits'
+DEFAULT_FRAMES = 64  # calibration frames (a quarter of them held out for the agreement)
 
 
 class ExportError(RuntimeError):
@@ -304,16 +320,125 @@ def export_model(model_path: PathLike, fmt: str, output: Optional[PathLike] = No
     return ExportResult(out, sidecar, diff, agree, check_batch)
 
 
+def calibration_frames(folder: PathLike) -> List[Path]:
+    """
+    Return the images of ``folder``, sorted: its own, else a dataset root's camera images.
+
+    A dataset root is a Cityscapes layout (``leftImg8bit/**/*_leftImg8bit.png``) or the folder
+    layout (``images/**``). Raises ExportError naming the folder when it holds no image.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ExportError(f'--calibrate {root}: not a folder')
+
+    def images(paths: Any) -> List[Path]:
+        return sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+    found = (images(root.iterdir()) or images((root / 'leftImg8bit').rglob('*_leftImg8bit.png'))
+             or images((root / 'images').rglob('*')))
+    if not found:
+        raise ExportError(f'--calibrate {root}: no {"/".join(IMAGE_SUFFIXES)} images in it (nor '
+                          'under leftImg8bit/ or images/ of a dataset root)')
+    return found
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert('RGB'))  # (H, W, 3) uint8, writable
+    except OSError as e:
+        raise ExportError(f'{path}: cannot be read as an image: {e}') from None
+
+
+def calibrate_model(model_path: PathLike, frames_dir: PathLike, output: Optional[PathLike] = None,
+                    size: Optional[Tuple[int, int]] = None, frames: int = DEFAULT_FRAMES,
+                    method: str = 'minmax', description: Optional[str] = None
+                    ) -> Tuple[Path, Dict[str, Any]]:
+    """
+    Write a copy of a model file with its int8 calibration; return (path, record).
+
+    ``frames`` images spread evenly over the sorted folder are used; ``description`` says what
+    they are (default: the folder). A project model file is copied entry by entry (weights
+    bit-identical) and its provenance gets a ``calibration`` line; a published file becomes a
+    project file.
+    """
+    from seg_perception.engines import cpu_cores, export_onnx as runtime_export
+    from seg_perception.engines import ONNX_EXPORTER, ONNX_OPSET
+
+    if method not in calibration.METHODS:
+        raise ValueError(f'calibration method {method!r} is not one of '
+                         f'{list(calibration.METHODS)}')
+    if frames < 1:
+        raise ValueError(f'--frames {frames}: need at least one frame')
+    paths = calibration_frames(frames_dir)
+    out = Path(output) if output else Path(model_path).with_suffix('.calibrated.pt')
+    try:
+        check_writable(out)
+    except OSError as e:
+        raise ExportError(str(e)) from None
+    obj = read_file(model_path)
+    model, info = load_model(model_path, 'cpu')
+    if info.encoder_only:
+        raise ModelFileError(f'{model_path}: encoder-only model (1/8 resolution, a training '
+                             'stage); train the decoder before calibrating')
+    w, h = tuple(size) if size else tuple(info.input_size)
+    info.check_input_size(w, h)
+    model = model.float().eval()
+    picked = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(frames, len(paths)))]
+    prep = info.preprocessing((w, h))
+    inputs = [prep.image(_read_rgb(p))[None].numpy() for p in picked]  # (1, 3, h, w) each
+    _logger.info('calibrating %s at %dx%d on %d frames of %s (%s)', model_path, w, h,
+                 len(inputs), frames_dir, method)
+    record = calibration.make_record(
+        runtime_export(model, h, w), inputs, method, ONNX_OPSET, ONNX_EXPORTER,
+        state_hash(model), (w, h), description or str(frames_dir), threads=cpu_cores())
+    _logger.info('int8 vs fp32 labels agree on %.2f %% of the pixels of %d held-out frames, '
+                 'int8 %.2fx as fast (auto runs int8 from %.0f %% and %.1fx)',
+                 100 * record['agreement'], record['frames']['held_out'], record['speedup'],
+                 100 * calibration.MIN_AGREEMENT, calibration.MIN_SPEEDUP)
+    if detect_format(obj) == 'project':
+        d = dict(obj, calibration=record)
+        if isinstance(d.get('provenance'), dict):
+            fr = record['frames']
+            d['provenance'] = dict(d['provenance'], calibration=(
+                f'int8 ranges ({method}, {"/".join(record["op_types"])}) from '
+                f'{fr["calibration"]} frames of {fr["source"]} at {w}x{h}; int8 vs fp32 '
+                f'labels agree on {100 * record["agreement"]:.2f} % of {fr["held_out"]} '
+                f'held-out frames, int8 {record["speedup"]:.2f}x as fast'))
+    else:
+        d = model_file_dict(model, info, extra={'calibration': record})
+    try:
+        atomic_save(d, out)
+    except OSError as e:
+        raise ExportError(f'{out}: not written: {e}') from e
+    _logger.info('wrote %s', out)
+    return out, record
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
         prog='seg-export', description='Export a segmentation model file to ONNX or '
-        'TorchScript, check it against PyTorch and write a JSON sidecar with its class table.')
+        'TorchScript, check it against PyTorch and write a JSON sidecar with its class table; '
+        'or (--calibrate) add the int8 calibration of the onnxruntime_int8 engine to a copy.')
     p.add_argument('--model', required=True,
                    help='a project model file or a published ERFNet, ESPNetv2 or ESPNet file')
-    p.add_argument('--format', required=True, choices=FORMATS, help='export format')
+    p.add_argument('--format', choices=FORMATS, help='export format (or --calibrate)')
+    p.add_argument('--calibrate', metavar='FRAMES_DIR',
+                   help='instead of exporting, write a copy of the model file with the int8 '
+                   'calibration measured on the images of this folder (or dataset root)')
+    p.add_argument('--frames', type=int, default=DEFAULT_FRAMES,
+                   help='--calibrate: frames used, spread over the folder')
+    p.add_argument('--calibration-source', metavar='TEXT',
+                   help='--calibrate: what the frames are, recorded in the model file '
+                   '(default: the folder)')
+    p.add_argument('--calibration-method', choices=calibration.METHODS, default='minmax',
+                   help='--calibrate: activation ranges from min/max or the 99.999th '
+                   'percentile')
     p.add_argument('--output', help='output file (default: the model path with .onnx or '
-                   '.torchscript); the sidecar is <output>.json')
+                   '.torchscript, or .calibrated.pt); the sidecar is <output>.json')
     p.add_argument('--size', type=network_size_arg,
                    help='network input WxH (default: the model file\'s input size)')
     p.add_argument('--opset', type=_checked_arg(check_opset, int), default=DEFAULT_OPSET,
@@ -327,8 +452,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.format is None) == (args.calibrate is None):
+        parser.error('give one of --format (export) or --calibrate (int8 calibration)')
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    if args.calibrate is not None:
+        try:
+            out, record = calibrate_model(args.model, args.calibrate, args.output, args.size,
+                                          args.frames, args.calibration_method,
+                                          args.calibration_source)
+        except (ModelFileError, ExportError, ValueError, OSError) as e:
+            sys.exit(f'seg-export: error: {e}')
+        print(json.dumps({'output': str(out), 'agreement': record['agreement'],
+                          'speedup': record['speedup'],
+                          'frames': record['frames'], 'method': record['method'],
+                          'input_size': record['input_size']}, indent=2))
+        return 0
     try:
         res = export_model(args.model, args.format, args.output, args.size, args.opset,
                            args.dynamic_batch, args.tolerance)

@@ -130,7 +130,8 @@ def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
                             input_size: Tuple[int, int], dev: torch.device, batch_size: int,
                             workers: int, amp: bool, progress: bool, tta: Optional[TTA] = None,
                             scored: Optional[ClassTable] = None,
-                            lookup: Optional[np.ndarray] = None
+                            lookup: Optional[np.ndarray] = None, accelerate: str = 'auto',
+                            source: str = 'MODEL'
                             ) -> Tuple[Dict[str, Any], ConfusionMatrix, List[List[int]]]:
     """
     Score the pipeline's labels at each mask's size.
@@ -145,7 +146,8 @@ def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
                         'score it with --eval-size network')
     precision = 'fp16' if amp and dev.type == 'cuda' else 'fp32'
     pipeline = SegmentationPipeline(model, info, device=str(dev), precision=precision,
-                                    input_size=input_size, warmup=False, tta=tta)
+                                    input_size=input_size, warmup=False, tta=tta,
+                                    accelerate=accelerate, source=source)
     scored = scored or info.classes
     cm = ConfusionMatrix(scored.num_classes)
     sizes: List[List[int]] = []
@@ -169,7 +171,8 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
                         plots_dir: Optional[PathLike] = None,
                         progress: bool = False, eval_size: str = 'label',
                         tta: Optional[TTA] = None,
-                        class_map: Optional[PathLike] = None) -> Dict[str, Any]:
+                        class_map: Optional[PathLike] = None,
+                        accelerate: str = 'auto') -> Dict[str, Any]:
     """
     Evaluate a model file on a dataset split; returns the JSON-ready report.
 
@@ -178,7 +181,8 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
     (classes absent from ground truth and prediction) are reported as None. ``class_map`` (a
     :mod:`seg_training.datasets.class_map` file: dataset class -> model classes) scores a model
     trained on other classes, e.g. a Cityscapes model on CamVid: each predicted class counts as the
-    dataset class it maps to, a class no dataset class takes as a miss.
+    dataset class it maps to, a class no dataset class takes as a miss. ``accelerate`` picks the
+    node's engine (seg_perception.engines) that makes the labels at the label size.
     """
     if eval_size not in EVAL_SIZES:
         raise EvalError(f'eval size {eval_size!r} not in {list(EVAL_SIZES)}')
@@ -209,7 +213,8 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
     if eval_size == 'label':
         metrics, cm, sizes = _evaluate_at_label_size(model, info, ds, input_size, dev,
                                                      batch_size, workers, amp, progress, tta,
-                                                     scored, lookup)
+                                                     scored, lookup, accelerate,
+                                                     str(model_path))
         resolution = {'eval_size': 'label', 'label_sizes': sizes, 'method': LABEL_METHOD}
     else:
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -245,6 +250,7 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         'tta': tta.describe() if tta else None,
         'class_map': mapping,
         'device': str(dev),
+        'accelerate': accelerate,
         'seconds': round(seconds, 3),
         'confusion_matrix': cm.matrix.cpu().tolist(),
     }
@@ -343,12 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--class-map', metavar='YAML', default=None,
                    help='score a model trained on other classes: YAML "dataset_class: '
                    '[model_class, ...]" (config/class_maps/), classes not listed match by name')
+    from seg_perception.engines import ACCELERATIONS
+
+    p.add_argument('--accelerate', default='auto', choices=ACCELERATIONS,
+                   help='engine that makes the labels at the label size, as the node\'s '
+                   'parameter (seg_perception/engines.py)')
     p.add_argument('--full-report', action='store_true',
                    help='print the confusion matrix too (always in the --json file)')
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from seg_perception.engines import EngineError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     if args.batch_size < 1:
@@ -357,8 +370,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = evaluate_model_file(
             args.model, args.dataset, args.data_root, args.split, args.device, args.batch_size,
             args.size, max(0, args.workers), args.amp, args.max_samples, args.plots,
-            progress=True, eval_size=args.eval_size, tta=args.tta, class_map=args.class_map)
-    except (ModelFileError, DatasetError, EvalError, FileNotFoundError) as e:
+            progress=True, eval_size=args.eval_size, tta=args.tta, class_map=args.class_map,
+            accelerate=args.accelerate)
+    except (ModelFileError, DatasetError, EvalError, FileNotFoundError, EngineError) as e:
         sys.exit(f'seg-eval: error: {e}')
     # A report that cannot be saved is still printed: an evaluation is not lost to a full disk.
     errors = [f'plots: {report["plots_error"]}'] if 'plots_error' in report else []

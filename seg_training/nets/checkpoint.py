@@ -19,6 +19,9 @@ A project model file is a plain dict (loadable with ``torch.load(weights_only=Tr
     preprocess      {'resize': 'area'|'bilinear', 'antialias': bool} (seg_training.nets.preprocess;
                     absent from older files, which get preprocess.legacy_resize)
     provenance      what the model was trained on (seg_training.nets.provenance; may be absent)
+    calibration     int8 activation ranges of the onnxruntime_int8 engine
+                    (seg_training.nets.calibration; may be absent; written by seg-export
+                    --calibrate, dropped by writers of new weights)
 
 Training checkpoints (``last.pt``) are model files with an extra ``training_state`` entry.
 
@@ -58,6 +61,7 @@ magnitude, and they change no output.
 """
 
 from dataclasses import dataclass, field
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -69,6 +73,7 @@ from seg_training.base.classes import CAMVID, ClassTable, cityscapes_table, with
 from seg_training.base.files import atomic_path
 from seg_training.nets import architectures
 from seg_training.nets import espnet
+from seg_training.nets.calibration import check_calibration
 from seg_training.nets.espnetv2 import scale_of_state_dict
 from seg_training.nets.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from seg_training.nets.preprocess import (DEFAULT_RESIZE, legacy_resize, OFFICIAL_RESIZE,
@@ -127,6 +132,7 @@ class ModelInfo:
     provenance: Optional[Dict] = None  # None: not recorded
     arch: str = 'erfnet'
     arch_options: Dict = field(default_factory=dict)  # arch_config besides the class count
+    calibration: Optional[Dict] = None  # int8 calibration record; None: not calibrated
 
     @property
     def num_classes(self) -> int:
@@ -421,6 +427,9 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
         provenance = d.get('provenance')
         if provenance is not None:
             check_provenance(provenance)  # ValueError naming the field
+        calibration = d.get('calibration')
+        if calibration is not None:
+            check_calibration(calibration)  # ValueError naming the field
         return ModelInfo(classes=classes, input_size=(w, h),
                          normalization=Normalization.from_dict(d['normalization']),
                          encoder_only=bool(arch.get('encoder_only', False)),
@@ -428,7 +437,8 @@ def info_from_dict(d: Mapping, source: str) -> ModelInfo:
                          train_config=dict(d.get('train_config') or {}),
                          metrics=dict(d.get('metrics') or {}), resize=resize,
                          provenance=dict(provenance) if provenance is not None else None,
-                         arch=arch_name, arch_options=architectures.options(arch))
+                         arch=arch_name, arch_options=architectures.options(arch),
+                         calibration=dict(calibration) if calibration is not None else None)
     except KeyError as e:
         raise ModelFileError(f'{source}: model file lacks field {e.args[0]!r}') from None
     except ValueError as e:
@@ -570,3 +580,13 @@ def load_imagenet_encoder(path: PathLike, model: torch.nn.Module) -> None:
     check_state_dict(body, enc, str(path))
     encoder.load_state_dict({k: v.to(body[k].dtype) for k, v in enc.items()}, strict=False)
     _logger.info('initialised the encoder from ImageNet-pretrained %s', path)
+
+
+def state_hash(model: torch.nn.Module) -> str:
+    """sha256 of a module's state_dict: names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, v in sorted(model.state_dict().items()):
+        v = v.detach().cpu().contiguous()
+        h.update(f'{name}:{v.dtype}:{tuple(v.shape)};'.encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -16,6 +16,9 @@ What a model was trained on: the ``provenance`` entry of a model file, and its l
         'real_images': True | False | None,   # None: unknown (a parent without provenance)
     }
 
+``seg-export --calibrate`` adds ``calibration``: one line on how the int8 calibration
+(seg_training.nets.calibration) was made.
+
 Every field may be null (absent or unknown) but not of another type: :func:`check_provenance`
 refuses a record naming the field (``provenance.datasets[0].images``), and the model file
 loaders call it. A record's text is someone else's: its log line goes through
@@ -207,7 +210,7 @@ def log_model(provenance: Optional[Mapping], model: str, logger: Any) -> None:
     if never_saw_real_images(provenance):
         logger.warning(f'model {model} has never seen a real image (synthetic training data '
                        'only): expect poor results on camera frames; fine-tune it on real '
-                       'frames or run the official Cityscapes model (README, "Model files")')
+                       'frames or run a model trained on real frames (models/README.md)')
 
 
 def set_provenance(path: PathLike, record: Mapping) -> None:

@@ -41,7 +41,7 @@ _SIZE = ('a list of [width, height] pairs', lambda v: isinstance(v, (list, tuple
     isinstance(s, (list, tuple)) and len(s) == 2 and all(_COUNT[1](x) for x in s) for s in v))
 # field -> (what it must be, test); every field may also be null or absent
 RECORD_FIELDS = {'epochs': _COUNT, 'best_epoch': _COUNT, 'best_val_miou': _NUMBER,
-                 'real_images': _FLAG, 'source': _TEXT, 'note': _TEXT}
+                 'real_images': _FLAG, 'source': _TEXT, 'note': _TEXT, 'calibration': _TEXT}
 DATASET_FIELDS = {'role': _TEXT, 'dataset': _TEXT, 'root': _TEXT, 'split': _TEXT,
                   'synthetic': _FLAG, 'images': _COUNT, 'image_sizes': _SIZE}
 

@@ -30,7 +30,6 @@ KD is the mean over every pixel, ignore labels included. With labels the loss is
 alone.
 """
 
-import hashlib
 import logging
 import os
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -43,7 +42,7 @@ from seg_training.base.classes import ClassTable, IGNORE_INDEX
 from seg_training.base.yaml_reader import ConfigError
 from seg_training.datasets.class_map import build_class_map, ClassMap
 from seg_training.nets import provenance
-from seg_training.nets.checkpoint import load_model, ModelFileError, ModelInfo
+from seg_training.nets.checkpoint import load_model, ModelFileError, ModelInfo, state_hash
 
 _logger = logging.getLogger(__name__)
 
@@ -82,16 +81,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 # ----------------------------------------------------------------------------- the teacher
-
-def state_hash(model: nn.Module) -> str:
-    """sha256 of a module's state_dict: names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
-    for name, v in sorted(model.state_dict().items()):
-        v = v.detach().cpu().contiguous()
-        h.update(f'{name}:{v.dtype}:{tuple(v.shape)};'.encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
 
 class Teacher:
     """A model file run as a teacher: eval mode, no gradients, its own preprocessing."""

@@ -95,11 +95,11 @@ def test_a_changed_default_is_named_by_page_and_region(monkeypatch):
 
 
 def test_regenerating_rewrites_only_the_regions():
-    text = ('before\n<!-- generated: options seg-export -->\nold\n<!-- end generated -->\n'
+    text = ('before\n<!-- generated: options seg-export -->\nSTALE TABLE\n<!-- end generated -->\n'
             'after\n')
     fresh = docs_tables.regenerate(text)
     assert fresh.startswith('before\n<!-- generated: options seg-export -->\n\n`seg-export`: ')
-    assert '| `--model MODEL` |' in fresh and 'old' not in fresh
+    assert '| `--model MODEL` |' in fresh and 'STALE TABLE' not in fresh
     assert fresh.endswith('\n\n<!-- end generated -->\nafter\n')
     assert docs_tables.regenerate(fresh) == fresh
     with pytest.raises(ValueError, match="no generated table 'options seg-nothing'"):
