@@ -6,7 +6,7 @@ A speed-accuracy map to pick a model, an engine and a network input size from.
         [--models models/espnetv2_cityscapes.pt,models/espnetv2_camvid.pt]
         [--engines none,channels_last,onnxruntime,onnxruntime_int8]
         [--sizes 1024x512,768x384,512x256] [--camvid-root CAMVID] [--cityscapes-root CS]
-        [--node] [--quick]
+        [--calibrate FRAMES_DIR] [--node [--node-engines onnxruntime]] [--quick]
 
 For every model, engine and network input size, one :class:`SegmentationPipeline` (the node's)
 is built and measured:
@@ -23,8 +23,11 @@ is built and measured:
 * ``node`` (``--node``): segmentation_node end to end, camera stamp to labels received, at
   ``--rate`` Hz for ``--duration`` s (bench_inference's node benchmark).
 
-Engines that cannot run here (a CUDA engine on the CPU, int8 without calibration in the model
-file) are listed with the reason. Writes ``speed_accuracy-<device>-<date>.json`` (device,
+``--calibrate DIR`` first writes, for every model and size, a copy of the model file with its
+int8 calibration made on the frames of DIR (``seg-export --calibrate``; the weights stay
+bit-identical, so every engine of that size runs the copy); without it ``onnxruntime_int8`` runs
+only for a model file that carries a calibration of that size. Engines that cannot run here (a
+CUDA engine on the CPU, int8 without calibration) are listed with the reason. Writes ``speed_accuracy-<device>-<date>.json`` (device,
 versions, load average at start and end, medians and percentiles), ``.md`` (the table) and
 ``.png`` (mIoU against forward time, one marker per engine, one colour per model).
 """
@@ -52,6 +55,7 @@ from seg_training.base.cli import resolve_device
 from seg_training.datasets.build import build_dataset
 from seg_training.evaluation.metrics import ConfusionMatrix
 from seg_training.evaluation.seg_eval import iter_label_predictions, mapped_classes
+from seg_training.export import calibrate_model
 from seg_training.nets.checkpoint import load_model
 from seg_training.nets.options import network_size_arg
 
@@ -97,18 +101,34 @@ class RealFrames:
         return out
 
 
+def calibrated_copy(model_path: Path, size: Tuple[int, int], frames_dir: Path, count: int,
+                    folder: Path) -> Path:
+    """Write a copy of the model file with its int8 calibration at ``size``; return its path."""
+    out = folder / f'{model_path.stem}_{size[0]}x{size[1]}.pt'
+    calibrate_model(model_path, frames_dir, out, size=size, frames=count,
+                    description=f'{count} frames of {frames_dir.name}')
+    return out
+
+
 def measure_model(model_path: Path, device: torch.device, engines: Sequence[str],
                   sizes: Sequence[Tuple[int, int]], frames: RealFrames, warmup: int,
-                  iterations: int) -> List[Dict[str, Any]]:
+                  iterations: int, calibrate: Optional[Path] = None,
+                  calibration_frames: int = 32,
+                  workdir: Optional[Path] = None) -> List[Dict[str, Any]]:
     """Rows of one model: every engine at every size, with its real-frame scores."""
     camera = [Frame(scene(*CAMERA), 'rgb8')]
     rows = []
     for size in sizes:
+        run_path = model_path
+        if calibrate is not None and 'onnxruntime_int8' in engines:
+            run_path = calibrated_copy(model_path, size, calibrate, calibration_frames,
+                                       workdir or Path(tempfile.gettempdir()))
         cases: Dict[str, Any] = {}
-        group = bench_group(str(model_path), device, engines, 'fp32', size, 1, camera, warmup,
+        group = bench_group(str(run_path), device, engines, 'fp32', size, 1, camera, warmup,
                             iterations, ('forward', 'pipeline'), keep=cases)
         for row in sorted(group, key=lambda r: engines.index(r['engine'])):
             row['model'] = model_path.name
+            row['model_run'] = str(run_path) if run_path != model_path else None
             case = cases.get(row['engine'])
             if case is not None:
                 row['scores'] = frames.score(case.pipe)
@@ -199,8 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
     p.add_argument('--iterations', type=int, default=None, help='timed calls per part')
     p.add_argument('--warmup', type=int, default=3, help='uncounted calls per part')
+    p.add_argument('--calibrate', type=Path, default=None, metavar='FRAMES_DIR',
+                   help='calibrate a copy of each model at each size on these frames for int8')
+    p.add_argument('--calibration-frames', type=int, default=32,
+                   help='frames of --calibrate used per calibration')
     p.add_argument('--node', action='store_true',
-                   help='also time segmentation_node end to end for every row')
+                   help='also time segmentation_node end to end (the --node-engines rows)')
+    p.add_argument('--node-engines', default='onnxruntime',
+                   help='comma-separated engines whose rows --node times')
     p.add_argument('--rate', type=float, default=2.0, help='camera rate of --node (Hz)')
     p.add_argument('--duration', type=float, default=20.0, help='camera seconds of --node')
     p.add_argument('--quick', action='store_true', help='few iterations (a smoke test)')
@@ -231,18 +257,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         'cityscapes_val': (str(args.cityscapes_root) if args.cityscapes_root
                                            else None)},
         'rows': []}
+    node_engines = args.node_engines.split(',')
     for model_path in models:
         _, info = load_model(model_path)
         frames = RealFrames(info, args.camvid_root, args.cityscapes_root, args.max_frames)
-        rows = measure_model(model_path, device, engines, sizes, frames, warmup, iterations)
-        if args.node:
-            with tempfile.TemporaryDirectory(prefix='speed_accuracy_') as tmp:
-                for row in rows:
-                    if 'skipped' not in row:
-                        w, h = map(int, row['network_input'].split('x'))
-                        row['node'] = bench_node(
-                            model_path, device, 'fp32', args.rate, args.duration, 'reliable',
-                            3, Path(tmp), accelerate=row['engine'], input_size=(w, h))
+        with tempfile.TemporaryDirectory(prefix='speed_accuracy_') as tmp:
+            rows = measure_model(model_path, device, engines, sizes, frames, warmup, iterations,
+                                 args.calibrate, args.calibration_frames, Path(tmp))
+            for row in rows:
+                if args.node and 'skipped' not in row and row['engine'] in node_engines:
+                    w, h = map(int, row['network_input'].split('x'))
+                    row['node'] = bench_node(
+                        Path(row['model_run'] or model_path), device, 'fp32', args.rate,
+                        args.duration, 'reliable', 3, Path(tmp), accelerate=row['engine'],
+                        input_size=(w, h))
+                    print(f'  node end to end p50 '
+                          f'{row["node"]["latency_stamp_to_labels"]["median_ms"]:.1f} ms',
+                          flush=True)
         report['rows'].extend(rows)
     env['load_average_1m_at_end'] = round(os.getloadavg()[0], 2)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ def run(*args):
 def test_quick_run_writes_rows_with_times_and_real_frame_scores(tmp_path):
     proc = run('--output', str(tmp_path), '--quick', '--models',
                str(ROOT / 'models' / 'erfnet_synth.pt'), '--engines', 'none,cuda_graphs',
-               '--sizes', '128x64,96x48', '--max-frames', '2')
+               '--sizes', '128x64,96x48', '--max-frames', '2', '--node', '--node-engines',
+               'none', '--duration', '3', '--rate', '2')
     assert proc.returncode == 0, proc.stderr[-2000:]
     [path] = tmp_path.glob('speed_accuracy-*-quick.json')
     report = json.loads(path.read_text())
@@ -29,6 +30,7 @@ def test_quick_run_writes_rows_with_times_and_real_frame_scores(tmp_path):
         ('cuda_graphs', '96x48')]
     for r in rows[::2]:
         assert r['forward']['median_ms'] > 0 and r['pipeline']['median_ms'] > 0
+        assert r['node']['outputs_received']['labels'] >= 3  # the node, end to end
         camvid = r['scores']['camvid_test']  # a Cityscapes model, through the class map
         assert camvid['frames'] == 2 and 0.0 <= camvid['miou'] <= 1.0
     assert 'CUDA' in rows[1]['skipped'] or 'cuda' in rows[1]['skipped']
@@ -36,6 +38,21 @@ def test_quick_run_writes_rows_with_times_and_real_frame_scores(tmp_path):
     table = path.with_suffix('.md').read_text()
     assert '| erfnet_synth | none | 96x48 |' in table and 'cuda_graphs' not in table
     assert path.with_suffix('.png').stat().st_size > 1000
+
+
+def test_int8_rows_run_a_calibrated_copy(tmp_path):
+    frames = ROOT / 'samples' / 'camvid' / 'test'
+    proc = run('--output', str(tmp_path), '--quick', '--models',
+               str(ROOT / 'models' / 'erfnet_synth.pt'), '--engines', 'onnxruntime,'
+               'onnxruntime_int8', '--sizes', '128x64', '--max-frames', '2', '--calibrate',
+               str(frames), '--calibration-frames', '2')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [path] = tmp_path.glob('speed_accuracy-*-quick.json')
+    rows = json.loads(path.read_text())['rows']
+    assert [r['engine'] for r in rows] == ['onnxruntime', 'onnxruntime_int8']
+    assert all('skipped' not in r and r['model_run'].endswith('erfnet_synth_128x64.pt')
+               for r in rows)
+    assert 0.0 <= rows[1]['scores']['camvid_test']['miou'] <= 1.0
 
 
 @pytest.mark.parametrize('args, message', [
