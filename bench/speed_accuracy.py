@@ -27,9 +27,11 @@ is built and measured:
 int8 calibration made on the frames of DIR (``seg-export --calibrate``; the weights stay
 bit-identical, so every engine of that size runs the copy); without it ``onnxruntime_int8`` runs
 only for a model file that carries a calibration of that size. Engines that cannot run here (a
-CUDA engine on the CPU, int8 without calibration) are listed with the reason. Writes ``speed_accuracy-<device>-<date>.json`` (device,
-versions, load average at start and end, medians and percentiles), ``.md`` (the table) and
-``.png`` (mIoU against forward time, one marker per engine, one colour per model).
+CUDA engine on the CPU, int8 without calibration) are listed with the reason.
+
+Writes ``speed_accuracy-<device>-<date>.json`` (device, versions, load average at start and end,
+medians and percentiles), ``.md`` (the table) and ``.png`` (mIoU against forward time, one
+marker per engine, one colour per model).
 """
 
 # First, as in the node: the package sets OpenMP's wait policy before torch loads.

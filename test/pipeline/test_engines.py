@@ -24,30 +24,28 @@ TABLE = ClassTable(names=('a', 'b', 'c', 'd', 'e'),
 INFO = ModelInfo(classes=TABLE, input_size=(64, 32))
 
 
+def random_net(arch: str = 'erfnet', seed: int = 0) -> nn.Module:
+    """
+    Build ``arch`` (ERFNet, or ESPNetv2 of width 0.5) with seeded random weights.
+
+    Its BN statistics are non-trivial, and it is in eval mode.
+    """
+    torch.manual_seed(seed)
+    if arch == 'erfnet':
+        model = ERFNet(ERFNetConfig(num_classes=len(TABLE)))
+    else:
+        model = architectures.build(arch, {'num_classes': len(TABLE), 'scale': 0.5})
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
 def random_erfnet(seed: int = 0) -> ERFNet:
     """Build an ERFNet with seeded random weights and non-trivial BN statistics, in eval mode."""
-    torch.manual_seed(seed)
-    model = ERFNet(ERFNetConfig(num_classes=len(TABLE)))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-def random_net(arch: str, seed: int = 0) -> nn.Module:
-    """Build ``arch`` (ERFNet, or ESPNetv2 of width 0.5) with seeded random weights, eval mode."""
-    if arch == 'erfnet':
-        return random_erfnet(seed)
-    torch.manual_seed(seed)
-    model = architectures.build(arch, {'num_classes': len(TABLE), 'scale': 0.5})
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return random_net('erfnet', seed)
 
 
 def normalised_batch(batch: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
