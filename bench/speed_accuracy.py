@@ -55,8 +55,7 @@ from seg_perception.engines import ACCELERATIONS
 from seg_perception.pipeline import Frame
 from seg_training.base.cli import resolve_device
 from seg_training.datasets.build import build_dataset
-from seg_training.evaluation.metrics import ConfusionMatrix
-from seg_training.evaluation.seg_eval import iter_label_predictions, mapped_classes
+from seg_training.evaluation.seg_eval import mapped_classes, score_pipeline
 from seg_training.export import calibrate_model
 from seg_training.nets.checkpoint import load_model
 from seg_training.nets.options import network_size_arg
@@ -91,12 +90,7 @@ class RealFrames:
         """Score the pipeline's labels on each set: mIoU and pixel accuracy."""
         out = {}
         for name, ds, scored, lookup in self.sets:
-            cm = ConfusionMatrix(scored.num_classes)
-            for _, labels, mask in iter_label_predictions(pipe, ds):
-                if lookup is not None:
-                    labels = lookup[labels]
-                cm.update(torch.from_numpy(labels), torch.from_numpy(mask))
-            m = cm.compute(scored.void_index)
+            m, _, _ = score_pipeline(pipe, ds, scored, lookup)
             out[name] = {'miou': round(float(m['miou']), 4),
                          'pixel_accuracy': round(float(m['pixel_accuracy']), 4),
                          'frames': len(ds)}

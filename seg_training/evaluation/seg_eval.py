@@ -148,7 +148,19 @@ def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
     pipeline = SegmentationPipeline(model, info, device=str(dev), precision=precision,
                                     input_size=input_size, warmup=False, tta=tta,
                                     accelerate=accelerate, source=source)
-    scored = scored or info.classes
+    return score_pipeline(pipeline, ds, scored or info.classes, lookup, batch_size, workers,
+                          progress)
+
+
+def score_pipeline(pipeline: Any, ds: Any, scored: ClassTable,
+                   lookup: Optional[np.ndarray] = None, batch_size: int = 4, workers: int = 0,
+                   progress: bool = False
+                   ) -> Tuple[Dict[str, Any], ConfusionMatrix, List[List[int]]]:
+    """
+    Score a SegmentationPipeline's labels on ``ds`` at each mask's size: (metrics, cm, sizes).
+
+    ``lookup`` (a class map's) turns each predicted model class into a class of ``scored``.
+    """
     cm = ConfusionMatrix(scored.num_classes)
     sizes: List[List[int]] = []
     for _, labels, mask in iter_label_predictions(pipeline, ds, batch_size, workers, progress):
