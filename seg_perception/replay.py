@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import importlib
 import logging
 from pathlib import Path
+import signal
 import sys
+import threading
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -24,6 +26,7 @@ from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 from tqdm import tqdm
 
@@ -387,6 +390,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt_on_signals() -> Dict[int, object]:
+    """Make the first SIGINT or SIGTERM raise KeyboardInterrupt; return the handlers replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers; the caller keeps its own
+
+    def interrupt(signum: int, frame: object) -> None:
+        for sig in STOP_SIGNALS:  # later signals change nothing while the replay winds down
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, interrupt)
+    return previous
+
+
+def _restore_signals(previous: Dict[int, object]) -> None:
+    """Put back the handlers ``_interrupt_on_signals`` replaced."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, ros_args = split_ros_args(argv)
@@ -402,7 +430,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'seg-replay: error: {e}', file=sys.stderr)
         return 1
     published = {topic_map.get(t, t): m for t, m in source.topics.items()}
-    rclpy.init(args=['seg-replay'] + ros_args)
+    # Signals are this function's, not rclpy's: rclpy's handler shuts the context down at once,
+    # so a publish already under way failed with "context is invalid" before the interrupt
+    # arrived. Here Ctrl-C or SIGTERM raises KeyboardInterrupt between two publishes instead.
+    rclpy.init(args=['seg-replay'] + ros_args, signal_handler_options=SignalHandlerOptions.NO)
+    previous = _interrupt_on_signals()
     replayer = None
     t0 = time.monotonic()
     sent = 0
@@ -425,6 +457,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if replayer is not None:
             replayer.destroy()
         rclpy.try_shutdown()
+        _restore_signals(previous)
     print(f'seg-replay: published {sent} messages on {len(published)} topics in '
           f'{time.monotonic() - t0:.1f} s')
     return 0

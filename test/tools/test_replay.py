@@ -213,7 +213,8 @@ def test_folder_frame_over_max_input_pixels_is_refused_undecoded(tmp_path, fmt):
         next(small.messages())
 
 
-def test_loop_runs_until_ctrl_c(drive):
+@pytest.mark.parametrize('stop', [signal.SIGINT, signal.SIGTERM], ids=['ctrl_c', 'sigterm'])
+def test_loop_runs_until_stopped(drive, stop):
     path, _ = drive
     probe = Probe(['/front/image_raw'], reliability='best_effort')  # as the node subscribes
     proc = None
@@ -223,7 +224,7 @@ def test_loop_runs_until_ctrl_c(drive):
         done = probe.spin_until(lambda: len(probe.received['/front/image_raw']) >= 6, proc=proc)
         assert done, _finish(proc)
         assert proc.poll() is None  # still looping past the bag's 4 frames
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         rc, out, err = _finish(proc)
         assert rc == 0, err
         assert 'published' in out and 'Traceback' not in err
