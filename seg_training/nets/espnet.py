@@ -39,7 +39,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from seg_training.nets.espnetv2 import BNAct, ConvBNAct
+from seg_training.nets.espnetv2 import BNAct, ConvBNAct, PReLU
 from seg_training.nets.model import check_multiple
 
 STRIDE = 8                           # three halvings; the decoder needs exact halves back
@@ -129,7 +129,7 @@ class DownSampler(_SpatialPyramid):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, 2)
         self.bn = nn.BatchNorm2d(cout, eps=BN_EPS)
-        self.act = nn.PReLU(cout)
+        self.act = PReLU(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.pyramid(x)))  # (B, cout, H/2, W/2)

@@ -1,5 +1,6 @@
 """ESPNetv2: the authors' key layout, their files as published, every tool, denormals, transfer."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -7,13 +8,14 @@ from published import published_state_dict
 import pytest
 import torch
 
+from seg_perception.engines import export_onnx, ONNX_OPSET
 from seg_perception.pipeline import Frame, SegmentationPipeline
 from seg_training.base.classes import cityscapes_table, CUSTOM8
 from seg_training.export import export_model
 from seg_training.nets import architectures
 from seg_training.nets.checkpoint import (detect_format, load_model, ModelFileError, ModelInfo,
                                           Normalization, read_file, save_model)
-from seg_training.nets.espnetv2 import ESPNetv2, ESPNetv2Config, scale_of_state_dict
+from seg_training.nets.espnetv2 import ESPNetv2, ESPNetv2Config, PReLU, scale_of_state_dict
 from seg_training.training.loop import main as seg_train
 from training_data import write_folder
 
@@ -171,6 +173,36 @@ def test_pipeline_engines_agree_with_eager(authors_file, accelerate):
     torch.testing.assert_close(other.logits([frame]), eager.logits([frame]), atol=1e-3,
                                rtol=1e-3)
     assert other([frame])[0].labels.shape == (96, 192)
+
+
+def test_prelu_exports_as_relu_and_clip_with_the_same_values():
+    import onnx
+    import onnxruntime as ort
+
+    layer = PReLU(4).eval()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.25, -0.5, 0.0, 2.0]))
+    x = torch.randn(2, 4, 5, 6, generator=torch.Generator().manual_seed(0))
+    x[0, :, 0, 0] = 0.0
+    x[1, :, 0, 0] = -1e-30  # denormal-sized negatives too
+    buf = io.BytesIO()
+    torch.onnx.export(layer, (x,), buf, opset_version=ONNX_OPSET, dynamo=False)
+    data = buf.getvalue()
+    ops = {n.op_type for n in onnx.load_from_string(data).graph.node}
+    assert 'PRelu' not in ops and {'Relu', 'Clip'} <= ops
+    session = ort.InferenceSession(data, providers=['CPUExecutionProvider'])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert torch.equal(torch.from_numpy(out), layer(x))  # bit for bit, not just close
+    assert list(layer.state_dict()) == ['weight']  # nn.PReLU's parameters
+
+
+def test_whole_network_exports_without_onnx_prelu(authors_file):
+    import onnx
+
+    model, _ = load_model(authors_file)
+    graph = onnx.load_from_string(export_onnx(model.eval(), 64, 128)).graph
+    assert not [n.name for n in graph.node if n.op_type == 'PRelu']
+    assert sum(isinstance(m, PReLU) for m in model.modules()) > 0
 
 
 def test_pipeline_refuses_a_size_the_network_cannot_run(authors_file):
