@@ -132,9 +132,9 @@ def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
                             scored: Optional[ClassTable] = None,
                             lookup: Optional[np.ndarray] = None, accelerate: str = 'auto',
                             source: str = 'MODEL'
-                            ) -> Tuple[Dict[str, Any], ConfusionMatrix, List[List[int]]]:
+                            ) -> Tuple[Dict[str, Any], ConfusionMatrix, List[List[int]], str]:
     """
-    Score the pipeline's labels at each mask's size.
+    Score the pipeline's labels at each mask's size: (metrics, cm, sizes, engine that ran).
 
     ``lookup`` (a class map's) turns each predicted model class into a class of ``scored``;
     without one ``scored`` is the model's table.
@@ -148,8 +148,9 @@ def _evaluate_at_label_size(model: torch.nn.Module, info: ModelInfo, ds: Any,
     pipeline = SegmentationPipeline(model, info, device=str(dev), precision=precision,
                                     input_size=input_size, warmup=False, tta=tta,
                                     accelerate=accelerate, source=source)
-    return score_pipeline(pipeline, ds, scored or info.classes, lookup, batch_size, workers,
-                          progress)
+    metrics, cm, sizes = score_pipeline(pipeline, ds, scored or info.classes, lookup,
+                                        batch_size, workers, progress)
+    return metrics, cm, sizes, pipeline.engine.describe()
 
 
 def score_pipeline(pipeline: Any, ds: Any, scored: ClassTable,
@@ -223,10 +224,9 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
     void = scored.void_index
     t0 = time.perf_counter()
     if eval_size == 'label':
-        metrics, cm, sizes = _evaluate_at_label_size(model, info, ds, input_size, dev,
-                                                     batch_size, workers, amp, progress, tta,
-                                                     scored, lookup, accelerate,
-                                                     str(model_path))
+        metrics, cm, sizes, engine = _evaluate_at_label_size(
+            model, info, ds, input_size, dev, batch_size, workers, amp, progress, tta, scored,
+            lookup, accelerate, str(model_path))
         resolution = {'eval_size': 'label', 'label_sizes': sizes, 'method': LABEL_METHOD}
     else:
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -235,6 +235,7 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
                else TTAModel(model, tta, architectures.get(info.arch).stride))
         metrics, cm = evaluate(net, loader, info.num_classes, dev, void_index=void, amp=amp,
                                progress=progress)
+        engine = f'none ({"fp16 autocast" if amp and dev.type == "cuda" else "fp32"})'
         resolution = {'eval_size': 'network', 'label_sizes': [list(input_size)],
                       'method': 'argmax at the network input size; masks resized with '
                                 'nearest neighbour'}
@@ -263,6 +264,7 @@ def evaluate_model_file(model_path: PathLike, dataset: str, data_root: PathLike,
         'class_map': mapping,
         'device': str(dev),
         'accelerate': accelerate,
+        'engine': engine,  # what ran: --accelerate auto resolved, with its precision
         'seconds': round(seconds, 3),
         'confusion_matrix': cm.matrix.cpu().tolist(),
     }

@@ -133,6 +133,13 @@ def test_relative_links_resolve(page):
             assert anchor in anchors(dest), f'{rel(page)}: link {target}: no such heading'
 
 
+@pytest.mark.parametrize('page', PAGES + [ROOT / 'models' / 'README.md'], ids=rel)
+def test_test_files_named_in_the_docs_exist(page):
+    named = re.findall(r'\btest/[\w/]*test_[\w*]+\.py', page.read_text(encoding='utf-8'))
+    missing = [n for n in named if not list(ROOT.glob(n))]
+    assert not missing, f'{rel(page)} names test files that are not there: {missing}'
+
+
 def test_readme_is_a_front_door():
     text = README.read_text(encoding='utf-8')
     assert len(text.splitlines()) <= 260

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +10,19 @@ from PIL import Image
 import pytest
 import torch
 
-from seg_perception import predict
+from seg_perception import bag, predict
 from seg_perception.engines import build_engine, EngineError, export_onnx, ONNX_EXPORTER
 from seg_perception.engines import ONNX_OPSET, resolve
+from seg_perception.pipeline import Frame, Outputs, SegmentationPipeline
+from seg_perception.ros_types import camera_namespace
 from seg_training import export as seg_export
+from seg_training.evaluation import seg_eval
 from seg_training.nets import calibration
 from seg_training.nets.checkpoint import (load_model, ModelFileError, ModelInfo, read_file,
                                           state_hash)
 from seg_training.synth import render_frame
+from test_bag import IMAGE, pixels_of, RAW_CAMERAS, read_bag, seg_bag_args, write_bag
+from training_data import write_folder
 
 CPU = torch.device('cpu')
 MODEL = Path(__file__).resolve().parents[2] / 'models' / 'erfnet_synth.pt'  # trained, synthetic
@@ -234,3 +240,65 @@ def test_seg_predict_int8_without_calibration_exits_2(tmp_path, tiny_model_file,
     assert 'onnxruntime_int8 needs a model file with an int8 calibration' in errors[0]
     assert f'seg-export --model {tiny_model_file} --calibrate FRAMES_DIR' in errors[0]
     assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
+
+
+@pytest.fixture(scope='module')
+def folder_data(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp('int8_data') / 'data', n_train=1, n_val=3)
+
+
+def test_seg_eval_scores_the_int8_engine_and_names_what_ran(tmp_path, calibrated_file,
+                                                            folder_data):
+    reports = {}
+    for accelerate in ('onnxruntime', 'onnxruntime_int8', 'auto'):
+        out = tmp_path / f'{accelerate}.json'
+        assert seg_eval.main(['--model', str(calibrated_file), '--dataset', 'folder',
+                              '--data-root', str(folder_data), '--device', 'cpu',
+                              '--workers', '0', '--accelerate', accelerate,
+                              '--json', str(out)]) == 0
+        reports[accelerate] = json.loads(out.read_text())
+    assert reports['onnxruntime']['engine'].startswith('onnxruntime (CPU provider')
+    assert reports['onnxruntime_int8']['engine'].startswith('onnxruntime_int8 (CPU provider')
+    assert 'int8 QDQ, minmax calibration' in reports['onnxruntime_int8']['engine']
+    record = load_model(calibrated_file)[1].calibration
+    picked = resolve('auto', CPU, 'fp32', calibration_record=record)
+    assert reports['auto']['accelerate'] == 'auto'
+    assert reports['auto']['engine'].split(' ')[0] == picked  # what auto chose, not 'auto'
+    n = reports['onnxruntime']['num_pixels']
+    assert n > 0 and reports['onnxruntime_int8']['num_pixels'] == n
+
+
+def test_seg_eval_int8_without_calibration_names_the_command(source_file, folder_data):
+    with pytest.raises(SystemExit) as e:
+        seg_eval.main(['--model', str(source_file), '--dataset', 'folder', '--data-root',
+                       str(folder_data), '--device', 'cpu', '--workers', '0',
+                       '--accelerate', 'onnxruntime_int8'])
+    assert str(e.value.code).startswith('seg-eval: error: accelerate onnxruntime_int8 needs '
+                                        'a model file with an int8 calibration')
+    assert f'seg-export --model {source_file} --calibrate FRAMES_DIR' in str(e.value.code)
+
+
+def test_seg_bag_runs_the_int8_engine_of_a_calibrated_file(tmp_path, calibrated_file,
+                                                           source_file, capsys):
+    expected = write_bag(tmp_path / 'drive', 'mcap')
+    out = tmp_path / 'out'
+    assert bag.main(seg_bag_args(calibrated_file, tmp_path / 'drive', out,
+                                 '--accelerate', 'onnxruntime_int8')) == 0
+    said = capsys.readouterr().out
+    assert '(onnxruntime_int8 (CPU provider' in said and f'wrote {out}' in said
+    written = read_bag(out)[0]
+    int8 = SegmentationPipeline.from_file(str(calibrated_file), device='cpu',
+                                          accelerate='onnxruntime_int8', warmup=False)
+    topic = RAW_CAMERAS[0][0]
+    labels = written[f'{camera_namespace(topic, IMAGE)}/segmentation/labels']
+    assert len(labels) == len(expected[topic])
+    for (_, _, pixels, enc), (_, msg, _) in zip(expected[topic], labels):
+        want = int8([Frame(pixels, enc)], Outputs(labels=True, color=False, overlay=False))
+        np.testing.assert_array_equal(pixels_of(msg)[..., 0], want[0].labels)
+    refused = tmp_path / 'refused'
+    assert bag.main(seg_bag_args(source_file, tmp_path / 'drive', refused,
+                                 '--accelerate', 'onnxruntime_int8')) == 1
+    err = capsys.readouterr().err
+    assert 'onnxruntime_int8 needs a model file with an int8 calibration' in err
+    assert f'seg-export --model {source_file} --calibrate FRAMES_DIR' in err
+    assert not refused.exists()
