@@ -644,6 +644,41 @@ def device_slug(env: Dict) -> str:
     return re.sub(r'[^a-z0-9]+', '-', (kind + env['device_name']).lower()).strip('-')
 
 
+def onnx_cpu_sizes(sizes: str, measure: Callable[[Tuple[int, int]], Dict]) -> Tuple[Dict, List]:
+    """
+    Run ``measure`` at each size of ``sizes`` ('WxH,...') on the CPU: (environment, results).
+
+    Each result is printed as a JSON line as it comes; the environment holds the onnxruntime
+    version, the threads the engines use and the load at the start and at the end.
+    """
+    import onnxruntime
+
+    from seg_perception.engines import cpu_cores
+    from seg_training.base.cli import size_arg
+
+    env = {**base_environment(torch.device('cpu')), 'onnxruntime': onnxruntime.__version__,
+           'threads': cpu_cores()}
+    results = []
+    for size in (size_arg(s) for s in sizes.split(',')):
+        res = measure(size)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    env['load_average_1m_at_end'] = round(os.getloadavg()[0], 2)
+    return env, results
+
+
+def write_report(report: Dict, output: Path, kind: str, tag: str = '') -> Path:
+    """Save ``report`` as ``<output>/<kind>-<device>-<date>[-<tag>].json`` and say where."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    date = datetime.date.today().isoformat()
+    suffix = f'-{tag}' if tag else ''
+    path = output / f'{kind}-{device_slug(report["environment"])}-{date}{suffix}.json'
+    path.write_text(json.dumps(report, indent=2) + '\n')
+    print(f'wrote {path}')
+    return path
+
+
 def result_path(output: Path, env: Dict, quick: bool) -> Path:
     """Return ``<output>/<device>-<date>[-quick].json``, device as a lowercase slug."""
     date = datetime.date.today().isoformat()

@@ -20,7 +20,6 @@ saved as ``<output>/int8-<device>-<date>.json``.
 import seg_perception  # noqa: F401, I100
 
 import argparse
-import datetime
 import json
 import os
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from bench_inference import base_environment, device_slug, summarize  # this folder
+from bench_inference import base_environment, summarize, write_report  # this folder
 from seg_perception.engines import build_engine
 from seg_training import export as seg_export
 from seg_training.base.cli import size_arg
@@ -133,13 +132,7 @@ def main() -> int:
     env['load_average_1m_at_end'] = round(os.getloadavg()[0], 2)
     report = {'environment': env, 'results': results,
               'command': ' '.join(sys.argv)}
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    date = datetime.date.today().isoformat()
-    tag = f'-{args.tag}' if args.tag else ''
-    path = out / f'int8-{device_slug(env)}-{date}{tag}.json'
-    path.write_text(json.dumps(report, indent=2) + '\n')
-    print(f'wrote {path}')
+    write_report(report, args.output, 'int8', args.tag)
     return 0
 
 

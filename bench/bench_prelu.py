@@ -20,9 +20,6 @@ import seg_perception  # noqa: F401, I100
 
 import argparse
 import contextlib
-import datetime
-import json
-import os
 from pathlib import Path
 import sys
 import time
@@ -32,13 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench_inference import base_environment, device_slug, summarize  # this folder
+from bench_inference import onnx_cpu_sizes, summarize, write_report  # this folder
 from seg_perception.engines import cpu_cores, export_onnx, ONNX_INPUT, ONNX_OUTPUT
-from seg_training.base.cli import size_arg
 from seg_training.nets import calibration, espnetv2
 from seg_training.nets.checkpoint import load_model
 
-CPU = torch.device('cpu')
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / 'models' / 'espnetv2_cityscapes.pt'
 
 
@@ -90,28 +85,15 @@ def main() -> int:
     p.add_argument('--output', default=str(Path(__file__).resolve().parent / 'results'))
     p.add_argument('--tag', default='', help='suffix of the result file name')
     args = p.parse_args()
-    import onnxruntime
-
     model, _ = load_model(args.model)
     model.eval()
     if not any(isinstance(m, espnetv2.PReLU) for m in model.modules()):
         p.error(f'--model {args.model}: no PReLU layer (ESPNetv2 and ESPNet have them)')
     threads = cpu_cores()
-    env = {**base_environment(CPU), 'onnxruntime': onnxruntime.__version__, 'threads': threads}
-    results = []
-    for size in (size_arg(s) for s in args.sizes.split(',')):
-        res = run_size(model, size, args.iterations, threads)
-        print(json.dumps(res), flush=True)
-        results.append(res)
-    env['load_average_1m_at_end'] = round(os.getloadavg()[0], 2)
-    report = {'environment': env, 'model': args.model, 'results': results,
-              'command': ' '.join(sys.argv)}
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f'-{args.tag}' if args.tag else ''
-    path = out / f'prelu-{device_slug(env)}-{datetime.date.today().isoformat()}{tag}.json'
-    path.write_text(json.dumps(report, indent=2) + '\n')
-    print(f'wrote {path}')
+    env, results = onnx_cpu_sizes(
+        args.sizes, lambda size: run_size(model, size, args.iterations, threads))
+    write_report({'environment': env, 'model': args.model, 'results': results,
+                  'command': ' '.join(sys.argv)}, args.output, 'prelu', args.tag)
     return 0
 
 

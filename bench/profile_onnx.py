@@ -20,9 +20,7 @@ import seg_perception  # noqa: F401, I100
 
 import argparse
 import collections
-import datetime
 import json
-import os
 from pathlib import Path
 import sys
 import tempfile
@@ -31,12 +29,10 @@ from typing import Dict
 import numpy as np
 import torch
 
-from bench_inference import base_environment, device_slug  # this folder
+from bench_inference import onnx_cpu_sizes, write_report  # this folder
 from seg_perception.engines import cpu_cores, export_onnx, ONNX_INPUT
-from seg_training.base.cli import size_arg
 from seg_training.nets.checkpoint import load_model
 
-CPU = torch.device('cpu')
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / 'models' / 'espnetv2_cityscapes.pt'
 CONVS = ('Conv', 'FusedConv', 'NchwcConv')
 ELEMENTWISE = ('PRelu', 'Relu', 'Clip', 'Add', 'Mul', 'Sub', 'Div', 'Sigmoid',
@@ -140,27 +136,13 @@ def main() -> int:
     args = p.parse_args()
     if args.runs < 2:
         p.error('--runs must be at least 2 (the first run is not counted)')
-    import onnxruntime
-
     model, _ = load_model(args.model)
     model.eval()
     threads = cpu_cores()
-    env = {**base_environment(CPU), 'onnxruntime': onnxruntime.__version__, 'threads': threads}
-    results = []
-    for size in (size_arg(s) for s in args.sizes.split(',')):
-        res = profile(model, size, args.runs, threads)
-        print(json.dumps(res), flush=True)
-        results.append(res)
-    env['load_average_1m_at_end'] = round(os.getloadavg()[0], 2)
-    report = {'environment': env, 'model': args.model, 'results': results,
-              'command': ' '.join(sys.argv)}
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f'-{args.tag}' if args.tag else ''
-    path = out / (f'profile_onnx-{device_slug(env)}-{datetime.date.today().isoformat()}'
-                  f'{tag}.json')
-    path.write_text(json.dumps(report, indent=2) + '\n')
-    print(f'wrote {path}')
+    env, results = onnx_cpu_sizes(args.sizes,
+                                  lambda size: profile(model, size, args.runs, threads))
+    write_report({'environment': env, 'model': args.model, 'results': results,
+                  'command': ' '.join(sys.argv)}, args.output, 'profile_onnx', args.tag)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""bench/profile_onnx.py and bench/bench_prelu.py: one small run each writes its JSON."""
+"""The onnxruntime bench scripts (profile_onnx, bench_prelu, bench_int8): one small run each."""
 
 import json
 from pathlib import Path
@@ -53,3 +53,20 @@ def test_prelu_refuses_a_model_without_prelu(tmp_path):
     proc = run('bench_prelu.py', '--model', str(ROOT / 'models' / 'erfnet_synth.pt'),
                '--sizes', '128x64', '--output', str(tmp_path))
     assert proc.returncode == 2 and 'no PReLU layer' in proc.stderr
+
+
+def test_int8_bench_compares_the_engines_on_frames_not_calibrated_on(tmp_path):
+    frames = ROOT / 'samples' / 'camvid' / 'test'
+    proc = run('bench_int8.py', '--model', str(ROOT / 'models' / 'erfnet_synth.pt'),
+               '--calibrate', str(frames), '--frames', str(frames), '--sizes', '128x64',
+               '--iterations', '2', '--calibration-frames', '4', '--test-frames', '2',
+               '--output', str(tmp_path), '--tag', 'smoke')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [path] = tmp_path.glob('int8-*-smoke.json')
+    report = json.loads(path.read_text())
+    [result] = report['results']
+    assert result['calibration']['frames'] == {'source': str(frames), 'calibration': 3,
+                                               'held_out': 1}
+    assert 0.0 <= result['label_agreement'] <= 1.0 and result['speedup_median'] > 0
+    assert result['test_frames']['count'] == 2
+    assert report['environment']['load_average_1m_at_end'] >= 0
