@@ -42,6 +42,7 @@ from transfer_experiment import (environment, evaluate_cached, ExperimentError, 
                                  seg_train_once)
 
 from seg_training.base.files import write_json  # noqa: E402
+from seg_training.nets.checkpoint import load_model  # noqa: E402
 
 _logger = logging.getLogger('camvid_transfer')
 
@@ -121,6 +122,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                'steps': args.epochs * math.ceil(CAMVID_TRAIN_FRAMES
                                                                 / args.batch_size),
                                'batch_size': args.batch_size, 'epochs_run': epochs}
+            if row.startswith('erfnet_init'):
+                entry['init'] = init_record(args.erfnet_init)
             entry['best_val_miou'] = summary.get('best_val_miou')
             entry['best_epoch'] = summary.get('best_epoch')
             entry['train_time_s'] = summary.get('time_s')
@@ -134,6 +137,22 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     (output / 'results.md').write_text(results_markdown(results))
     plot(results, output / 'camvid_transfer.png')
     return results
+
+
+def init_record(path: Path) -> Dict[str, Any]:
+    """
+    Say what an init model file learnt from: its training frames, teacher and epochs.
+
+    An ERFNet "from Cityscapes" may have seen CamVid frames already (one distilled on them
+    has): budget the row's own epochs do not count, which the table has to show.
+    """
+    prov = load_model(path)[1].provenance or {}
+    frames = [f"{d.get('dataset')} {Path(str(d.get('root') or '')).name} {d.get('split')} "
+              f"({d.get('images')} frames)"
+              for d in prov.get('datasets') or [] if d.get('role') == 'train']
+    teacher = (prov.get('teacher') or {}).get('source')
+    return {'file': str(path), 'trained_on': frames, 'teacher': teacher,
+            'epochs': prov.get('epochs')}
 
 
 def results_markdown(results: Dict[str, Any]) -> str:
@@ -157,6 +176,12 @@ def results_markdown(results: Dict[str, Any]) -> str:
         ious = entry['per_class_iou']
         lines.append(f"| {entry['label']} | " + ' | '.join(
             '-' if ious.get(n) is None else f'{ious[n]:.3f}' for n in names) + ' |')
+    inits = {e['init']['file']: e['init'] for e in rows.values() if e.get('init')}
+    for init in inits.values():
+        teacher = f", teacher {init['teacher']}" if init['teacher'] else ''
+        lines += ['', f"The ERFNet rows 'from Cityscapes' start from `{init['file']}`: trained on "
+                  f"{', '.join(init['trained_on']) or 'unrecorded frames'}{teacher}, "
+                  f"{init['epochs']} epochs."]
     env = results['environment']
     lines += ['', f"Device: {env['device']} ({env['device_name']}), torch "
               f"{env['versions'].get('torch')}, commit {env['commit']}."]

@@ -8,7 +8,9 @@ from PIL import Image
 import torch
 
 from file_module import load_file
+from seg_training.base.classes import cityscapes_table
 from seg_training.datasets.formats import CAMVID
+from seg_training.nets.checkpoint import build_model, ModelInfo, save_model
 from seg_training.nets.espnetv2 import ESPNetv2, ESPNetv2Config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,3 +63,28 @@ def test_rows_budgets_and_reuse(tmp_path):
     stamp = best.stat().st_mtime_ns
     assert bench.main(argv) == 0  # a finished row is reused, not trained again
     assert best.stat().st_mtime_ns == stamp
+
+
+def test_erfnet_init_rows_say_what_their_init_learnt_from(tmp_path):
+    bench = load_file(ROOT / 'bench' / 'camvid_transfer.py')
+    data = write_camvid(tmp_path / 'camvid')
+    torch.manual_seed(0)
+    info = ModelInfo(classes=cityscapes_table(), input_size=(48, 32))
+    init = tmp_path / 'erfnet_distilled.pt'
+    save_model(build_model(info), info, init, extra={'provenance': {
+        'datasets': [{'role': 'train', 'dataset': 'folder', 'root': '/data/camvid_cs19',
+                      'split': 'train', 'images': 6}],
+        'teacher': {'source': 'models/espnetv2_cityscapes.pt'}, 'epochs': 2}})
+    argv = ['--data-root', str(data), '--output', str(tmp_path / 'results'), '--work-dir',
+            str(tmp_path / 'work'), '--rows', 'erfnet_init_lr01', '--epochs', '1',
+            '--batch-size', '4', '--size', '48x32', '--erfnet-init', str(init),
+            '--workers', '0']
+    assert bench.main(argv) == 0
+    row = json.loads((tmp_path / 'results' / 'results.json').read_text())['rows'][
+        'erfnet_init_lr01']
+    assert row['init'] == {'file': str(init), 'epochs': 2,
+                           'trained_on': ['folder camvid_cs19 train (6 frames)'],
+                           'teacher': 'models/espnetv2_cityscapes.pt'}
+    assert (f"The ERFNet rows 'from Cityscapes' start from `{init}`: trained on folder "
+            "camvid_cs19 train (6 frames), teacher models/espnetv2_cityscapes.pt, 2 epochs."
+            ) in (tmp_path / 'results' / 'results.md').read_text()
