@@ -31,6 +31,7 @@ import torch
 
 from bench_inference import onnx_cpu_sizes, write_report  # this folder
 from seg_perception.engines import cpu_cores, export_onnx, ONNX_INPUT
+from seg_training.nets import calibration
 from seg_training.nets.checkpoint import load_model
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / 'models' / 'espnetv2_cityscapes.pt'
@@ -89,20 +90,11 @@ def kind_of(op: str, node: str, groups: Dict[str, int]) -> str:
 
 def profile(model: torch.nn.Module, size, runs: int, threads: int) -> Dict:
     """Run the exported model ``runs`` times with the profiler on; return shares by kind."""
-    import onnxruntime as ort
-
     w, h = size
     data = export_onnx(model, h, w)
     groups = conv_groups(data)
     with tempfile.TemporaryDirectory(prefix='profile_onnx.') as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / 'run')
-        session = ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
+        session = calibration.session(data, threads, profile_prefix=str(Path(tmp) / 'run'))
         x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
         for _ in range(runs):
             session.run(None, {ONNX_INPUT: x})

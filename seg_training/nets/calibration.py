@@ -285,8 +285,13 @@ class _OneFrame:
         return len(self._items)
 
 
-def session(data: bytes, threads: int) -> Any:
-    """Make an onnxruntime CPU session of an ONNX model, as the engines make it."""
+def session(data: bytes, threads: int, profile_prefix: Optional[str] = None) -> Any:
+    """
+    Make an onnxruntime CPU session of an ONNX model, as the engines make it.
+
+    With ``profile_prefix`` onnxruntime's profiler is on and writes its JSON there
+    (``bench/profile_onnx.py``); the engines never set it.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -295,6 +300,9 @@ def session(data: bytes, threads: int) -> Any:
     # Spinning worker threads cost other processes on a shared CPU and measured slower here.
     options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(data, options, providers=['CPUExecutionProvider'])
 
 
