@@ -188,21 +188,38 @@ def results_markdown(results: Dict[str, Any]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _or_nan(value: Optional[float]) -> float:
+    return float('nan') if value is None else float(value)
+
+
 def plot(results: Dict[str, Any], path: Path) -> None:
-    """Bars of the test mIoU per row."""
+    """Bars of the test mIoU per row, and next to them each row's per-class IoU."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = list(results['rows'].values())
-    fig = Figure(figsize=(8, 0.5 + 0.45 * max(1, len(rows))), dpi=100)
+    classes = list(rows[0]['per_class_iou']) if rows else []
+    fig = Figure(figsize=(15, 1.2 + 0.45 * max(1, len(rows))), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.barh([r['label'] for r in rows][::-1], [r['test_miou'] for r in rows][::-1],
-            color='#4a78a8')
+    bars, grid = fig.subplots(1, 2, gridspec_kw={'width_ratios': [1, 1.3]})
+    bars.barh([r['label'] for r in rows][::-1], [r['test_miou'] for r in rows][::-1],
+              color='#4a78a8')
     for i, r in enumerate(rows[::-1]):
-        ax.text(r['test_miou'] + 0.005, i, f"{r['test_miou']:.3f}", va='center', fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel('CamVid test mIoU (233 frames, seg-eval at the labels\' size)')
+        bars.text(r['test_miou'] + 0.005, i, f"{r['test_miou']:.3f}", va='center', fontsize=8)
+    bars.set_xlim(0, 1)
+    bars.set_ylim(-0.5, len(rows) - 0.5)  # one bar per heat-map row, side by side
+    bars.set_xlabel('CamVid test mIoU (233 frames, seg-eval at the labels\' size)')
+    # A class absent from both labels and predictions has no IoU (None in the JSON): left blank.
+    iou = [[_or_nan(r['per_class_iou'].get(c)) for c in classes] for r in rows]
+    grid.imshow(iou, cmap='viridis', vmin=0.0, vmax=1.0, aspect='auto')
+    for i, line in enumerate(iou):
+        for j, v in enumerate(line):
+            if not math.isnan(v):
+                grid.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=7,
+                          color='black' if v > 0.6 else 'white')
+    grid.set_xticks(range(len(classes)), classes, rotation=45, ha='right')
+    grid.set_yticks(range(len(rows)), [''] * len(rows))
+    grid.set_title('per-class IoU, same rows', fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
 
