@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data-root', type=Path, required=True, help='CamVid folder (SegNet layout)')
     p.add_argument('--output', type=Path, default=ROOT / 'bench' / 'results' / 'camvid_transfer')
     p.add_argument('--work-dir', type=Path, default=ROOT / 'out' / 'camvid_transfer')
-    p.add_argument('--rows', default=','.join(r for r in ROWS if not r.startswith('erfnet_init')),
-                   help=f'comma-separated rows of {list(ROWS)}')
+    p.add_argument('--rows', default=None,
+                   help=f'comma-separated rows of {list(ROWS)} (default: all; the erfnet_init_* '
+                   'rows only with --erfnet-init)')
     p.add_argument('--epochs', type=int, default=12)
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--lr', type=float, default=2e-4)
@@ -250,14 +251,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def select_rows(rows: Optional[str], erfnet_init: bool) -> List[str]:
+    """
+    Return the rows to run: ``rows`` (comma-separated) or, when None, every row.
+
+    The ``erfnet_init_*`` rows need a Cityscapes-trained ERFNet: without one (``erfnet_init``
+    false) the default leaves them out, and naming one is an error, not a silent skip.
+    """
+    if rows is None:
+        return [r for r in ROWS if erfnet_init or not r.startswith('erfnet_init')]
+    chosen = [r.strip() for r in rows.split(',') if r.strip()]
+    unknown = [r for r in chosen if r not in ROWS]
+    if unknown:
+        raise ExperimentError(f'unknown rows {unknown}; choose from {list(ROWS)}')
+    needy = [r for r in chosen if r.startswith('erfnet_init')]
+    if needy and not erfnet_init:
+        raise ExperimentError(f'rows {needy} need --erfnet-init (a Cityscapes-trained ERFNet)')
+    return chosen
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    args.rows = [r.strip() for r in args.rows.split(',') if r.strip()]
-    unknown = [r for r in args.rows if r not in ROWS]
-    if unknown:
-        sys.exit(f'camvid_transfer: error: unknown rows {unknown}; choose from {list(ROWS)}')
     try:
+        args.rows = select_rows(args.rows, args.erfnet_init is not None)
         results = run(args)
     except ExperimentError as e:
         sys.exit(f'camvid_transfer: error: {e}')

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 import torch
 
@@ -88,3 +89,18 @@ def test_erfnet_init_rows_say_what_their_init_learnt_from(tmp_path):
     assert (f"The ERFNet rows 'from Cityscapes' start from `{init}`: trained on folder "
             "camvid_cs19 train (6 frames), teacher models/espnetv2_cityscapes.pt, 2 epochs."
             ) in (tmp_path / 'results' / 'results.md').read_text()
+
+
+def test_rows_default_to_all_and_erfnet_init_rows_follow_the_init():
+    bench = load_file(ROOT / 'bench' / 'camvid_transfer.py')
+    init_rows = [r for r in bench.ROWS if r.startswith('erfnet_init')]
+    assert init_rows
+    assert bench.select_rows(None, erfnet_init=True) == list(bench.ROWS)
+    without = bench.select_rows(None, erfnet_init=False)
+    assert not set(init_rows) & set(without) and 'espnetv2_city_lr01' in without
+    picked = bench.select_rows(' erfnet_scratch, espnet_authors ', False)
+    assert picked == ['erfnet_scratch', 'espnet_authors']
+    with pytest.raises(bench.ExperimentError, match='need --erfnet-init'):
+        bench.select_rows('erfnet_init_lr01', erfnet_init=False)
+    with pytest.raises(bench.ExperimentError, match='unknown rows'):
+        bench.select_rows('erfnet_best', erfnet_init=True)
