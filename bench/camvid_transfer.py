@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                'settings': {k: str(v) if isinstance(v, Path) else v
                                             for k, v in vars(args).items()},
                                'rows': {}}
+    init: Optional[Dict[str, Any]] = None
     for row in args.rows:
         t0 = time.time()
         entry: Dict[str, Any] = {'label': LABELS[row]}
@@ -122,8 +123,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                'steps': args.epochs * math.ceil(CAMVID_TRAIN_FRAMES
                                                                 / args.batch_size),
                                'batch_size': args.batch_size, 'epochs_run': epochs}
-            if row.startswith('erfnet_init'):
-                entry['init'] = init_record(args.erfnet_init)
+            if row.startswith('erfnet_init'):  # one init for all three rows: read it once
+                init = init or init_record(args.erfnet_init)
+                entry['init'] = init
             entry['best_val_miou'] = summary.get('best_val_miou')
             entry['best_epoch'] = summary.get('best_epoch')
             entry['train_time_s'] = summary.get('time_s')
