@@ -378,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='/clock ticks per second between messages (0: only with messages)')
     p.add_argument('--no-clock', action='store_true', help='do not publish /clock')
     p.add_argument('--wait-for-subscribers', type=float, default=0.0, metavar='SEC',
-                   help='before playing, wait up to SEC s for a subscriber on every topic')
+                   help='before playing, wait up to SEC s for a subscriber on every topic '
+                   '(a best-effort subscriber can still miss the first message: add --delay)')
     p.add_argument('--delay', type=float, default=0.0, metavar='SEC',
                    help='sleep SEC s before playing, after --wait-for-subscribers (as ros2 bag '
                    'play --delay): other subscribers match meanwhile')
