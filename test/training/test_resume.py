@@ -48,10 +48,24 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
                           **kw)
 
 
+def _default_sigint() -> None:
+    """
+    Give the child Python's Ctrl-C handling, whatever this process inherited.
+
+    A background job of a script starts with SIGINT ignored, and Python installs its
+    KeyboardInterrupt handler only over SIG_DFL.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_signal(cmd, last: Path, sig: int) -> subprocess.Popen:
-    """Start ``cmd``, wait for its first last.pt, send ``sig``; return the ended process."""
+    """
+    Start ``cmd``, wait for its first last.pt, send ``sig``; return the ended process.
+
+    Its stderr is in ``err_text``.
+    """
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + DEADLINE_S
         while not last.exists():
@@ -59,7 +73,7 @@ def _start_and_signal(cmd, last: Path, sig: int) -> subprocess.Popen:
             assert time.monotonic() < deadline, 'no last.pt in time'
             time.sleep(0.02)
         proc.send_signal(sig)
-        proc.communicate(timeout=DEADLINE_S)
+        proc.err_text = proc.communicate(timeout=DEADLINE_S)[1]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -144,8 +158,9 @@ def test_sigkill_then_resume_is_bit_exact(data_root, tmp_path, workers, with_tea
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_saves_last_checkpoint(data_root, tmp_path, sig):
     out = tmp_path / 'out'
-    proc = _start_and_signal(_cmd(data_root, out, 0), out / 'last.pt', sig)
-    assert proc.returncode == 130
+    # More epochs than can pass before the signal lands, so it lands mid-run.
+    proc = _start_and_signal(_cmd(data_root, out, 0, '--epochs', '50'), out / 'last.pt', sig)
+    assert proc.returncode == 130, proc.err_text[-3000:]
     obj = read_file(out / 'last.pt')
     # The checkpoint was rewritten on the way out, flagged as an interrupted epoch.
     assert obj['training_state']['interrupted'] is True
