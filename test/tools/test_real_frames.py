@@ -69,4 +69,4 @@ def test_camvid_model_scores_camvid_frames_with_its_own_classes(tmp_path):
     assert 'CC BY-NC 4.0' in info.provenance['note']
     result = segment_real_frames(path, samples_root(), tmp_path / 'sheet.png')
     assert result['class_map'] is None  # CamVid's own classes
-    assert result["miou"] >= 0.55  # 0.644 measured
+    assert result['miou'] >= 0.55  # 0.644 measured

@@ -378,10 +378,5 @@ def test_replay_drives_the_node_on_sim_time(drive, tiny_model_file):
     finally:
         for p in (proc, node):
             if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                _stop(p)
         probe.close()
